@@ -1,0 +1,146 @@
+//! The two vendor wire formats the mock speaks: OpenAI chat completions and the blog post's `send-message` API.
+//!
+//! A dialect only formats bytes; timing, splitting and faults live in [`crate::stream`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+/// Text the answers are cut from: mixed Chinese and ASCII so multi-byte characters land on every frame boundary.
+const ANSWER: &str = "你好！这是来自模拟上游的流式回答。Each chunk carries its emission time. \
+中文字符会被故意拆分在两个数据帧之间，中继必须原样转发。";
+
+/// Which vendor API a stream imitates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `POST /v1/chat/completions`: `data: {chat.completion.chunk}` events, then `data: [DONE]`.
+    OpenAi { include_usage: bool },
+    /// `POST /api/send-message`: `data: {"type":"delta","text":…}` events, then `event: done`.
+    SendMessage,
+}
+
+/// Wall-clock nanoseconds since the Unix epoch, the clock both ends of a one-way delay measurement share.
+pub fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The chunk text for content chunk `index`: `ts=<unix nanos>;` then about `bytes` bytes of [`ANSWER`].
+pub fn chunk_text(index: u32, bytes: usize) -> String {
+    let mut text = format!("ts={};", unix_nanos());
+    let start = (index as usize * 7) % ANSWER.chars().count();
+    for c in ANSWER.chars().cycle().skip(start) {
+        if text.len() >= bytes + 24 {
+            break;
+        }
+        text.push(c);
+    }
+    text
+}
+
+/// The whole answer for a non-streaming request of `chunks` chunks.
+pub fn full_text(chunks: u32, bytes: usize) -> String {
+    (0..chunks).map(|i| chunk_text(i, bytes)).collect()
+}
+
+impl Dialect {
+    /// One content event.
+    pub fn content_event(self, id: &str, index: u32, text: &str) -> String {
+        match self {
+            Dialect::OpenAi { .. } => {
+                let delta = if index == 0 {
+                    json!({"role": "assistant", "content": text})
+                } else {
+                    json!({"content": text})
+                };
+                openai_chunk(
+                    id,
+                    json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+                    None,
+                )
+            }
+            Dialect::SendMessage => format!("data: {}\n\n", json!({"type": "delta", "text": text})),
+        }
+    }
+
+    /// Events after the last content chunk of a complete answer, terminal event included.
+    pub fn closing_events(self, id: &str, chunks: u32) -> String {
+        match self {
+            Dialect::OpenAi { include_usage } => {
+                let mut out = openai_chunk(
+                    id,
+                    json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+                    None,
+                );
+                if include_usage {
+                    out.push_str(&openai_chunk(id, json!([]), Some(usage(chunks))));
+                }
+                out.push_str("data: [DONE]\n\n");
+                out
+            }
+            Dialect::SendMessage => "event: done\ndata: {\"type\":\"done\"}\n\n".to_owned(),
+        }
+    }
+}
+
+/// Token counts the mock reports: one completion token per chunk, a fixed prompt.
+pub fn usage(chunks: u32) -> serde_json::Value {
+    json!({"prompt_tokens": 9, "completion_tokens": chunks, "total_tokens": 9 + chunks})
+}
+
+fn openai_chunk(id: &str, choices: serde_json::Value, usage: Option<serde_json::Value>) -> String {
+    let mut chunk = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": unix_nanos() / 1_000_000_000,
+        "model": "mock-1",
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        chunk["usage"] = u;
+    }
+    format!("data: {chunk}\n\n")
+}
+
+/// A non-streaming chat completion.
+pub fn completion(id: &str, chunks: u32, bytes: usize) -> serde_json::Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_nanos() / 1_000_000_000,
+        "model": "mock-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": full_text(chunks, bytes)},
+                     "finish_reason": "stop"}],
+        "usage": usage(chunks),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_text_starts_with_timestamp_and_holds_chinese() {
+        let t = chunk_text(3, 24);
+        assert!(t.starts_with("ts="));
+        assert!(t.contains(';'));
+        assert!(t.chars().any(|c| c.len_utf8() == 3));
+    }
+
+    #[test]
+    fn openai_closing_has_usage_only_when_asked() {
+        let with = Dialect::OpenAi {
+            include_usage: true,
+        }
+        .closing_events("x", 4);
+        assert!(with.contains("\"completion_tokens\":4"));
+        assert!(with.ends_with("data: [DONE]\n\n"));
+        let without = Dialect::OpenAi {
+            include_usage: false,
+        }
+        .closing_events("x", 4);
+        assert!(!without.contains("usage"));
+    }
+}

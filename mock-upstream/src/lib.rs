@@ -1,0 +1,68 @@
+//! mock-upstream: a scripted LLM vendor for developing and testing ssegate without paying anyone.
+//!
+//! It speaks two vendor APIs ([`dialect`]): OpenAI's `POST /v1/chat/completions` (key in `Authorization: Bearer`)
+//! and the blog post's `POST /api/send-message` (key in `x-api-key`). Each request picks its scenario with `x-mock-*`
+//! headers ([`scenario`]); [`stream`] plays it, stamping every content chunk with its wall-clock emission time
+//! (`ts=<unix nanos>;`) and splitting some characters across frames. [`stats`] shows what happened.
+//!
+//! Modules: [`scenario`] (headers → script) · [`dialect`] (wire formats) · [`stream`] (script → frames) ·
+//! [`stats`] (counters and per-stream records) · [`routes`] (HTTP handlers).
+
+pub mod dialect;
+pub mod routes;
+pub mod scenario;
+pub mod stats;
+pub mod stream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+/// Vendor key the mock accepts when none is configured.
+pub const DEFAULT_API_KEY: &str = "mock-vendor-key";
+
+/// Usage text shared by `--help` and the README: the scenario headers.
+pub const SCENARIO_HELP: &str = "\
+Scenario request headers (all optional):
+  x-mock-chunks: N          content chunks to send (default 10)
+  x-mock-interval-ms: MS    gap between chunks (default 50)
+  x-mock-first-byte-ms: MS  delay before the response head (default 0)
+  x-mock-chunk-bytes: N     text bytes per chunk after the ts= prefix (default 24)
+  x-mock-split: 0|1         split odd chunks inside a multi-byte character across two frames (default 1)
+  x-mock-status: CODE       answer CODE (300-599) with a JSON error body (429 adds retry-after: 1)
+  x-mock-reset-after: K     abort the connection after K chunks
+  x-mock-stall-after: K     send nothing after K chunks, keep the connection open
+  x-mock-no-done: 1         end the body cleanly without the terminal event
+Inspection:
+  GET /stats                                  counters (requests, streams_started/completed/cancelled/faulted)
+  GET /stats/wait?counter=C&at_least=N&timeout_ms=MS   answers once counter C >= N (200) or on timeout (408)
+  GET /streams/{trace_id}                     request headers seen, bytes, frames and SHA-256 of the body sent";
+
+/// The mock's routes over a fresh state.
+pub fn app(api_key: String) -> (Router, Arc<routes::App>) {
+    let state = Arc::new(routes::App::new(api_key));
+    let router = Router::new()
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/api/send-message", post(routes::send_message))
+        .route("/stats", get(routes::stats))
+        .route("/stats/wait", get(routes::wait_stats))
+        .route("/streams/{trace_id}", get(routes::stream_record))
+        .with_state(state.clone());
+    (router, state)
+}
+
+/// Serves the mock on `listener` until `shutdown` resolves. Open streams are not awaited: this is a test double.
+pub async fn serve(
+    listener: TcpListener,
+    api_key: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (router, _) = app(api_key);
+    tokio::select! {
+        r = axum::serve(listener, router) => r,
+        () = shutdown => Ok(()),
+    }
+}

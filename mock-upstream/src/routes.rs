@@ -1,0 +1,278 @@
+//! HTTP routes of the mock vendor. Each vendor route checks its key, reads the scenario, then hands the stream to
+//! [`crate::stream::Emission`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::dialect::{Dialect, completion};
+use crate::scenario::Script;
+use crate::stats::{Outcome, Record, Stats};
+
+/// Shared by every route.
+pub struct App {
+    pub api_key: String,
+    pub stats: Arc<Stats>,
+    next_id: AtomicU64,
+    instance: u64,
+}
+
+impl App {
+    pub fn new(api_key: String) -> Self {
+        // A per-process prefix keeps trace ids from two mock processes apart.
+        let instance = (crate::dialect::unix_nanos() as u64) & 0xffff_ffff;
+        Self {
+            api_key,
+            stats: Arc::default(),
+            next_id: AtomicU64::new(1),
+            instance,
+        }
+    }
+
+    fn trace_id(&self) -> String {
+        format!(
+            "mock-{:08x}-{}",
+            self.instance,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// Where the vendor expects its key.
+#[derive(Clone, Copy)]
+enum KeyHeader {
+    Bearer,
+    XApiKey,
+}
+
+fn key_ok(headers: &HeaderMap, kind: KeyHeader, expected: &str) -> bool {
+    let presented = match kind {
+        KeyHeader::Bearer => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ")),
+        KeyHeader::XApiKey => headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+    };
+    presented == Some(expected)
+}
+
+pub async fn chat_completions(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    vendor(
+        app,
+        headers,
+        body,
+        "/v1/chat/completions",
+        KeyHeader::Bearer,
+    )
+    .await
+}
+
+pub async fn send_message(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    vendor(app, headers, body, "/api/send-message", KeyHeader::XApiKey).await
+}
+
+/// What a request body asks for: stream or not, and in which dialect.
+struct Ask {
+    stream: bool,
+    dialect: Dialect,
+}
+
+fn parse_body(path: &str, body: &[u8]) -> Result<Ask, &'static str> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| "request body must be a JSON object")?;
+    if path == "/api/send-message" {
+        if !v.get("message").is_some_and(Value::is_string) {
+            return Err("field `message` (string) is required");
+        }
+        return Ok(Ask {
+            stream: true,
+            dialect: Dialect::SendMessage,
+        });
+    }
+    if !v.get("messages").is_some_and(Value::is_array) {
+        return Err("field `messages` (array) is required");
+    }
+    let include_usage = v
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
+    Ok(Ask {
+        stream: v.get("stream").and_then(Value::as_bool) == Some(true),
+        dialect: Dialect::OpenAi { include_usage },
+    })
+}
+
+async fn vendor(
+    app: Arc<App>,
+    headers: HeaderMap,
+    body: Bytes,
+    path: &str,
+    key: KeyHeader,
+) -> Response {
+    app.stats.bump(|c| c.requests += 1);
+    let trace_id = app.trace_id();
+    let seen = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    let mut record = Record {
+        trace_id: trace_id.clone(),
+        path: path.to_owned(),
+        status: 200,
+        request_headers: seen,
+        outcome: Outcome::Answered,
+        bytes: 0,
+        frames: 0,
+        sha256: String::new(),
+    };
+    let (response, stream) = answer(&app, &headers, &body, path, key, &trace_id).await;
+    record.status = response.status().as_u16();
+    if stream.is_some() {
+        record.outcome = Outcome::Streaming;
+    }
+    app.stats.record(record);
+    let mut response = match stream {
+        Some((dialect, script)) => {
+            let emission =
+                crate::stream::Emission::new(dialect, script, trace_id.clone(), app.stats.clone());
+            let mut r = Response::new(Body::from_stream(emission.into_stream()));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        None => response,
+    };
+    if let Ok(v) = HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert("x-trace-id", v);
+    }
+    response
+}
+
+/// Either a complete response, or the go-ahead (dialect and script) for a stream.
+async fn answer(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+    key: KeyHeader,
+    id: &str,
+) -> (Response, Option<(Dialect, Script)>) {
+    if !key_ok(headers, key, &app.api_key) {
+        return (
+            error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "incorrect API key provided",
+            ),
+            None,
+        );
+    }
+    let script = match Script::from_headers(headers) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("header {}: {}", e.header, e.reason);
+            return (
+                error(StatusCode::BAD_REQUEST, "invalid_scenario", &msg),
+                None,
+            );
+        }
+    };
+    let ask = match parse_body(path, body) {
+        Ok(a) => a,
+        Err(msg) => return (error(StatusCode::BAD_REQUEST, "invalid_request", msg), None),
+    };
+    tokio::time::sleep(script.first_byte_delay).await;
+    if let Some(status) = script.fail_status {
+        let mut r = error(status, "mock_fault", "injected by x-mock-status");
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        return (r, None);
+    }
+    if !ask.stream {
+        return (
+            Json(completion(id, script.chunks, script.chunk_bytes)).into_response(),
+            None,
+        );
+    }
+    (StatusCode::OK.into_response(), Some((ask.dialect, script)))
+}
+
+/// OpenAI-style JSON error.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "mock_error", "code": code}});
+    (status, Json(body)).into_response()
+}
+
+pub async fn stats(State(app): State<Arc<App>>) -> Response {
+    Json(app.stats.counters()).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    counter: String,
+    at_least: u64,
+    #[serde(default = "default_wait_ms")]
+    timeout_ms: u64,
+}
+
+fn default_wait_ms() -> u64 {
+    5_000
+}
+
+/// Answers as soon as `counter >= at_least` (200), or after `timeout_ms` (408); both carry the counters.
+pub async fn wait_stats(State(app): State<Arc<App>>, Query(q): Query<WaitQuery>) -> Response {
+    if Stats::default().counters().get(&q.counter).is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unknown_counter",
+            "no such counter",
+        );
+    }
+    let mut rx = app.stats.watch();
+    let reached = rx.wait_for(|c| c.get(&q.counter).is_some_and(|v| v >= q.at_least));
+    let timeout = Duration::from_millis(q.timeout_ms.min(600_000));
+    let status = match tokio::time::timeout(timeout, reached).await {
+        Ok(Ok(_)) => StatusCode::OK,
+        _ => StatusCode::REQUEST_TIMEOUT,
+    };
+    (status, Json(app.stats.counters())).into_response()
+}
+
+pub async fn stream_record(State(app): State<Arc<App>>, Path(trace_id): Path<String>) -> Response {
+    match app.stats.find(&trace_id) {
+        Some(r) => Json(r).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "unknown_trace_id",
+            "no record for that trace id",
+        ),
+    }
+}

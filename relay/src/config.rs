@@ -1,0 +1,529 @@
+//! Configuration: a TOML file plus `RELAY_*` environment overrides, loaded once into an immutable, validated
+//! [`Config`]. Precedence: command line > environment > file.
+//!
+//! Loading has two steps. [`RawConfig`] is the file's shape (serde, `deny_unknown_fields`, errors carry the field
+//! path via `serde_path_to_error`); [`Config::from_raw`] turns it into checked types (socket addresses, durations,
+//! digests, header values) and reads the vendor secrets from the environment or files. Secrets never come from the
+//! TOML itself and never print: [`Secret`]'s `Debug` is redacted.
+//!
+//! Environment overrides: `RELAY_<KEY>` sets a top-level key, `__` separates nesting (`RELAY_AUDIT__ENABLED=false`).
+//! Values parse as TOML scalars, falling back to a string. The environment reaches this module only through the
+//! [`Env`] trait, so tests never touch the process environment.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use serde::Deserialize;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "RELAY_";
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+const MAX_BODY_LIMIT: u64 = 64 << 20;
+const MAX_AUDIT_TEXT: usize = 1 << 20;
+
+/// Where environment values come from: the process in production, a map in tests.
+pub trait Env {
+    /// Every variable (name, value).
+    fn vars(&self) -> Vec<(String, String)>;
+
+    /// One variable.
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
+    }
+
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for Vec<(String, String)> {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.clone()
+    }
+}
+
+/// Why a configuration was rejected; `main` prints it and exits 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("config field `{field}`{origin}: {reason}")]
+    Field {
+        field: String,
+        origin: String,
+        reason: String,
+    },
+}
+
+fn field(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        origin: String::new(),
+        reason: reason.into(),
+    }
+}
+
+/// The file's shape, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_body_limit")]
+    pub max_request_body_bytes: u64,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub clients: Vec<RawClient>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_body_limit() -> u64 {
+    1 << 20
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_audit_text")]
+    pub max_text_bytes: usize,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_text_bytes: default_audit_text(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_audit_text() -> usize {
+    4096
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub tenant: String,
+    /// Lower-case hex SHA-256 of the client's bearer key (`printf %s KEY | sha256sum`).
+    pub key_sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: String,
+    pub upstream: String,
+    pub auth: UpstreamAuth,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_first_byte_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// Request headers to forward besides the defaults; a trailing `*` matches a prefix (`x-mock-*`).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+}
+
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_first_byte_ms() -> u64 {
+    60_000
+}
+
+/// How the vendor expects its secret.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// `Authorization: Bearer <secret>` (OpenAI and most vendors).
+    Bearer,
+    /// `x-api-key: <secret>` (the blog post's vendor, Anthropic).
+    XApiKey,
+}
+
+/// A vendor credential, ready to send. Prints as `[REDACTED]`.
+#[derive(Clone)]
+pub struct Secret {
+    header: HeaderName,
+    value: HeaderValue,
+}
+
+impl Secret {
+    /// The header that carries the secret and its value (marked sensitive, so hyper never logs it).
+    pub fn header(&self) -> (&HeaderName, &HeaderValue) {
+        (&self.header, &self.value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({}: [REDACTED])", self.header)
+    }
+}
+
+/// A client key: who it belongs to and the SHA-256 of the key itself.
+#[derive(Clone, Debug)]
+pub struct ClientKey {
+    pub tenant: Arc<str>,
+    pub sha256: [u8; 32],
+}
+
+/// Audit log settings.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    pub max_text_bytes: usize,
+}
+
+/// One inbound path mapped to one upstream URL.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub path: String,
+    pub upstream: Uri,
+    pub secret: Secret,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    /// Lower-case extra header names or `prefix*` patterns allowed upstream.
+    pub forward_headers: Vec<String>,
+}
+
+/// The validated, immutable configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub max_request_body_bytes: u64,
+    pub log_format: LogFormat,
+    pub audit: AuditConfig,
+    pub clients: Vec<ClientKey>,
+    pub routes: Vec<Route>,
+    /// Serve the demo page at `/` (set by `--demo` only, never by a file).
+    pub demo_page: bool,
+}
+
+impl Config {
+    /// Reads `path` and applies the environment.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, env)
+    }
+
+    /// Parses TOML text, applies `RELAY_*` overrides from `env`, validates, reads secrets.
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let overridden = apply_env(&mut table, env)?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let origin = overridden
+                    .iter()
+                    .find(|(key, _)| path == *key || path.starts_with(&format!("{key}.")))
+                    .map(|(_, var)| format!(" (from environment variable {var})"))
+                    .unwrap_or_default();
+                ConfigError::Field {
+                    field: path,
+                    origin,
+                    reason: e.into_inner().to_string(),
+                }
+            })?;
+        Self::from_raw(raw, env)
+    }
+
+    /// Validates a parsed file and reads its secrets.
+    pub fn from_raw(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+        let listen = raw.listen.parse().map_err(|_| {
+            field(
+                "listen",
+                format!("`{}` is not an IP:port address", raw.listen),
+            )
+        })?;
+        if raw.max_request_body_bytes == 0 || raw.max_request_body_bytes > MAX_BODY_LIMIT {
+            return Err(field(
+                "max_request_body_bytes",
+                format!("must be from 1 to {MAX_BODY_LIMIT}"),
+            ));
+        }
+        if raw.audit.max_text_bytes > MAX_AUDIT_TEXT {
+            return Err(field(
+                "audit.max_text_bytes",
+                format!("must be at most {MAX_AUDIT_TEXT}"),
+            ));
+        }
+        let audit = AuditConfig {
+            enabled: raw.audit.enabled,
+            max_text_bytes: raw.audit.max_text_bytes,
+        };
+        let clients = validate_clients(&raw.clients)?;
+        if raw.routes.is_empty() {
+            return Err(field("routes", "at least one [[routes]] entry is required"));
+        }
+        let mut paths = HashSet::new();
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for (i, r) in raw.routes.iter().enumerate() {
+            let route = validate_route(i, r, env)?;
+            if !paths.insert(route.path.clone()) {
+                return Err(field(
+                    format!("routes[{i}].path"),
+                    format!("`{}` is used by another route", r.path),
+                ));
+            }
+            routes.push(route);
+        }
+        Ok(Config {
+            listen,
+            max_request_body_bytes: raw.max_request_body_bytes,
+            log_format: raw.log_format,
+            audit,
+            clients,
+            routes,
+            demo_page: false,
+        })
+    }
+}
+
+/// Sets `RELAY_*` variables into the table; returns (field path, variable) for error messages.
+fn apply_env(table: &mut toml::Table, env: &dyn Env) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut applied = Vec::new();
+    for (var, value) in env.vars() {
+        let Some(key) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+        if parts.iter().any(String::is_empty) {
+            return Err(field(var, "malformed override name"));
+        }
+        let value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let mut node = &mut *table;
+        for part in &parts[..parts.len() - 1] {
+            let entry = node
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = entry.as_table_mut().ok_or_else(|| {
+                field(
+                    parts.join("."),
+                    format!("{var} cannot override a non-table value"),
+                )
+            })?;
+        }
+        if let Some(last) = parts.last() {
+            node.insert(last.clone(), value);
+        }
+        applied.push((parts.join("."), var));
+    }
+    Ok(applied)
+}
+
+fn validate_clients(raw: &[RawClient]) -> Result<Vec<ClientKey>, ConfigError> {
+    if raw.is_empty() {
+        return Err(field(
+            "clients",
+            "at least one [[clients]] entry is required (no key, no access)",
+        ));
+    }
+    let mut seen = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.tenant.trim().is_empty() {
+                return Err(field(format!("clients[{i}].tenant"), "must not be empty"));
+            }
+            let sha256 = parse_sha256(&c.key_sha256).ok_or_else(|| {
+                field(
+                    format!("clients[{i}].key_sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key)",
+                )
+            })?;
+            if !seen.insert(sha256) {
+                return Err(field(
+                    format!("clients[{i}].key_sha256"),
+                    "the same key is configured twice",
+                ));
+            }
+            Ok(ClientKey {
+                tenant: Arc::from(c.tenant.as_str()),
+                sha256,
+            })
+        })
+        .collect()
+}
+
+/// 64 hex digits → 32 bytes.
+pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
+fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
+    let at = |name: &str| format!("routes[{i}].{name}");
+    if !r.path.starts_with('/')
+        || r.path == "/"
+        || r.path == "/healthz"
+        || r.path.contains(['?', '#'])
+    {
+        return Err(field(
+            at("path"),
+            "must start with `/`, have no query, and not be `/` or `/healthz`",
+        ));
+    }
+    let upstream: Uri = r
+        .upstream
+        .parse()
+        .map_err(|_| field(at("upstream"), "not a valid URL"))?;
+    let scheme_ok = matches!(upstream.scheme_str(), Some("http" | "https"));
+    let authority = upstream.authority().map(|a| a.as_str()).unwrap_or("");
+    if !scheme_ok || authority.is_empty() || authority.contains('@') {
+        return Err(field(
+            at("upstream"),
+            "must be an absolute http:// or https:// URL without user info",
+        ));
+    }
+    let secret = read_secret(r, env).map_err(|reason| field(at("secret"), reason))?;
+    let value = match r.auth {
+        UpstreamAuth::Bearer => format!("Bearer {secret}"),
+        UpstreamAuth::XApiKey => secret,
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| {
+        field(
+            at("secret"),
+            "contains characters not allowed in an HTTP header",
+        )
+    })?;
+    value.set_sensitive(true);
+    let header = match r.auth {
+        UpstreamAuth::Bearer => http::header::AUTHORIZATION,
+        UpstreamAuth::XApiKey => HeaderName::from_static("x-api-key"),
+    };
+    let forward_headers = validate_forward(&at("forward_headers"), &r.forward_headers)?;
+    Ok(Route {
+        forward_headers,
+        path: r.path.clone(),
+        upstream,
+        secret: Secret { header, value },
+        connect_timeout: timeout(&at("connect_timeout_ms"), r.connect_timeout_ms)?,
+        first_byte_timeout: timeout(&at("first_byte_timeout_ms"), r.first_byte_timeout_ms)?,
+    })
+}
+
+fn validate_forward(name: &str, raw: &[String]) -> Result<Vec<String>, ConfigError> {
+    raw.iter()
+        .map(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            let (bare, never) = match h.strip_suffix('*') {
+                Some(prefix) => (
+                    prefix,
+                    crate::upstream::NEVER_FORWARD
+                        .iter()
+                        .any(|n| n.starts_with(prefix)),
+                ),
+                None => (
+                    h.as_str(),
+                    crate::upstream::NEVER_FORWARD.contains(&h.as_str()),
+                ),
+            };
+            if bare.is_empty() || HeaderName::from_bytes(bare.as_bytes()).is_err() || never {
+                return Err(field(
+                    name,
+                    format!("`{h}` is not a header that may be forwarded"),
+                ));
+            }
+            Ok(h)
+        })
+        .collect()
+}
+
+fn timeout(name: &str, ms: u64) -> Result<Duration, ConfigError> {
+    let d = Duration::from_millis(ms);
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(field(
+            name,
+            format!("must be from 1 to {} milliseconds", MAX_TIMEOUT.as_millis()),
+        ));
+    }
+    Ok(d)
+}
+
+/// Reads the route's secret from exactly one of `secret_env` / `secret_file`. Errors never contain the secret.
+fn read_secret(r: &RawRoute, env: &dyn Env) -> Result<String, String> {
+    let secret = match (&r.secret_env, &r.secret_file) {
+        (Some(var), None) => env
+            .var(var)
+            .ok_or_else(|| format!("environment variable {var} is not set"))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read secret_file {}: {e}", path.display()))?,
+        _ => return Err("set exactly one of secret_env and secret_file".into()),
+    };
+    let secret = secret.trim().to_owned();
+    if secret.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests;
