@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 /// Text the answers are cut from: mixed Chinese and ASCII so multi-byte characters land on every frame boundary.
-const ANSWER: &str = "你好！这是来自模拟上游的流式回答。Each chunk carries its emission time. \
-中文字符会被故意拆分在两个数据帧之间，中继必须原样转发。";
+const ANSWER: &str = "你好！这是来自模拟上游的流式回答。每个数据块都带有发送时间 ts，\
+中继必须原样转发 SSE 字节。Relay 不应拆坏任何中文字符，也不应缓冲。";
 
 /// Which vendor API a stream imitates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,10 +123,15 @@ mod tests {
 
     #[test]
     fn chunk_text_starts_with_timestamp_and_holds_chinese() {
-        let t = chunk_text(3, 24);
-        assert!(t.starts_with("ts="));
-        assert!(t.contains(';'));
-        assert!(t.chars().any(|c| c.len_utf8() == 3));
+        for i in 0..200 {
+            let t = chunk_text(i, 24);
+            assert!(t.starts_with("ts="));
+            assert!(t.contains(';'));
+            assert!(
+                t.chars().any(|c| c.len_utf8() == 3),
+                "chunk {i} has no Chinese: {t}"
+            );
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ Scenario request headers (all optional):
   x-mock-stall-after: K     send nothing after K chunks, keep the connection open
   x-mock-no-done: 1         end the body cleanly without the terminal event
 Inspection:
-  GET /stats                                  counters (requests, streams_started/completed/cancelled/faulted)
+  GET /stats                                  counters (requests, requests_abandoned, streams_started/completed/cancelled/faulted)
   GET /stats/wait?counter=C&at_least=N&timeout_ms=MS   answers once counter C >= N (200) or on timeout (408)
   GET /streams/{trace_id}                     request headers seen, bytes, frames and SHA-256 of the body sent";
 

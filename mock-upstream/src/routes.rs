@@ -55,12 +55,19 @@ enum KeyHeader {
 }
 
 fn key_ok(headers: &HeaderMap, kind: KeyHeader, expected: &str) -> bool {
+    let name = match kind {
+        KeyHeader::Bearer => header::AUTHORIZATION.as_str(),
+        KeyHeader::XApiKey => "x-api-key",
+    };
+    // Exactly one credential header: a second one means someone appended instead of replacing.
+    let mut values = headers.get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let presented = value.to_str().ok();
     let presented = match kind {
-        KeyHeader::Bearer => headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ")),
-        KeyHeader::XApiKey => headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+        KeyHeader::Bearer => presented.and_then(|v| v.strip_prefix("Bearer ")),
+        KeyHeader::XApiKey => presented,
     };
     presented == Some(expected)
 }
@@ -119,6 +126,17 @@ fn parse_body(path: &str, body: &[u8]) -> Result<Ask, &'static str> {
     })
 }
 
+/// Counts a handler dropped before it answered (hyper drops it when the client connection closes).
+struct Unanswered<'a>(Option<&'a Stats>);
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(stats) = self.0 {
+            stats.bump(|c| c.requests_abandoned += 1);
+        }
+    }
+}
+
 async fn vendor(
     app: Arc<App>,
     headers: HeaderMap,
@@ -127,6 +145,7 @@ async fn vendor(
     key: KeyHeader,
 ) -> Response {
     app.stats.bump(|c| c.requests += 1);
+    let mut unanswered = Unanswered(Some(&app.stats));
     let trace_id = app.trace_id();
     let seen = headers
         .iter()
@@ -148,6 +167,7 @@ async fn vendor(
         sha256: String::new(),
     };
     let (response, stream) = answer(&app, &headers, &body, path, key, &trace_id).await;
+    unanswered.0 = None;
     record.status = response.status().as_u16();
     if stream.is_some() {
         record.outcome = Outcome::Streaming;

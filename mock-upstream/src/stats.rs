@@ -18,6 +18,8 @@ const MAX_RECORDS: usize = 4096;
 pub struct Counters {
     /// Requests received on the vendor routes (before auth and scenario checks).
     pub requests: u64,
+    /// Requests whose handler was dropped before it answered (the client left during the first-byte delay).
+    pub requests_abandoned: u64,
     /// Streaming bodies started.
     pub streams_started: u64,
     /// Streaming bodies that sent their last byte (terminal event, or a clean end for `x-mock-no-done`).
@@ -33,6 +35,7 @@ impl Counters {
     pub fn get(&self, name: &str) -> Option<u64> {
         Some(match name {
             "requests" => self.requests,
+            "requests_abandoned" => self.requests_abandoned,
             "streams_started" => self.streams_started,
             "streams_completed" => self.streams_completed,
             "streams_cancelled" => self.streams_cancelled,

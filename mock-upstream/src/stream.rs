@@ -98,6 +98,8 @@ impl Emission {
                 None
             }
             Ending::Reset => {
+                // Fail when the next chunk is due, so the chunks before it are flushed first.
+                tokio::time::sleep(self.script.interval).await;
                 self.finish(Outcome::Faulted);
                 Some(Err(io::Error::other("injected reset (x-mock-reset-after)")))
             }

@@ -1,1 +1,209 @@
+use super::*;
 
+const SECRET: &str = "sk-test-CANARY-0123";
+
+fn env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v = vec![("VENDOR_KEY".to_owned(), SECRET.to_owned())];
+    v.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    v
+}
+
+fn toml_with(route_extra: &str, top_extra: &str) -> String {
+    format!(
+        r#"{top_extra}
+[[clients]]
+tenant = "acme"
+key_sha256 = "{}"
+
+[[routes]]
+path = "/v1/chat/completions"
+upstream = "https://api.example.com/v1/chat/completions"
+auth = "bearer"
+secret_env = "VENDOR_KEY"
+{route_extra}
+"#,
+        crate::auth::key_digest_hex("client-key")
+    )
+}
+
+fn load(
+    route_extra: &str,
+    top_extra: &str,
+    extra_env: &[(&str, &str)],
+) -> Result<Config, ConfigError> {
+    Config::from_toml(&toml_with(route_extra, top_extra), &env(extra_env))
+}
+
+fn err(route_extra: &str, top_extra: &str, extra_env: &[(&str, &str)]) -> String {
+    let e = load(route_extra, top_extra, extra_env)
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains(SECRET), "error leaks the secret: {e}");
+    e
+}
+
+#[test]
+fn minimal_file_gets_documented_defaults() {
+    let c = load("", "", &[]).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.max_request_body_bytes, 1 << 20);
+    assert!(c.audit.enabled);
+    assert_eq!(c.audit.max_text_bytes, 4096);
+    let r = &c.routes[0];
+    assert_eq!(r.connect_timeout, Duration::from_secs(5));
+    assert_eq!(r.first_byte_timeout, Duration::from_secs(60));
+    let (name, value) = r.secret.header();
+    assert_eq!(name, http::header::AUTHORIZATION);
+    assert_eq!(value.to_str().unwrap(), format!("Bearer {SECRET}"));
+    assert!(value.is_sensitive());
+}
+
+#[test]
+fn debug_output_redacts_the_secret() {
+    let c = load("", "", &[]).unwrap();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(shown.contains("REDACTED"));
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    assert!(err("", "colour = \"blue\"", &[]).contains("colour"));
+    let e = err("retries = 3", "", &[]);
+    assert!(e.contains("routes[0]") && e.contains("retries"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_field() {
+    assert!(err("", "listen = \"nowhere\"", &[]).contains("`listen`"));
+    assert!(err("connect_timeout_ms = 0", "", &[]).contains("routes[0].connect_timeout_ms"));
+    assert!(err("", "max_request_body_bytes = 0", &[]).contains("max_request_body_bytes"));
+    let e = err("first_byte_timeout_ms = \"soon\"", "", &[]);
+    assert!(e.contains("routes[0].first_byte_timeout_ms"), "{e}");
+}
+
+#[test]
+fn upstream_must_be_absolute_http_without_userinfo() {
+    for bad in [
+        "ftp://x/y",
+        "/relative",
+        "https://user:pw@host/x",
+        "not a url",
+    ] {
+        let text = toml_with("", "").replace("https://api.example.com/v1/chat/completions", bad);
+        let e = Config::from_toml(&text, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("routes[0].upstream"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn secret_comes_from_exactly_one_place() {
+    let text = toml_with("", "").replace("VENDOR_KEY", "MISSING_KEY");
+    let e = Config::from_toml(&text, &env(&[])).unwrap_err().to_string();
+    assert!(
+        e.contains("routes[0].secret") && e.contains("MISSING_KEY"),
+        "{e}"
+    );
+    let e = err("secret_file = \"/nonexistent\"", "", &[]);
+    assert!(e.contains("exactly one"), "{e}");
+}
+
+#[test]
+fn secret_file_is_read_and_trimmed() {
+    let dir = std::env::temp_dir().join(format!("ssegate-secret-{}", std::process::id()));
+    std::fs::write(&dir, format!("{SECRET}\n")).unwrap();
+    let text = toml_with("", "").replace(
+        "secret_env = \"VENDOR_KEY\"",
+        &format!("secret_file = \"{}\"", dir.display()),
+    );
+    let c = Config::from_toml(
+        &text.replace("auth = \"bearer\"", "auth = \"x-api-key\""),
+        &env(&[]),
+    )
+    .unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    let (name, value) = c.routes[0].secret.header();
+    assert_eq!(
+        (name.as_str(), value.to_str().unwrap()),
+        ("x-api-key", SECRET)
+    );
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let c = load(
+        "",
+        "listen = \"127.0.0.1:1\"",
+        &[
+            ("RELAY_LISTEN", "127.0.0.1:9999"),
+            ("RELAY_AUDIT__ENABLED", "false"),
+            ("OTHER", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.listen.port(), 9999);
+    assert!(!c.audit.enabled);
+}
+
+#[test]
+fn bad_environment_override_names_the_variable() {
+    let e = err("", "", &[("RELAY_COLOUR", "blue")]);
+    assert!(e.contains("colour"), "{e}");
+    let e = err("", "", &[("RELAY_AUDIT__MAX_TEXT_BYTES", "lots")]);
+    assert!(
+        e.contains("audit.max_text_bytes") && e.contains("RELAY_AUDIT__MAX_TEXT_BYTES"),
+        "{e}"
+    );
+}
+
+#[test]
+fn client_keys_must_be_sha256_digests() {
+    let text =
+        toml_with("", "").replace(&crate::auth::key_digest_hex("client-key"), "not-a-digest");
+    let e = Config::from_toml(&text, &env(&[])).unwrap_err().to_string();
+    assert!(e.contains("clients[0].key_sha256"), "{e}");
+    let no_clients = toml_with("", "").replace("[[clients]]", "[unused_table]");
+    assert!(Config::from_toml(&no_clients, &env(&[])).is_err());
+}
+
+#[test]
+fn forward_headers_cannot_smuggle_credentials_or_hop_by_hop() {
+    assert!(load("forward_headers = [\"x-mock-*\", \"X-Custom\"]", "", &[]).is_ok());
+    for bad in [
+        "authorization",
+        "connection",
+        "x-*",
+        "transfer-encoding",
+        "bad header",
+        "*",
+    ] {
+        let e = err(&format!("forward_headers = [\"{bad}\"]"), "", &[]);
+        assert!(e.contains("routes[0].forward_headers"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn route_paths_are_unique_and_not_reserved() {
+    let twice = format!(
+        "{}\n{}",
+        toml_with("", ""),
+        toml_with("", "")
+            .split("[[routes]]")
+            .nth(1)
+            .map(|r| format!("[[routes]]{r}"))
+            .unwrap()
+    );
+    assert!(
+        Config::from_toml(&twice, &env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("routes[1].path")
+    );
+    let health =
+        toml_with("", "").replace("path = \"/v1/chat/completions\"", "path = \"/healthz\"");
+    assert!(Config::from_toml(&health, &env(&[])).is_err());
+}

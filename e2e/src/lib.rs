@@ -1,1 +1,0 @@
-//! Black-box tests live in `tests/`; this crate has no library code.

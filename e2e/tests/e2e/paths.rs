@@ -1,0 +1,273 @@
+//! The same assertions on both request paths: directly to the relay, and through nginx configured from
+//! `deploy/nginx/ssegate.conf`.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::nginx;
+use crate::support::*;
+
+/// Which process the client talks to.
+#[derive(Clone, Copy, Debug)]
+enum Front {
+    Relay,
+    Nginx,
+}
+
+struct Stack {
+    mock: Proc,
+    relay: Proc,
+    nginx: Option<nginx::Nginx>,
+    _dir: TempDir,
+}
+
+impl Stack {
+    fn base(&self) -> String {
+        match &self.nginx {
+            Some(n) => n.base(),
+            None => format!("http://{}", self.relay.addr),
+        }
+    }
+}
+
+/// mock + relay (+ nginx); `None` when nginx is wanted but not installed (and not required).
+async fn stack(front: Front) -> Result<Option<Stack>> {
+    let nginx_bin = match front {
+        Front::Nginx => match nginx::available() {
+            Some(b) => Some(b),
+            None => return Ok(None),
+        },
+        Front::Relay => None,
+    };
+    let dir = TempDir::new("stack");
+    let mock = start_mock().await?;
+    let relay = start_relay(mock.addr, &dir).await?;
+    let nginx = match nginx_bin {
+        Some(bin) => Some(nginx::start(&bin, relay.addr).await?),
+        None => None,
+    };
+    Ok(Some(Stack {
+        mock,
+        relay,
+        nginx,
+        _dir: dir,
+    }))
+}
+
+/// Declares one test per front for an `async fn(Stack) -> Result<()>`.
+macro_rules! on_both_paths {
+    ($($check:ident),* $(,)?) => {
+        mod direct {
+            $(#[tokio::test]
+            async fn $check() -> anyhow::Result<()> {
+                match super::stack(super::Front::Relay).await? {
+                    Some(s) => super::$check(s).await,
+                    None => Ok(()),
+                }
+            })*
+        }
+        mod via_nginx {
+            $(#[tokio::test]
+            async fn $check() -> anyhow::Result<()> {
+                match super::stack(super::Front::Nginx).await? {
+                    Some(s) => super::$check(s).await,
+                    None => Ok(()),
+                }
+            })*
+        }
+    };
+}
+
+on_both_paths!(
+    frames_arrive_incrementally_and_unchanged,
+    wrong_client_key_is_401_and_costs_nothing,
+    keys_never_cross,
+    vendor_errors_pass_through,
+    client_disconnect_cancels_the_upstream,
+    audit_line_is_right_and_logs_hold_no_secret,
+);
+
+async fn frames_arrive_incrementally_and_unchanged(s: Stack) -> Result<()> {
+    let rb = chat(
+        &s.base(),
+        CLIENT_KEY,
+        &[("x-mock-chunks", "10"), ("x-mock-interval-ms", "200")],
+    );
+    let got = receive(rb).await?;
+    // Unbuffered: the first chunk is in the client's hands long before the last one is even sent.
+    assert!(
+        got.end.saturating_sub(got.first_byte) > Duration::from_secs(1),
+        "first byte at {:?}, end at {:?}: the stream was buffered",
+        got.first_byte,
+        got.end
+    );
+    assert_eq!(got.delays.len(), 10, "one timed event per content chunk");
+    let mut sorted = got.delays.clone();
+    sorted.sort();
+    let (p50, max) = (percentile(&sorted, 0.5), percentile(&sorted, 1.0));
+    eprintln!(
+        "per-chunk one-way delay via {}: p50 {p50:?}, max {max:?}",
+        s.base()
+    );
+    assert!(
+        max < Duration::from_millis(100),
+        "a chunk was held back: {:?}",
+        got.delays
+    );
+
+    // The bytes the client got are the bytes the vendor sent, split characters included.
+    let record = mock_record(&s.mock, &got.trace_id).await?;
+    assert_eq!(record["bytes"], got.bytes.len() as u64);
+    assert_eq!(
+        record["sha256"],
+        sha256_hex(&got.bytes).as_str(),
+        "relayed bytes differ from the vendor's"
+    );
+    assert!(
+        record["frames"].as_u64().unwrap_or(0) > 10,
+        "the mock split events across frames"
+    );
+    let text = String::from_utf8(got.bytes)?;
+    assert!(text.contains("你好") && text.ends_with("data: [DONE]\n\n"));
+    Ok(())
+}
+
+async fn wrong_client_key_is_401_and_costs_nothing(s: Stack) -> Result<()> {
+    let res = chat(&s.base(), "not-a-key", &[]).send().await?;
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("x-trace-id").is_some());
+    let v: serde_json::Value = res.json().await?;
+    assert_eq!(v["error"]["type"], "unauthorized");
+    let stats: serde_json::Value = client()
+        .get(s.mock.url("/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        stats["requests"], 0,
+        "a rejected client must not cost a vendor call"
+    );
+    Ok(())
+}
+
+async fn keys_never_cross(s: Stack) -> Result<()> {
+    let res = chat(&s.base(), CLIENT_KEY, &[("x-mock-chunks", "3")])
+        .send()
+        .await?;
+    let head = format!("{:?}", res.headers());
+    let trace_id = res.headers()["x-trace-id"].to_str()?.to_owned();
+    let body = res.text().await?;
+    assert!(
+        !head.contains(VENDOR_KEY) && !body.contains(VENDOR_KEY),
+        "the client saw the vendor key"
+    );
+    let record = mock_record(&s.mock, &trace_id).await?;
+    let seen = record["request_headers"].to_string();
+    assert!(
+        !seen.contains(CLIENT_KEY),
+        "the vendor saw the client key: {seen}"
+    );
+    assert_eq!(
+        record["request_headers"]["authorization"],
+        format!("Bearer {VENDOR_KEY}").as_str()
+    );
+    Ok(())
+}
+
+async fn vendor_errors_pass_through(s: Stack) -> Result<()> {
+    for code in [429u16, 500] {
+        let res = chat(
+            &s.base(),
+            CLIENT_KEY,
+            &[("x-mock-status", &code.to_string())],
+        )
+        .send()
+        .await?;
+        assert_eq!(res.status().as_u16(), code);
+        if code == 429 {
+            assert_eq!(res.headers()["retry-after"], "1");
+        }
+        let trace_id = res.headers()["x-trace-id"].to_str()?.to_owned();
+        let v: serde_json::Value = res.json().await?;
+        assert_eq!(v["error"]["code"], "mock_fault", "{v}");
+        assert_eq!(mock_record(&s.mock, &trace_id).await?["status"], code);
+    }
+    Ok(())
+}
+
+async fn client_disconnect_cancels_the_upstream(s: Stack) -> Result<()> {
+    use futures_util::StreamExt;
+    let res = chat(
+        &s.base(),
+        CLIENT_KEY,
+        &[("x-mock-chunks", "100"), ("x-mock-interval-ms", "100")],
+    )
+    .send()
+    .await?;
+    let mut body = res.bytes_stream();
+    body.next().await.transpose()?;
+    drop(body);
+    assert!(
+        await_counter(&s.mock, "streams_cancelled", 1, 1000).await?,
+        "the vendor was still streaming 1 s after the client left"
+    );
+    Ok(())
+}
+
+async fn audit_line_is_right_and_logs_hold_no_secret(s: Stack) -> Result<()> {
+    let got = receive(chat(
+        &s.base(),
+        CLIENT_KEY,
+        &[("x-mock-chunks", "6"), ("x-mock-interval-ms", "10")],
+    ))
+    .await?;
+    let _ = chat(&s.base(), "wrong-key", &[]).send().await?;
+    let _ = chat(&s.base(), CLIENT_KEY, &[("x-mock-status", "500")])
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let relayed = String::from_utf8(got.bytes)?;
+    // The tap writes the audit line (unbuffered stderr) before the body's final chunk goes out, so it is in the
+    // file by the time the client has seen the end.
+    let logs = s.relay.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("stream ended") && l.contains(&got.trace_id));
+    let line = line.expect("no audit line for the stream");
+    for field in [
+        "tenant=e2e",
+        "route=/v1/chat/completions",
+        "status=200",
+        "outcome=\"complete\"",
+        "duration_ms=",
+    ] {
+        assert!(line.contains(field), "audit line lacks {field}: {line}");
+    }
+    assert!(line.contains(&format!("bytes={}", relayed.len())), "{line}");
+    assert!(
+        !line.contains('\u{FFFD}'),
+        "a character split across frames was mangled: {line}"
+    );
+    // Every content chunk's text, decoded across frame boundaries, is in the line.
+    for piece in relayed.split("\"content\":\"").skip(1) {
+        let content = piece.split('"').next().unwrap_or_default();
+        assert!(line.contains(content), "audit text lacks {content:?}");
+    }
+    for secret in [VENDOR_KEY, CLIENT_KEY, "wrong-key"] {
+        assert!(
+            !logs.contains(secret),
+            "the relay logged a credential ({secret})"
+        );
+    }
+    if let Some(n) = &s.nginx {
+        assert!(
+            !n.error_log().contains("upstream prematurely closed"),
+            "{}",
+            n.error_log()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! In-process fixtures: the mock vendor and the relay on `127.0.0.1:0`, each stopped by its token on drop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay::Config;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const VENDOR_KEY: &str = "sk-vendor-CANARY-5f1e";
+pub const CLIENT_KEY: &str = "client-key-CANARY-77";
+
+/// A running mock vendor: its address and its state (counters, per-stream records).
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub app: Arc<mock_upstream::routes::App>,
+    stop: CancellationToken,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn start_mock() -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (router, app) = mock_upstream::app(VENDOR_KEY.to_owned());
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = axum_serve(listener, router) => {}
+            () = stopped.cancelled() => {}
+        }
+    });
+    Mock { addr, app, stop }
+}
+
+async fn axum_serve(listener: TcpListener, router: axum::Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}
+
+/// A running relay.
+pub struct Relay {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Relay {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Config with the two vendor routes pointing at `upstream` (`host:port`), plus `extra` lines in each route.
+pub fn config(upstream: &str, extra: &str) -> Config {
+    let toml = format!(
+        r#"
+[[clients]]
+tenant = "acme"
+key_sha256 = "{digest}"
+
+[[routes]]
+path = "/v1/chat/completions"
+upstream = "http://{upstream}/v1/chat/completions"
+auth = "bearer"
+secret_env = "VENDOR_KEY"
+forward_headers = ["x-mock-*"]
+{extra}
+
+[[routes]]
+path = "/api/send-message"
+upstream = "http://{upstream}/api/send-message"
+auth = "x-api-key"
+secret_env = "VENDOR_KEY"
+forward_headers = ["x-mock-*"]
+{extra}
+"#,
+        digest = relay::auth::key_digest_hex(CLIENT_KEY),
+    );
+    Config::from_toml(
+        &toml,
+        &vec![("VENDOR_KEY".to_owned(), VENDOR_KEY.to_owned())],
+    )
+    .unwrap()
+}
+
+pub async fn start_relay(config: Config) -> Relay {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(relay::run(Arc::new(config), listener, stop.clone()));
+    Relay { addr, stop }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// A streaming chat request with the right client key and `x-mock-*` scenario headers.
+pub fn chat(relay: &Relay, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let mut rb = client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"model":"mock-1","stream":true,"messages":[{"role":"user","content":"你好"}]}"#);
+    for (k, v) in scenario {
+        rb = rb.header(*k, *v);
+    }
+    rb
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Waits (awaiting the mock's watch channel, not sleeping) until `counter` reaches `at_least`.
+pub async fn await_counter(mock: &Mock, counter: &str, at_least: u64, within: Duration) -> bool {
+    let mut rx = mock.app.stats.watch();
+    let reached = rx.wait_for(|c| c.get(counter).is_some_and(|v| v >= at_least));
+    matches!(tokio::time::timeout(within, reached).await, Ok(Ok(_)))
+}
