@@ -30,6 +30,7 @@ Scenario request headers (all optional):
   x-mock-chunks: N          content chunks to send (default 10)
   x-mock-interval-ms: MS    gap between chunks (default 50)
   x-mock-first-byte-ms: MS  delay before the response head (default 0)
+  x-mock-first-chunk-ms: MS delay between the response head and the first chunk (default 0)
   x-mock-chunk-bytes: N     text bytes per chunk after the ts= prefix (default 24)
   x-mock-split: 0|1         split odd chunks inside a multi-byte character across two frames (default 1)
   x-mock-status: CODE       answer CODE (300-599) with a JSON error body (429 adds retry-after: 1)

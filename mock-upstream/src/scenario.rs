@@ -32,6 +32,8 @@ pub struct Script {
     pub fail_status: Option<StatusCode>,
     /// Delay before the response head is sent.
     pub first_byte_delay: Duration,
+    /// Delay between the response head and the first content chunk (a slow first token).
+    pub first_chunk_delay: Duration,
     /// Content chunks to emit (before `stop_after` cuts them short).
     pub chunks: u32,
     /// Gap between content chunks.
@@ -51,6 +53,7 @@ impl Default for Script {
         Self {
             fail_status: None,
             first_byte_delay: Duration::ZERO,
+            first_chunk_delay: Duration::ZERO,
             chunks: 10,
             interval: Duration::from_millis(50),
             chunk_bytes: 24,
@@ -80,6 +83,9 @@ impl Script {
         }
         if let Some(ms) = number(headers, "x-mock-first-byte-ms", MAX_DELAY_MS)? {
             s.first_byte_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = number(headers, "x-mock-first-chunk-ms", MAX_DELAY_MS)? {
+            s.first_chunk_delay = Duration::from_millis(ms);
         }
         if let Some(n) = number(headers, "x-mock-chunk-bytes", MAX_CHUNK_BYTES as u64)? {
             s.chunk_bytes = usize::try_from(n).unwrap_or(MAX_CHUNK_BYTES);

@@ -63,8 +63,13 @@ impl Emission {
             return Some(Ok(self.sent(rest)));
         }
         if self.next_chunk < self.script.stop_after {
-            if self.next_chunk > 0 {
-                tokio::time::sleep(self.script.interval).await;
+            let wait = if self.next_chunk == 0 {
+                self.script.first_chunk_delay
+            } else {
+                self.script.interval
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
             let index = self.next_chunk;
             self.next_chunk += 1;

@@ -1,6 +1,9 @@
 //! The mock binary as the relay's tests use it: scenario headers, faults, and the inspection endpoints.
 
-#![expect(clippy::unwrap_used, reason = "a test fails loudly at the first broken step")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly at the first broken step"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,10 @@
 //! The binary's contract: invalid configuration exits 64 naming the field, `--check-config` validates without
 //! binding, and secrets never appear in what it prints.
 
-#![expect(clippy::unwrap_used, reason = "a test fails loudly at the first broken step")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly at the first broken step"
+)]
 
 use std::process::Command;
 

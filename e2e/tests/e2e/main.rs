@@ -1,7 +1,11 @@
 //! Black-box tests over real processes: client → relay → mock, and client → nginx → relay → mock.
 //! One test binary (one link); every process binds 127.0.0.1 and is stopped by its PID when its test ends.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly at the first broken step")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly at the first broken step"
+)]
 
 mod demo;
 mod nginx;

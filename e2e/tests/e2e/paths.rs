@@ -89,12 +89,19 @@ on_both_paths!(
 );
 
 async fn frames_arrive_incrementally_and_unchanged(s: Stack) -> Result<()> {
-    let rb = chat(
-        &s.base(),
-        CLIENT_KEY,
-        &[("x-mock-chunks", "10"), ("x-mock-interval-ms", "200")],
+    let scenario = [
+        ("x-mock-chunks", "10"),
+        ("x-mock-interval-ms", "200"),
+        ("x-mock-first-chunk-ms", "500"),
+    ];
+    let got = receive(chat(&s.base(), CLIENT_KEY, &scenario)).await?;
+    // The head is not held back until the first token (a buffering proxy holds both).
+    assert!(
+        got.first_byte.saturating_sub(got.head) > Duration::from_millis(300),
+        "head at {:?}, first byte at {:?}: the response head waited for the body",
+        got.head,
+        got.first_byte
     );
-    let got = receive(rb).await?;
     // Unbuffered: the first chunk is in the client's hands long before the last one is even sent.
     assert!(
         got.end.saturating_sub(got.first_byte) > Duration::from_secs(1),

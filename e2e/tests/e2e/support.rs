@@ -192,7 +192,8 @@ pub struct Received {
     pub trace_id: String,
     /// One-way delay of each content event (arrival wall clock minus the mock's `ts=`), in arrival order.
     pub delays: Vec<Duration>,
-    /// Arrival of the first body byte and of the end, measured from sending the request.
+    /// Arrival of the response head, the first body byte and the end, measured from sending the request.
+    pub head: Duration,
     pub first_byte: Duration,
     pub end: Duration,
 }
@@ -202,6 +203,7 @@ pub async fn receive(rb: reqwest::RequestBuilder) -> Result<Received> {
     use futures_util::StreamExt;
     let started = tokio::time::Instant::now();
     let res = rb.send().await?;
+    let head = started.elapsed();
     if res.status() != 200 {
         bail!("status {}", res.status());
     }
@@ -235,6 +237,7 @@ pub async fn receive(rb: reqwest::RequestBuilder) -> Result<Received> {
         bytes,
         trace_id,
         delays,
+        head,
         first_byte: first_byte.unwrap_or_default(),
         end: started.elapsed(),
     })
