@@ -104,3 +104,41 @@ fn missing_config_file_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/relay.toml"));
 }
+
+#[test]
+fn shipped_config_files_validate() {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let out = relay()
+        .arg("--config")
+        .arg(format!("{deploy}/relay.dev.toml"))
+        .arg("--check-config")
+        .env("SSEGATE_DEV_VENDOR_KEY", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "relay.dev.toml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The example reads one key from a file; point that at a temporary one.
+    let secret_file = write_config("example-secret", SECRET);
+    let example = std::fs::read_to_string(format!("{deploy}/relay.example.toml"))
+        .unwrap()
+        .replace("/run/secrets/vendor-key", secret_file.to_str().unwrap());
+    let path = write_config("example", &example);
+    let out = relay()
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .env("OPENAI_API_KEY", SECRET)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&secret_file).unwrap();
+    assert!(
+        out.status.success(),
+        "relay.example.toml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,65 @@
+# ssegate tasks. `just` is optional: every recipe is a plain cargo/shell command you can paste.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The vendor key the dev mock accepts and the dev relay sends.
+export SSEGATE_DEV_VENDOR_KEY := env_var_or_default("SSEGATE_DEV_VENDOR_KEY", "mock-vendor-key")
+
+default:
+    @just --list
+
+# Mock vendor on 127.0.0.1:9090 and the relay on 127.0.0.1:8080 with deploy/relay.dev.toml (Ctrl-C stops both)
+dev:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --workspace --bins
+    ./target/debug/mock-upstream --listen 127.0.0.1:9090 --api-key "$SSEGATE_DEV_VENDOR_KEY" &
+    mock=$!
+    trap 'kill $mock 2>/dev/null || true' EXIT
+    ./target/debug/relay --config deploy/relay.dev.toml
+
+# The relay's one-command demo (embedded config, in-process mock, page at /)
+demo:
+    cargo run --release -p relay -- --demo
+
+# Everything CI runs, minus the nginx install
+ci:
+    bash .ci/run
+
+# The README's test command
+test:
+    cargo test --workspace
+
+# Tests of one crate, e.g. `just test-crate relay`
+test-crate crate:
+    cargo test --workspace -p {{crate}}
+
+# Black-box tests over real processes (and nginx when installed); builds the binaries first so none is stale
+e2e:
+    cargo build --workspace --bins
+    SSEGATE_REQUIRE_NGINX=${SSEGATE_REQUIRE_NGINX:-0} cargo test --workspace --test e2e -- --nocapture
+
+fmt:
+    cargo fmt --all
+
+check-fmt:
+    cargo fmt --all -- --check
+
+clippy:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+lint: check-fmt clippy
+
+doc:
+    cargo doc --workspace --no-deps
+
+# Validate a relay config file
+check-config file:
+    cargo run -p relay -- --config {{file}} --check-config
+
+run-mock:
+    cargo run -p mock-upstream -- --listen 127.0.0.1:9090
+
+# Placeholder until the goose load test lands
+loadtest:
+    cargo run --release -p loadtest
