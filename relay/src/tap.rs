@@ -25,21 +25,21 @@ use tokio::time::Instant;
 use crate::audit::AuditText;
 
 /// How a relayed stream ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
     /// The upstream body ended and every byte was handed to the client.
     Complete,
-    /// The upstream body failed mid-stream.
-    Error,
+    /// The upstream body failed mid-stream (the error's text, for the log line only).
+    Error(String),
     /// The client went away (hyper dropped the body) before the end.
     Cancelled,
 }
 
 impl End {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             End::Complete => "complete",
-            End::Error => "upstream_error",
+            End::Error(_) => "upstream_error",
             End::Cancelled => "client_cancelled",
         }
     }
@@ -90,7 +90,7 @@ impl Observer {
         }
     }
 
-    /// The end-of-stream record: one structured log line.
+    /// The end-of-stream record: one structured log line (warn level when the upstream failed).
     fn end(self, end: End) {
         let i = &self.info;
         let ms = |t: Instant| t.duration_since(i.started).as_secs_f64() * 1000.0;
@@ -103,21 +103,36 @@ impl Observer {
             }
             None => (None, false),
         };
-        tracing::info!(
-            target: "ssegate::audit",
-            tenant = %i.tenant,
-            route = %i.route,
-            trace_id = %i.trace_id,
-            status = i.status,
-            outcome = end.as_str(),
-            bytes = self.bytes,
-            frames = self.frames,
-            ttfb_ms,
-            duration_ms,
-            text,
-            text_truncated,
-            "stream ended"
-        );
+        let error = match &end {
+            End::Error(e) => Some(e.as_str()),
+            _ => None,
+        };
+        macro_rules! record {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "ssegate::audit",
+                    $level,
+                    tenant = %i.tenant,
+                    route = %i.route,
+                    trace_id = %i.trace_id,
+                    status = i.status,
+                    outcome = end.as_str(),
+                    error,
+                    bytes = self.bytes,
+                    frames = self.frames,
+                    ttfb_ms,
+                    duration_ms,
+                    text,
+                    text_truncated,
+                    "stream ended"
+                )
+            };
+        }
+        if error.is_some() {
+            record!(tracing::Level::WARN);
+        } else {
+            record!(tracing::Level::INFO);
+        }
     }
 }
 
@@ -177,14 +192,15 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                tracing::warn!(trace_id = %observer.info.trace_id, error = %e, "upstream failed mid-stream");
-                if observer.info.event_stream {
-                    let event = error_event(&observer.info.trace_id);
-                    this.finish(End::Error);
-                    return Poll::Ready(Some(Ok(Frame::data(event))));
+                let event = observer
+                    .info
+                    .event_stream
+                    .then(|| error_event(&observer.info.trace_id));
+                this.finish(End::Error(e.to_string()));
+                match event {
+                    Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+                    None => Poll::Ready(Some(Err(e))),
                 }
-                this.finish(End::Error);
-                Poll::Ready(Some(Err(e)))
             }
             None => {
                 this.finish(End::Complete);
