@@ -21,6 +21,7 @@ pub mod demo;
 pub mod error;
 pub mod server;
 pub mod shutdown;
+pub mod sse;
 pub mod stack;
 pub mod tap;
 pub mod upstream;
