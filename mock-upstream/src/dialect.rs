@@ -27,16 +27,14 @@ pub fn unix_nanos() -> u128 {
         .unwrap_or(0)
 }
 
-/// The chunk text for content chunk `index`: `ts=<unix nanos>;` then about `bytes` bytes of [`ANSWER`].
+/// The chunk text for content chunk `index`: `ts=<unix nanos>;` then the next `bytes / 3` characters of [`ANSWER`]
+/// (about `bytes` bytes of mostly three-byte characters), so consecutive chunks read as one continuous answer.
 pub fn chunk_text(index: u32, bytes: usize) -> String {
+    let per_chunk = (bytes / 3).max(1);
+    let total = ANSWER.chars().count();
+    let start = (index as usize).wrapping_mul(per_chunk) % total;
     let mut text = format!("ts={};", unix_nanos());
-    let start = (index as usize * 7) % ANSWER.chars().count();
-    for c in ANSWER.chars().cycle().skip(start) {
-        if text.len() >= bytes + 24 {
-            break;
-        }
-        text.push(c);
-    }
+    text.extend(ANSWER.chars().cycle().skip(start).take(per_chunk));
     text
 }
 
