@@ -10,20 +10,22 @@
 //! Values parse as TOML scalars, falling back to a string. The environment reaches this module only through the
 //! [`Env`] trait, so tests never touch the process environment.
 
+mod route;
+
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
+
+pub use route::{RawRoute, RawTarget, Route, Secret, Target, UpstreamAuth};
+use route::{timeout, validate_route};
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "RELAY_";
 
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const MAX_BODY_LIMIT: u64 = 64 << 20;
 const MAX_AUDIT_TEXT: usize = 1 << 20;
 
@@ -98,6 +100,18 @@ pub struct RawConfig {
     pub max_request_body_bytes: u64,
     #[serde(default)]
     pub log_format: LogFormat,
+    #[serde(default = "default_header_read_ms")]
+    pub header_read_timeout_ms: u64,
+    #[serde(default = "default_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_write_ms")]
+    pub write_timeout_ms: u64,
+    #[serde(default = "default_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    #[serde(default = "default_max_tenant_streams")]
+    pub max_streams_per_tenant: u32,
     #[serde(default)]
     pub audit: RawAudit,
     #[serde(default)]
@@ -111,6 +125,24 @@ fn default_listen() -> String {
 }
 fn default_body_limit() -> u64 {
     1 << 20
+}
+fn default_header_read_ms() -> u64 {
+    30_000
+}
+fn default_header_bytes() -> usize {
+    64 << 10
+}
+fn default_write_ms() -> u64 {
+    30_000
+}
+fn default_grace_ms() -> u64 {
+    30_000
+}
+fn default_max_streams() -> u32 {
+    10_000
+}
+fn default_max_tenant_streams() -> u32 {
+    1_000
 }
 
 /// Log line format.
@@ -157,60 +189,6 @@ pub struct RawClient {
     pub key_sha256: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub path: String,
-    pub upstream: String,
-    pub auth: UpstreamAuth,
-    pub secret_env: Option<String>,
-    pub secret_file: Option<PathBuf>,
-    #[serde(default = "default_connect_ms")]
-    pub connect_timeout_ms: u64,
-    #[serde(default = "default_first_byte_ms")]
-    pub first_byte_timeout_ms: u64,
-    /// Request headers to forward besides the defaults; a trailing `*` matches a prefix (`x-mock-*`).
-    #[serde(default)]
-    pub forward_headers: Vec<String>,
-}
-
-fn default_connect_ms() -> u64 {
-    5_000
-}
-fn default_first_byte_ms() -> u64 {
-    60_000
-}
-
-/// How the vendor expects its secret.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpstreamAuth {
-    /// `Authorization: Bearer <secret>` (OpenAI and most vendors).
-    Bearer,
-    /// `x-api-key: <secret>` (the blog post's vendor, Anthropic).
-    XApiKey,
-}
-
-/// A vendor credential, ready to send. Prints as `[REDACTED]`.
-#[derive(Clone)]
-pub struct Secret {
-    header: HeaderName,
-    value: HeaderValue,
-}
-
-impl Secret {
-    /// The header that carries the secret and its value (marked sensitive, so hyper never logs it).
-    pub fn header(&self) -> (&HeaderName, &HeaderValue) {
-        (&self.header, &self.value)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({}: [REDACTED])", self.header)
-    }
-}
-
 /// A client key: who it belongs to and the SHA-256 of the key itself.
 #[derive(Clone, Debug)]
 pub struct ClientKey {
@@ -225,16 +203,21 @@ pub struct AuditConfig {
     pub max_text_bytes: usize,
 }
 
-/// One inbound path mapped to one upstream URL.
-#[derive(Clone, Debug)]
-pub struct Route {
-    pub path: String,
-    pub upstream: Uri,
-    pub secret: Secret,
-    pub connect_timeout: Duration,
-    pub first_byte_timeout: Duration,
-    /// Lower-case extra header names or `prefix*` patterns allowed upstream.
-    pub forward_headers: Vec<String>,
+/// Limits of the listener and of the whole process.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Time a client gets to send a complete request head (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head; larger ones get 431. Also hyper's per-connection buffer cap, which bounds what a
+    /// client that stops reading can make the relay hold.
+    pub max_header_bytes: usize,
+    /// A client that accepts no bytes for this long is disconnected (its upstream cancelled).
+    pub write_timeout: Duration,
+    /// How long in-flight streams may run after SIGTERM before they get a `shutdown` error event.
+    pub shutdown_grace: Duration,
+    /// Concurrent streams in all (503 beyond) and per tenant (429 beyond).
+    pub max_streams: u32,
+    pub max_streams_per_tenant: u32,
 }
 
 /// The validated, immutable configuration.
@@ -243,6 +226,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub max_request_body_bytes: u64,
     pub log_format: LogFormat,
+    pub limits: ServerLimits,
     pub audit: AuditConfig,
     pub clients: Vec<ClientKey>,
     pub routes: Vec<Route>,
@@ -327,12 +311,33 @@ impl Config {
             listen,
             max_request_body_bytes: raw.max_request_body_bytes,
             log_format: raw.log_format,
+            limits: server_limits(&raw)?,
             audit,
             clients,
             routes,
             demo_page: false,
         })
     }
+}
+
+fn server_limits(raw: &RawConfig) -> Result<ServerLimits, ConfigError> {
+    if !(8192..=1 << 20).contains(&raw.max_header_bytes) {
+        return Err(field("max_header_bytes", "must be from 8192 to 1048576"));
+    }
+    if raw.max_streams == 0 || raw.max_streams_per_tenant == 0 {
+        return Err(field(
+            "max_streams",
+            "max_streams and max_streams_per_tenant must be at least 1",
+        ));
+    }
+    Ok(ServerLimits {
+        header_read_timeout: timeout("header_read_timeout_ms", raw.header_read_timeout_ms)?,
+        max_header_bytes: raw.max_header_bytes,
+        write_timeout: timeout("write_timeout_ms", raw.write_timeout_ms)?,
+        shutdown_grace: timeout("shutdown_grace_ms", raw.shutdown_grace_ms)?,
+        max_streams: raw.max_streams,
+        max_streams_per_tenant: raw.max_streams_per_tenant,
+    })
 }
 
 /// Sets `RELAY_*` variables into the table; returns (field path, variable) for error messages.
@@ -417,112 +422,6 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
         out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
     }
     Some(out)
-}
-
-fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
-    let at = |name: &str| format!("routes[{i}].{name}");
-    if !r.path.starts_with('/')
-        || r.path == "/"
-        || r.path == "/healthz"
-        || r.path.contains(['?', '#'])
-    {
-        return Err(field(
-            at("path"),
-            "must start with `/`, have no query, and not be `/` or `/healthz`",
-        ));
-    }
-    let upstream: Uri = r
-        .upstream
-        .parse()
-        .map_err(|_| field(at("upstream"), "not a valid URL"))?;
-    let scheme_ok = matches!(upstream.scheme_str(), Some("http" | "https"));
-    let authority = upstream.authority().map(|a| a.as_str()).unwrap_or("");
-    if !scheme_ok || authority.is_empty() || authority.contains('@') {
-        return Err(field(
-            at("upstream"),
-            "must be an absolute http:// or https:// URL without user info",
-        ));
-    }
-    let secret = read_secret(r, env).map_err(|reason| field(at("secret"), reason))?;
-    let value = match r.auth {
-        UpstreamAuth::Bearer => format!("Bearer {secret}"),
-        UpstreamAuth::XApiKey => secret,
-    };
-    let mut value = HeaderValue::from_str(&value).map_err(|_| {
-        field(
-            at("secret"),
-            "contains characters not allowed in an HTTP header",
-        )
-    })?;
-    value.set_sensitive(true);
-    let header = match r.auth {
-        UpstreamAuth::Bearer => http::header::AUTHORIZATION,
-        UpstreamAuth::XApiKey => HeaderName::from_static("x-api-key"),
-    };
-    let forward_headers = validate_forward(&at("forward_headers"), &r.forward_headers)?;
-    Ok(Route {
-        forward_headers,
-        path: r.path.clone(),
-        upstream,
-        secret: Secret { header, value },
-        connect_timeout: timeout(&at("connect_timeout_ms"), r.connect_timeout_ms)?,
-        first_byte_timeout: timeout(&at("first_byte_timeout_ms"), r.first_byte_timeout_ms)?,
-    })
-}
-
-fn validate_forward(name: &str, raw: &[String]) -> Result<Vec<String>, ConfigError> {
-    raw.iter()
-        .map(|h| {
-            let h = h.trim().to_ascii_lowercase();
-            let (bare, never) = match h.strip_suffix('*') {
-                Some(prefix) => (
-                    prefix,
-                    crate::upstream::NEVER_FORWARD
-                        .iter()
-                        .any(|n| n.starts_with(prefix)),
-                ),
-                None => (
-                    h.as_str(),
-                    crate::upstream::NEVER_FORWARD.contains(&h.as_str()),
-                ),
-            };
-            if bare.is_empty() || HeaderName::from_bytes(bare.as_bytes()).is_err() || never {
-                return Err(field(
-                    name,
-                    format!("`{h}` is not a header that may be forwarded"),
-                ));
-            }
-            Ok(h)
-        })
-        .collect()
-}
-
-fn timeout(name: &str, ms: u64) -> Result<Duration, ConfigError> {
-    let d = Duration::from_millis(ms);
-    if d.is_zero() || d > MAX_TIMEOUT {
-        return Err(field(
-            name,
-            format!("must be from 1 to {} milliseconds", MAX_TIMEOUT.as_millis()),
-        ));
-    }
-    Ok(d)
-}
-
-/// Reads the route's secret from exactly one of `secret_env` / `secret_file`. Errors never contain the secret.
-fn read_secret(r: &RawRoute, env: &dyn Env) -> Result<String, String> {
-    let secret = match (&r.secret_env, &r.secret_file) {
-        (Some(var), None) => env
-            .var(var)
-            .ok_or_else(|| format!("environment variable {var} is not set"))?,
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read secret_file {}: {e}", path.display()))?,
-        _ => return Err("set exactly one of secret_env and secret_file".into()),
-    };
-    let secret = secret.trim().to_owned();
-    if secret.is_empty() {
-        return Err("the secret is empty".into());
-    }
-    Ok(secret)
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ path = "/v1/chat/completions"
 upstream = "http://{mock}/v1/chat/completions"
 auth = "bearer"
 secret_env = "{VENDOR_KEY_VAR}"
+terminal_event = "data: [DONE]"
 forward_headers = ["x-mock-*"]
 
 [[routes]]
@@ -49,6 +50,7 @@ path = "/api/send-message"
 upstream = "http://{mock}/api/send-message"
 auth = "x-api-key"
 secret_env = "{VENDOR_KEY_VAR}"
+terminal_event = "event: done"
 forward_headers = ["x-mock-*"]
 "#
     )

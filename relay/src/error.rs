@@ -10,12 +10,15 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::auth::AuthError;
+use crate::rate_limit::RateLimitError;
 
 /// Why a request failed before any upstream byte reached the client.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error(transparent)]
     Unauthorized(#[from] AuthError),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimitError),
     #[error("no route for this path")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -35,8 +38,8 @@ pub enum UpstreamError {
     Connect(String),
     #[error("upstream connect timed out")]
     ConnectTimeout,
-    #[error("upstream sent no response head within {0:?}")]
-    FirstByteTimeout(std::time::Duration),
+    #[error("upstream sent no response head within the first-byte timeout")]
+    FirstByteTimeout,
     #[error("upstream protocol error: {0}")]
     Protocol(String),
     #[error("upstream answered with a redirect ({0}), which is never followed")]
@@ -50,13 +53,15 @@ impl RelayError {
     pub fn kind(&self) -> &'static str {
         match self {
             RelayError::Unauthorized(_) => "unauthorized",
+            RelayError::RateLimited(RateLimitError::Total) => "overloaded",
+            RelayError::RateLimited(RateLimitError::Tenant) => "rate_limited",
             RelayError::NotFound => "not_found",
             RelayError::MethodNotAllowed => "method_not_allowed",
             RelayError::PayloadTooLarge { .. } => "payload_too_large",
             RelayError::BadBody => "bad_request_body",
             RelayError::Upstream(UpstreamError::Connect(_)) => "upstream_connect",
             RelayError::Upstream(
-                UpstreamError::ConnectTimeout | UpstreamError::FirstByteTimeout(_),
+                UpstreamError::ConnectTimeout | UpstreamError::FirstByteTimeout,
             ) => "upstream_timeout",
             RelayError::Upstream(UpstreamError::Protocol(_)) => "upstream_protocol",
             RelayError::Upstream(UpstreamError::Redirect(_)) => "upstream_redirect",
@@ -67,12 +72,14 @@ impl RelayError {
     pub fn status(&self) -> StatusCode {
         match self {
             RelayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            RelayError::RateLimited(RateLimitError::Total) => StatusCode::SERVICE_UNAVAILABLE,
+            RelayError::RateLimited(RateLimitError::Tenant) => StatusCode::TOO_MANY_REQUESTS,
             RelayError::NotFound => StatusCode::NOT_FOUND,
             RelayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RelayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::BadBody => StatusCode::BAD_REQUEST,
             RelayError::Upstream(
-                UpstreamError::ConnectTimeout | UpstreamError::FirstByteTimeout(_),
+                UpstreamError::ConnectTimeout | UpstreamError::FirstByteTimeout,
             ) => StatusCode::GATEWAY_TIMEOUT,
             RelayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -111,6 +118,10 @@ pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
     if matches!(err, RelayError::Unauthorized(_)) {
         res.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if matches!(err, RelayError::RateLimited(_)) {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if matches!(err, RelayError::MethodNotAllowed) {
         res.headers_mut()

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod rate_limit;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
@@ -33,9 +34,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-/// Serves the relay on `listener` until `shutdown` is cancelled, then drains in-flight streams.
-pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: CancellationToken) {
-    server::run(config, listener, shutdown).await;
+/// Serves the relay on `listener` until `stop` is cancelled, then drains in-flight streams for the configured grace
+/// period and ends the rest with a `shutdown` error event.
+pub async fn run(config: Arc<Config>, listener: TcpListener, stop: CancellationToken) {
+    let shutdown = server::Shutdown {
+        stop,
+        drain: CancellationToken::new(),
+    };
+    let relay = Arc::new(stack::Relay::new(config.clone(), shutdown.drain.clone()));
+    server::serve(listener, relay, config.limits, shutdown).await;
 }
 
 /// Installs the global log subscriber (stderr; `RUST_LOG` filters, default `info`).

@@ -13,6 +13,8 @@ use tokio_util::task::TaskTracker;
 
 /// BSD `EX_USAGE`: the configuration (or command line) is wrong.
 const EX_USAGE: u8 = 64;
+/// Exit status after a second signal cut the drain short (128 + SIGINT, as shells report it).
+const EX_FORCED: u8 = 130;
 
 #[derive(Parser)]
 #[command(
@@ -97,19 +99,28 @@ async fn serve(cli: Cli) -> ExitCode {
     }
     let _ = out.flush();
     drop(out);
-    let signals = shutdown.clone();
-    tracker.spawn(async move {
-        match relay::shutdown::signal_received().await {
-            Ok(name) => tracing::info!(signal = name, "shutdown requested"),
-            Err(e) => tracing::error!(error = %e, "cannot watch signals"),
+    let mut signals = match relay::shutdown::Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("relay: cannot watch signals: {e}");
+            return ExitCode::FAILURE;
         }
-        signals.cancel();
-    });
+    };
+    let stop = shutdown.clone();
+    let watch = async move {
+        let first = signals.next().await;
+        tracing::info!(
+            signal = first,
+            "shutting down gracefully (send it again to exit now)"
+        );
+        stop.cancel();
+        signals.next().await
+    };
     tokio::select! {
         () = relay::run(Arc::new(config), listener, shutdown.clone()) => {}
-        r = async { shutdown.cancelled().await; relay::shutdown::signal_received().await } => {
-            tracing::warn!(signal = r.unwrap_or("?"), "second signal: exiting now");
-            return ExitCode::SUCCESS;
+        second = watch => {
+            tracing::warn!(signal = second, "second signal: exiting now");
+            return ExitCode::from(EX_FORCED);
         }
     }
     shutdown.cancel();

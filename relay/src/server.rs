@@ -1,12 +1,28 @@
-//! The listener: accept loop, one task per connection (HTTP/1.1 only), header-read timeout, graceful drain.
+//! The listener: accept loop, one task per connection (HTTP/1.1 only), listener limits, panic isolation and the
+//! graceful drain.
 //!
-//! HTTP/1.1 only on purpose: the relay sits behind nginx (which speaks h2 to browsers), and h1 keeps the h2
-//! attack surface (rapid reset, stream floods) out of the process. Every connection task belongs to a
-//! `TaskTracker`, so shutdown can wait for in-flight streams.
+//! HTTP/1.1 only on purpose: the relay sits behind nginx (which speaks h2 to browsers), and h1 keeps the h2 attack
+//! surface (rapid reset, stream floods) out of the process. Per connection: hyper's header-read timeout (slowloris;
+//! hyper needs a timer for it), `max_header_bytes` as hyper's buffer cap (431 beyond it, and the bound on what a
+//! client that stops reading can make the relay hold), and a write-only timeout ([`io::WriteTimeout`]).
+//!
+//! Shutdown: stop accepting (the listener is dropped, new connections are refused), ask every connection to finish
+//! (idle keep-alive connections close at once, in-flight streams go on), wait up to the grace period, then cancel
+//! the drain token, which makes every remaining stream send a `shutdown` error event and end; then wait briefly for
+//! those last bytes to be written. Every connection task belongs to a `TaskTracker`.
 
+pub mod io;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -14,23 +30,49 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::stack::Relay;
+pub use io::ConnState;
 
-/// Time a client gets to send a complete request head (slowloris defence; hyper needs a timer for it).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long in-flight streams may run after shutdown starts.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+use crate::config::ServerLimits;
+use crate::tap::BoxError;
+
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// After the drain token fires: time for the final error events to be written before connections are abandoned.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `listener` until `shutdown` is cancelled, then drains connections for at most [`SHUTDOWN_GRACE`].
-pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: CancellationToken) {
-    let relay = Arc::new(Relay::new(config));
+/// What serves requests: the relay ([`crate::stack::Relay`]) or, in tests, a wrapper around it.
+pub trait Handler: Send + Sync + 'static {
+    type Body: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static;
+
+    /// Answers one request; `conn` is the connection's shared state.
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnState>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// The response for a request whose handling panicked.
+    fn panicked(&self) -> Response<Self::Body>;
+}
+
+/// Tokens that drive shutdown: `stop` ends accepting; `drain` (fired `grace` later) ends the remaining streams.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub stop: CancellationToken,
+    pub drain: CancellationToken,
+}
+
+/// Serves `listener` with `handler` until `shutdown.stop`, then drains (see the module docs).
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    shutdown: Shutdown,
+) {
     let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -41,43 +83,79 @@ pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: Cancellat
             },
         };
         let _ = stream.set_nodelay(true);
-        let relay = relay.clone();
-        let shutdown = shutdown.clone();
+        let handler = handler.clone();
+        let stop = shutdown.stop.clone();
         tracker.spawn(async move {
+            let state = Arc::new(ConnState::default());
+            let io = io::WriteTimeout::new(stream, limits.write_timeout, state.clone());
             let service = service_fn(move |req| {
-                let relay = relay.clone();
-                async move { Ok::<_, std::convert::Infallible>(relay.handle(req).await) }
+                let handler = handler.clone();
+                let state = state.clone();
+                async move {
+                    let fallback = handler.clone();
+                    let res = AssertUnwindSafe(handler.handle(req, state))
+                        .catch_unwind()
+                        .await;
+                    Ok::<_, Infallible>(res.unwrap_or_else(|_| {
+                        tracing::error!(%peer, "request handler panicked; answered 500");
+                        fallback.panicked()
+                    }))
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes)
+                .serve_connection(TokioIo::new(io), service);
+            // A panic while streaming a body unwinds out of the connection future: only this connection ends.
+            let driven = AssertUnwindSafe(drive(conn, stop)).catch_unwind().await;
+            match driven {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                Err(_) => tracing::error!(%peer, "connection panicked while streaming; closed it"),
             }
         });
     }
     drop(listener);
     tracker.close();
-    tracing::info!(
-        in_flight = tracker.len(),
-        "shutting down: draining connections"
-    );
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+    tracing::info!(in_flight = tracker.len(), grace = ?limits.shutdown_grace, "shutting down: draining");
+    if tokio::time::timeout(limits.shutdown_grace, tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!(
             in_flight = tracker.len(),
-            "grace period over: closing remaining connections"
+            "grace period over: ending the remaining streams"
         );
+        shutdown.drain.cancel();
+        if tokio::time::timeout(CLOSE_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = tracker.len(),
+                "connections still open after the final events; leaving them"
+            );
+        }
+    }
+}
+
+/// Runs a connection; on `stop`, asks it to finish its in-flight response and close.
+async fn drive<S>(
+    conn: http1::Connection<TokioIo<io::WriteTimeout<tokio::net::TcpStream>>, S>,
+    stop: CancellationToken,
+) -> hyper::Result<()>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<BoxError>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::Route;
+use crate::config::{Route, Target};
 use crate::error::UpstreamError;
 
 /// Request headers forwarded when present (plus a route's `forward_headers`). Everything else is dropped:
@@ -71,10 +71,12 @@ const RESPONSE_ALLOW_PREFIX: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-"]
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// One pooled client per route (the connect timeout is a connector setting).
+/// Upstream connection buffer cap: bounds what a stalled client can make the relay read ahead from the vendor.
+const UPSTREAM_BUF: usize = 64 << 10;
+
+/// One pooled client per route (the connect timeout is a connector setting); shared by the route's endpoints.
 pub struct Upstream {
     client: HttpsClient,
-    first_byte_timeout: Duration,
 }
 
 /// Builds the TLS settings once: the system's CA certificates, or none (https upstreams then fail) with a warning.
@@ -117,20 +119,19 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .http1_max_buf_size(UPSTREAM_BUF)
             .build(https);
-        Self {
-            client,
-            first_byte_timeout: route.first_byte_timeout,
-        }
+        Self { client }
     }
 
-    /// Sends the request and waits (at most the first-byte timeout) for the response head.
+    /// Sends the request and waits, until `deadline` (the route's first-byte deadline), for the response head.
     pub async fn send(
         &self,
         req: Request<Full<Bytes>>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError::FirstByteTimeout(self.first_byte_timeout)),
+        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::FirstByteTimeout),
             Ok(Ok(res)) => Ok(res),
             Ok(Err(e)) if e.is_connect() && caused_by_timeout(&e) => {
                 Err(UpstreamError::ConnectTimeout)
@@ -197,18 +198,23 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// The upstream request: fixed method and URL, allow-listed headers, the vendor secret, `Accept-Encoding: identity`.
-pub fn build_request(route: &Route, inbound: &HeaderMap, body: Bytes) -> Request<Full<Bytes>> {
+pub fn build_request(
+    route: &Route,
+    target: &Target,
+    inbound: &HeaderMap,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
     let listed = connection_listed(inbound);
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = Method::POST;
-    *req.uri_mut() = route.upstream.clone();
+    *req.uri_mut() = target.upstream.clone();
     let headers = req.headers_mut();
     for (name, value) in inbound {
         if forwardable(name, &route.forward_headers) && !listed.iter().any(|l| l == name.as_str()) {
             headers.append(name.clone(), value.clone());
         }
     }
-    let (name, value) = route.secret.header();
+    let (name, value) = target.secret.header();
     headers.insert(name.clone(), value.clone());
     headers.insert(
         header::ACCEPT_ENCODING,

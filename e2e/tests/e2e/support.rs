@@ -124,28 +124,41 @@ pub async fn start_mock() -> Result<Proc> {
     spawn_listening(cmd, "mock", 0).await
 }
 
-pub fn relay_config(mock: SocketAddr) -> String {
+/// The relay's config for a mock at `mock`: `top` lines go at the top level, `route` lines into both routes.
+pub fn relay_config(mock: SocketAddr, top: &str, route: &str) -> String {
     let digest: String = Sha256::digest(CLIENT_KEY.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let route = |path: &str, auth: &str| {
+    let one = |path: &str, auth: &str, terminal: &str| {
         format!(
             "[[routes]]\npath = \"{path}\"\nupstream = \"http://{mock}{path}\"\nauth = \"{auth}\"\n\
-             secret_env = \"SSEGATE_E2E_VENDOR_KEY\"\nforward_headers = [\"x-mock-*\"]\n\n"
+             secret_env = \"SSEGATE_E2E_VENDOR_KEY\"\nterminal_event = \"{terminal}\"\n\
+             forward_headers = [\"x-mock-*\"]\n{route}\n\n"
         )
     };
     format!(
-        "[audit]\nenabled = true\nmax_text_bytes = 65536\n\n[[clients]]\ntenant = \"e2e\"\nkey_sha256 = \"{digest}\"\n\n{}{}",
-        route("/v1/chat/completions", "bearer"),
-        route("/api/send-message", "x-api-key"),
+        "{top}\n[audit]\nenabled = true\nmax_text_bytes = 65536\n\n\
+         [[clients]]\ntenant = \"e2e\"\nkey_sha256 = \"{digest}\"\n\n{}{}",
+        one("/v1/chat/completions", "bearer", "data: [DONE]"),
+        one("/api/send-message", "x-api-key", "event: done"),
     )
 }
 
-/// The relay binary with a config file pointing at `mock`.
+/// The relay binary with the default e2e config pointing at `mock`.
 pub async fn start_relay(mock: SocketAddr, dir: &TempDir) -> Result<Proc> {
+    start_relay_with(mock, dir, "", "").await
+}
+
+/// The relay binary with extra `top` and `route` config lines.
+pub async fn start_relay_with(
+    mock: SocketAddr,
+    dir: &TempDir,
+    top: &str,
+    route: &str,
+) -> Result<Proc> {
     let config = dir.0.join("relay.toml");
-    std::fs::write(&config, relay_config(mock))?;
+    std::fs::write(&config, relay_config(mock, top, route))?;
     let mut cmd = Command::new(binary("relay", "SSEGATE_RELAY_BIN"));
     cmd.arg("--config")
         .arg(&config)

@@ -56,7 +56,7 @@ fn minimal_file_gets_documented_defaults() {
     let r = &c.routes[0];
     assert_eq!(r.connect_timeout, Duration::from_secs(5));
     assert_eq!(r.first_byte_timeout, Duration::from_secs(60));
-    let (name, value) = r.secret.header();
+    let (name, value) = r.targets[0].secret.header();
     assert_eq!(name, http::header::AUTHORIZATION);
     assert_eq!(value.to_str().unwrap(), format!("Bearer {SECRET}"));
     assert!(value.is_sensitive());
@@ -126,7 +126,7 @@ fn secret_file_is_read_and_trimmed() {
     )
     .unwrap();
     std::fs::remove_file(&dir).unwrap();
-    let (name, value) = c.routes[0].secret.header();
+    let (name, value) = c.routes[0].targets[0].secret.header();
     assert_eq!(
         (name.as_str(), value.to_str().unwrap()),
         ("x-api-key", SECRET)

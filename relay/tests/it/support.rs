@@ -75,6 +75,7 @@ path = "/v1/chat/completions"
 upstream = "http://{upstream}/v1/chat/completions"
 auth = "bearer"
 secret_env = "VENDOR_KEY"
+terminal_event = "data: [DONE]"
 forward_headers = ["x-mock-*"]
 {extra}
 
@@ -83,6 +84,7 @@ path = "/api/send-message"
 upstream = "http://{upstream}/api/send-message"
 auth = "x-api-key"
 secret_env = "VENDOR_KEY"
+terminal_event = "event: done"
 forward_headers = ["x-mock-*"]
 {extra}
 "#,

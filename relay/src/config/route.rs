@@ -1,0 +1,284 @@
+//! Route configuration: one inbound path, the vendor endpoints it may call (in failover order), how the vendor
+//! wants its key, and the route's stream limits.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use serde::Deserialize;
+
+use super::{ConfigError, Env, field};
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A `[[routes]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: String,
+    pub upstream: String,
+    pub auth: UpstreamAuth,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// More endpoints (or keys) tried in order before the first byte reaches the client.
+    #[serde(default)]
+    pub failover: Vec<RawTarget>,
+    /// Attempts in all (first endpoint included); defaults to one per endpoint.
+    pub max_attempts: Option<usize>,
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_first_byte_ms")]
+    pub first_byte_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_total_ms")]
+    pub total_timeout_ms: u64,
+    /// `: keep-alive` comment interval while the upstream is silent; 0 turns them off.
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_interval_ms: u64,
+    /// The line that ends a complete answer (`data: [DONE]`); EOF without it is a truncation.
+    pub terminal_event: Option<String>,
+    #[serde(default = "default_max_event")]
+    pub max_event_bytes: usize,
+    /// Request headers to forward besides the defaults; a trailing `*` matches a prefix (`x-mock-*`).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+}
+
+/// A `[[routes.failover]]` entry: another endpoint, with its own key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub upstream: String,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_first_byte_ms() -> u64 {
+    60_000
+}
+fn default_idle_ms() -> u64 {
+    120_000
+}
+fn default_total_ms() -> u64 {
+    30 * 60_000
+}
+fn default_keepalive_ms() -> u64 {
+    15_000
+}
+fn default_max_event() -> usize {
+    8 << 20
+}
+
+/// How the vendor expects its secret.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// `Authorization: Bearer <secret>` (OpenAI and most vendors).
+    Bearer,
+    /// `x-api-key: <secret>` (the blog post's vendor, Anthropic).
+    XApiKey,
+}
+
+/// A vendor credential, ready to send. Prints as `[REDACTED]`.
+#[derive(Clone)]
+pub struct Secret {
+    header: HeaderName,
+    value: HeaderValue,
+}
+
+impl Secret {
+    /// The header that carries the secret and its value (marked sensitive, so hyper never logs it).
+    pub fn header(&self) -> (&HeaderName, &HeaderValue) {
+        (&self.header, &self.value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({}: [REDACTED])", self.header)
+    }
+}
+
+/// One vendor endpoint and the key it takes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub upstream: Uri,
+    pub secret: Secret,
+}
+
+/// One inbound path and everything about calling its vendor.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub path: String,
+    /// In failover order; never empty.
+    pub targets: Vec<Target>,
+    pub max_attempts: usize,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub total_timeout: Duration,
+    pub keepalive_interval: Option<Duration>,
+    pub terminal_event: Option<String>,
+    pub max_event_bytes: usize,
+    /// Lower-case extra header names or `prefix*` patterns allowed upstream.
+    pub forward_headers: Vec<String>,
+}
+
+pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
+    let at = |name: &str| format!("routes[{i}].{name}");
+    let reserved = r.path == "/" || r.path == "/healthz";
+    if !r.path.starts_with('/') || reserved || r.path.contains(['?', '#']) {
+        return Err(field(
+            at("path"),
+            "must start with `/`, have no query, and not be `/` or `/healthz`",
+        ));
+    }
+    let first = RawTarget {
+        upstream: r.upstream.clone(),
+        secret_env: r.secret_env.clone(),
+        secret_file: r.secret_file.clone(),
+    };
+    let mut targets = vec![target(&at(""), &first, r.auth, env)?];
+    for (j, t) in r.failover.iter().enumerate() {
+        targets.push(target(&at(&format!("failover[{j}].")), t, r.auth, env)?);
+    }
+    let max_attempts = r.max_attempts.unwrap_or(targets.len());
+    if max_attempts == 0 || max_attempts > targets.len() {
+        return Err(field(
+            at("max_attempts"),
+            format!("must be from 1 to {} (one per endpoint)", targets.len()),
+        ));
+    }
+    let idle_timeout = timeout(&at("idle_timeout_ms"), r.idle_timeout_ms)?;
+    let keepalive_interval = match r.keepalive_interval_ms {
+        0 => None,
+        ms => Some(timeout(&at("keepalive_interval_ms"), ms)?),
+    };
+    if keepalive_interval.is_some_and(|k| k >= idle_timeout) {
+        return Err(field(
+            at("keepalive_interval_ms"),
+            "must be shorter than idle_timeout_ms (pings keep idle proxies open)",
+        ));
+    }
+    if let Some(t) = &r.terminal_event {
+        let bad =
+            t.is_empty() || t.len() > crate::sse::MAX_TERMINAL_LINE || t.contains(['\r', '\n']);
+        if bad {
+            return Err(field(
+                at("terminal_event"),
+                "must be one line of 1 to 64 bytes",
+            ));
+        }
+    }
+    if r.max_event_bytes < 1024 {
+        return Err(field(at("max_event_bytes"), "must be at least 1024"));
+    }
+    Ok(Route {
+        path: r.path.clone(),
+        targets,
+        max_attempts,
+        connect_timeout: timeout(&at("connect_timeout_ms"), r.connect_timeout_ms)?,
+        first_byte_timeout: timeout(&at("first_byte_timeout_ms"), r.first_byte_timeout_ms)?,
+        idle_timeout,
+        total_timeout: timeout(&at("total_timeout_ms"), r.total_timeout_ms)?,
+        keepalive_interval,
+        terminal_event: r.terminal_event.clone(),
+        max_event_bytes: r.max_event_bytes,
+        forward_headers: validate_forward(&at("forward_headers"), &r.forward_headers)?,
+    })
+}
+
+/// `prefix` is `routes[i].` or `routes[i].failover[j].`.
+fn target(
+    prefix: &str,
+    t: &RawTarget,
+    auth: UpstreamAuth,
+    env: &dyn Env,
+) -> Result<Target, ConfigError> {
+    let upstream: Uri = t
+        .upstream
+        .parse()
+        .map_err(|_| field(format!("{prefix}upstream"), "not a valid URL"))?;
+    let scheme_ok = matches!(upstream.scheme_str(), Some("http" | "https"));
+    let authority = upstream.authority().map(|a| a.as_str()).unwrap_or("");
+    if !scheme_ok || authority.is_empty() || authority.contains('@') {
+        return Err(field(
+            format!("{prefix}upstream"),
+            "must be an absolute http:// or https:// URL without user info",
+        ));
+    }
+    let secret = read_secret(t, env).map_err(|reason| field(format!("{prefix}secret"), reason))?;
+    let value = match auth {
+        UpstreamAuth::Bearer => format!("Bearer {secret}"),
+        UpstreamAuth::XApiKey => secret,
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| {
+        field(
+            format!("{prefix}secret"),
+            "contains characters not allowed in an HTTP header",
+        )
+    })?;
+    value.set_sensitive(true);
+    let header = match auth {
+        UpstreamAuth::Bearer => http::header::AUTHORIZATION,
+        UpstreamAuth::XApiKey => HeaderName::from_static("x-api-key"),
+    };
+    Ok(Target {
+        upstream,
+        secret: Secret { header, value },
+    })
+}
+
+fn validate_forward(name: &str, raw: &[String]) -> Result<Vec<String>, ConfigError> {
+    let never = crate::upstream::NEVER_FORWARD;
+    raw.iter()
+        .map(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            let (bare, refused) = match h.strip_suffix('*') {
+                Some(prefix) => (prefix, never.iter().any(|n| n.starts_with(prefix))),
+                None => (h.as_str(), never.contains(&h.as_str())),
+            };
+            if bare.is_empty() || HeaderName::from_bytes(bare.as_bytes()).is_err() || refused {
+                return Err(field(
+                    name,
+                    format!("`{h}` is not a header that may be forwarded"),
+                ));
+            }
+            Ok(h)
+        })
+        .collect()
+}
+
+/// Milliseconds from the file, checked to be from 1 ms to a day.
+pub(super) fn timeout(name: &str, ms: u64) -> Result<Duration, ConfigError> {
+    let d = Duration::from_millis(ms);
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(field(
+            name,
+            format!("must be from 1 to {} milliseconds", MAX_TIMEOUT.as_millis()),
+        ));
+    }
+    Ok(d)
+}
+
+/// Reads a target's secret from exactly one of `secret_env` / `secret_file`. Errors never contain the secret.
+fn read_secret(t: &RawTarget, env: &dyn Env) -> Result<String, String> {
+    let secret = match (&t.secret_env, &t.secret_file) {
+        (Some(var), None) => env
+            .var(var)
+            .ok_or_else(|| format!("environment variable {var} is not set"))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read secret_file {}: {e}", path.display()))?,
+        _ => return Err("set exactly one of secret_env and secret_file".into()),
+    };
+    let secret = secret.trim().to_owned();
+    if secret.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok(secret)
+}

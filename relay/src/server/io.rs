@@ -1,0 +1,118 @@
+//! A write-only timeout on an accepted socket.
+//!
+//! hyper has no downstream write timeout (hyperium/hyper#3121), and a read timeout would kill healthy streams (the
+//! client sends nothing after its request). [`WriteTimeout`] starts a timer when a write cannot make progress
+//! (`Pending`) and clears it on the next successful write; if the client accepts nothing for the whole timeout the
+//! write fails with `TimedOut`. hyper then closes the connection and drops the response body, which cancels the
+//! upstream ([`crate::tap`]). [`ConnState`] remembers why, for the audit line.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// What one connection's IO knows that its requests' bodies want to report.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    write_timed_out: AtomicBool,
+}
+
+impl ConnState {
+    pub fn write_timed_out(&self) -> bool {
+        self.write_timed_out.load(Ordering::Relaxed)
+    }
+}
+
+/// `T` with a write-progress timeout.
+pub struct WriteTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    /// Armed while a write is blocked.
+    stalled: Option<Pin<Box<Sleep>>>,
+    state: Arc<ConnState>,
+}
+
+impl<T> WriteTimeout<T> {
+    pub fn new(inner: T, timeout: Duration, state: Arc<ConnState>) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+            state,
+        }
+    }
+
+    /// After a `Pending` write: fail once the client has accepted nothing for the whole timeout.
+    fn blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(sleep.as_mut().poll(cx));
+        self.state.write_timed_out.store(true, Ordering::Relaxed);
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client accepted no data within the write timeout",
+        ))
+    }
+
+    fn progressed<R>(&mut self, r: R) -> Poll<R> {
+        self.stalled = None;
+        Poll::Ready(r)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.blocked(cx).map(Err),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.blocked(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.blocked(cx).map(Err),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
