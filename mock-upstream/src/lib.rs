@@ -33,6 +33,7 @@ Scenario request headers (all optional):
   x-mock-first-chunk-ms: MS delay between the response head and the first chunk (default 0)
   x-mock-chunk-bytes: N     text bytes per chunk after the ts= prefix (default 24)
   x-mock-split: 0|1         split odd chunks inside a multi-byte character across two frames (default 1)
+  x-mock-split-pause-ms: MS pause between the two halves of a split chunk (default 0: just a flush)
   x-mock-status: CODE       answer CODE (300-599) with a JSON error body (429 adds retry-after: 1)
   x-mock-reset-after: K     abort the connection after K chunks
   x-mock-stall-after: K     send nothing after K chunks, keep the connection open

@@ -42,6 +42,8 @@ pub struct Script {
     pub chunk_bytes: usize,
     /// Split some events (and multi-byte characters) across body frames.
     pub split_frames: bool,
+    /// Pause between the two halves of a split event (an upstream stalled mid-event).
+    pub split_pause: Duration,
     /// Number of content chunks sent before `ending` applies (`chunks` when the ending is `Done`/`NoTerminal`).
     pub stop_after: u32,
     /// How the stream ends.
@@ -58,6 +60,7 @@ impl Default for Script {
             interval: Duration::from_millis(50),
             chunk_bytes: 24,
             split_frames: true,
+            split_pause: Duration::ZERO,
             stop_after: 10,
             ending: Ending::Done,
         }
@@ -89,6 +92,9 @@ impl Script {
         }
         if let Some(n) = number(headers, "x-mock-chunk-bytes", MAX_CHUNK_BYTES as u64)? {
             s.chunk_bytes = usize::try_from(n).unwrap_or(MAX_CHUNK_BYTES);
+        }
+        if let Some(ms) = number(headers, "x-mock-split-pause-ms", MAX_DELAY_MS)? {
+            s.split_pause = Duration::from_millis(ms);
         }
         if let Some(flag) = number(headers, "x-mock-split", 1)? {
             s.split_frames = flag == 1;

@@ -58,8 +58,12 @@ impl Emission {
 
     async fn next_frame(&mut self) -> Option<io::Result<Bytes>> {
         if let Some(rest) = self.pending.pop_front() {
-            // Return Pending once so hyper flushes the first half on its own before this one.
-            tokio::task::yield_now().await;
+            // Return Pending at least once so hyper flushes the first half on its own before this one.
+            if self.script.split_pause.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(self.script.split_pause).await;
+            }
             return Some(Ok(self.sent(rest)));
         }
         if self.next_chunk < self.script.stop_after {

@@ -8,6 +8,8 @@
 )]
 
 mod errors;
+mod faults;
 mod hygiene;
+mod limits;
 mod streaming;
 mod support;

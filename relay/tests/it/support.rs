@@ -48,6 +48,7 @@ async fn axum_serve(listener: TcpListener, router: axum::Router) -> std::io::Res
 pub struct Relay {
     pub addr: SocketAddr,
     stop: CancellationToken,
+    done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Relay {
@@ -60,12 +61,24 @@ impl Relay {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// Starts the graceful shutdown; the handle resolves when `relay::run` has returned.
+    pub fn shut_down(&mut self) -> tokio::task::JoinHandle<()> {
+        self.stop.cancel();
+        self.done.take().unwrap()
+    }
 }
 
 /// Config with the two vendor routes pointing at `upstream` (`host:port`), plus `extra` lines in each route.
 pub fn config(upstream: &str, extra: &str) -> Config {
+    config_with(upstream, "", extra)
+}
+
+/// As [`config`], with `top` lines at the top level too.
+pub fn config_with(upstream: &str, top: &str, extra: &str) -> Config {
     let toml = format!(
         r#"
+{top}
 [[clients]]
 tenant = "acme"
 key_sha256 = "{digest}"
@@ -101,8 +114,12 @@ pub async fn start_relay(config: Config) -> Relay {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(relay::run(Arc::new(config), listener, stop.clone()));
-    Relay { addr, stop }
+    let done = tokio::spawn(relay::run(Arc::new(config), listener, stop.clone()));
+    Relay {
+        addr,
+        stop,
+        done: Some(done),
+    }
 }
 
 pub fn client() -> reqwest::Client {
@@ -134,4 +151,17 @@ pub async fn await_counter(mock: &Mock, counter: &str, at_least: u64, within: Du
     let mut rx = mock.app.stats.watch();
     let reached = rx.wait_for(|c| c.get(counter).is_some_and(|v| v >= at_least));
     matches!(tokio::time::timeout(within, reached).await, Ok(Ok(_)))
+}
+
+/// The `data` of the body's `event: error`, if it has exactly one (more than one fails the test).
+pub fn error_event(body: &str) -> Option<serde_json::Value> {
+    let found: Vec<&str> = body.split("event: error\ndata: ").skip(1).collect();
+    assert!(found.len() <= 1, "more than one error event: {body}");
+    let data = found.first()?.split('\n').next()?;
+    Some(serde_json::from_str(data).unwrap())
+}
+
+/// The events of an SSE body (split on blank lines), keep-alive comments included.
+pub fn events(body: &str) -> Vec<&str> {
+    body.split("\n\n").filter(|e| !e.is_empty()).collect()
 }

@@ -1,0 +1,393 @@
+//! Listener limits, concurrency caps, hostile requests, panics and the graceful drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use relay::server::{ConnState, Handler};
+use relay::stack::{Relay as Stack, RelayBody};
+use relay::tap::BoxError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::support::*;
+
+/// Reads what the server sends until it closes (or `within` passes); returns the bytes and whether it closed.
+async fn read_until_close(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off_however_they_trickle() {
+    let relay = start_relay(config_with(
+        "127.0.0.1:9",
+        "header_read_timeout_ms = 300",
+        "",
+    ))
+    .await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(relay.addr).await.unwrap();
+    silent
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut trickle = TcpStream::connect(relay.addr).await.unwrap();
+    let trickling = async {
+        for b in b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa" {
+            if trickle.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    trickling.await;
+    let (_, closed) = read_until_close(&mut trickle, Duration::from_secs(2)).await;
+    assert!(
+        closed,
+        "a trickling head must be cut at the header timeout, not kept alive byte by byte"
+    );
+    let (_, closed) = read_until_close(&mut silent, Duration::from_secs(2)).await;
+    assert!(
+        closed && started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn oversized_request_heads_are_431() {
+    let mock = start_mock().await;
+    let relay = start_relay(config_with(
+        &mock.addr.to_string(),
+        "max_header_bytes = 16384",
+        "",
+    ))
+    .await;
+    let res = chat(&relay, &[("x-padding", &"a".repeat(20_000))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 431);
+    assert_eq!(mock.app.stats.counters().requests, 0);
+}
+
+#[tokio::test]
+async fn total_stream_cap_is_503_and_released_when_a_stream_ends() {
+    let mock = start_mock().await;
+    let relay = start_relay(config_with(&mock.addr.to_string(), "max_streams = 2", "")).await;
+    let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")];
+    let first = chat(&relay, &long).send().await.unwrap();
+    let _second = chat(&relay, &long).send().await.unwrap();
+    let third = chat(&relay, &long).send().await.unwrap();
+    assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["retry-after"], "1");
+    let v: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "overloaded");
+    assert_eq!(
+        mock.app.stats.counters().requests,
+        2,
+        "no upstream call over the cap"
+    );
+    drop(first);
+    assert!(await_counter(&mock, "streams_cancelled", 1, Duration::from_secs(1)).await);
+    let again = chat(&relay, &[("x-mock-chunks", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        200,
+        "the slot of the cancelled stream is free again"
+    );
+}
+
+#[tokio::test]
+async fn per_tenant_cap_is_429_and_leaves_other_tenants_alone() {
+    let mock = start_mock().await;
+    let mut cfg = config_with(&mock.addr.to_string(), "max_streams_per_tenant = 1", "");
+    let other_key = "other-tenant-key";
+    cfg.clients.push(relay::config::ClientKey {
+        tenant: Arc::from("other"),
+        sha256: relay::config::parse_sha256(&relay::auth::key_digest_hex(other_key)).unwrap(),
+    });
+    let relay = start_relay(cfg).await;
+    let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")];
+    let _held = chat(&relay, &long).send().await.unwrap();
+    let res = chat(&relay, &long).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let res = client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(other_key)
+        .header("x-mock-chunks", "1")
+        .body(r#"{"stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_cancelled() {
+    let mock = start_mock().await;
+    let relay = start_relay(config_with(
+        &mock.addr.to_string(),
+        "write_timeout_ms = 500",
+        "",
+    ))
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(relay.addr).await.unwrap();
+    let body = r#"{"stream":true,"messages":[]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
+         x-mock-chunks: 1000000\r\nx-mock-interval-ms: 0\r\nx-mock-chunk-bytes: 16000\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 1024];
+    assert!(stream.read(&mut first).await.unwrap() > 0);
+    // Now read nothing: buffers fill, the relay's writes block, the write timeout fires.
+    assert!(
+        await_counter(&mock, "streams_cancelled", 1, Duration::from_secs(5)).await,
+        "the vendor kept streaming to a client that reads nothing"
+    );
+}
+
+#[tokio::test]
+async fn smuggled_and_malformed_requests_never_reach_the_vendor() {
+    let mock = start_mock().await;
+    let relay = start_relay(config(&mock.addr.to_string(), "")).await;
+    let auth = format!("Authorization: Bearer {CLIENT_KEY}\r\n");
+    let attacks = [
+        // CL.TE: hyper uses chunked, drops Content-Length and closes after one response.
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n\
+             2\r\n{{}}\r\n0\r\n\r\nPOST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 2\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: xchunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}X-Mock-Chunks: 1\r\n x-folded: 1\r\nContent-Length: 2\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 2\r\nX-Bad\0: 1\r\n\r\n{{}}"
+        ),
+    ];
+    for (i, attack) in attacks.iter().enumerate() {
+        let before = mock.app.stats.counters().requests;
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        s.write_all(attack.as_bytes()).await.unwrap();
+        let (reply, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(closed, "attack {i}: connection left open");
+        let responses = reply.matches("HTTP/1.1 ").count();
+        let calls = mock.app.stats.counters().requests - before;
+        assert!(
+            responses <= 1 && calls <= 1,
+            "attack {i}: {responses} responses, {calls} vendor calls: {reply}"
+        );
+        if i > 0 {
+            assert!(reply.starts_with("HTTP/1.1 400"), "attack {i}: {reply}");
+            assert_eq!(calls, 0, "attack {i} reached the vendor");
+        }
+    }
+}
+
+/// The real relay, plus faults on demand: a panic in the handler or in the body after two frames.
+struct Panicky(Arc<Stack>);
+
+struct PanicAfter {
+    inner: RelayBody,
+    frames: usize,
+}
+
+impl Body for PanicAfter {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        assert!(self.frames < 2, "injected panic in the body");
+        self.frames += 1;
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+}
+
+impl Handler for Panicky {
+    type Body = http_body_util::Either<RelayBody, PanicAfter>;
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnState>,
+    ) -> Response<Self::Body> {
+        let fault = req
+            .headers()
+            .get("x-test-panic")
+            .map(|v| v.as_bytes().to_vec());
+        assert_ne!(
+            fault.as_deref(),
+            Some(&b"handler"[..]),
+            "injected panic in the handler"
+        );
+        let res = self.0.clone().handle(req, conn).await;
+        match fault {
+            Some(_) => {
+                res.map(|inner| http_body_util::Either::Right(PanicAfter { inner, frames: 0 }))
+            }
+            None => res.map(http_body_util::Either::Left),
+        }
+    }
+
+    fn panicked(&self) -> Response<Self::Body> {
+        self.0.panicked().map(http_body_util::Either::Left)
+    }
+}
+
+#[tokio::test]
+async fn a_panic_ends_only_its_own_request() {
+    let mock = start_mock().await;
+    let cfg = Arc::new(config(&mock.addr.to_string(), ""));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = relay::server::Shutdown::default();
+    let stack = Arc::new(Stack::new(cfg.clone(), shutdown.drain.clone()));
+    let stop = shutdown.stop.clone();
+    tokio::spawn(relay::server::serve(
+        listener,
+        Arc::new(Panicky(stack)),
+        cfg.limits,
+        shutdown,
+    ));
+    let url = format!("http://{addr}/v1/chat/completions");
+    let request = |fault: Option<&'static str>| {
+        let mut rb = client()
+            .post(&url)
+            .bearer_auth(CLIENT_KEY)
+            .header("x-mock-chunks", "10")
+            .header("x-mock-interval-ms", "50")
+            .body(r#"{"stream":true,"messages":[]}"#);
+        if let Some(f) = fault {
+            rb = rb.header("x-test-panic", f);
+        }
+        rb
+    };
+    let healthy: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(request(None).send()))
+        .collect();
+    let res = request(Some("handler")).send().await.unwrap();
+    assert_eq!(res.status(), 500);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "internal");
+    let res = request(Some("body")).send().await.unwrap();
+    assert!(
+        res.bytes().await.is_err(),
+        "the panicking stream must end abruptly"
+    );
+    assert!(
+        await_counter(&mock, "streams_cancelled", 1, Duration::from_secs(1)).await,
+        "its upstream is cancelled"
+    );
+    for h in healthy {
+        let body = h.await.unwrap().unwrap().text().await.unwrap();
+        assert!(
+            body.ends_with("data: [DONE]\n\n"),
+            "a healthy stream was hurt: {body}"
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn shutdown_lets_short_streams_finish_and_ends_long_ones_with_an_event() {
+    let mock = start_mock().await;
+    let mut relay = start_relay(config_with(
+        &mock.addr.to_string(),
+        "shutdown_grace_ms = 700",
+        "",
+    ))
+    .await;
+    let short = chat(
+        &relay,
+        &[("x-mock-chunks", "5"), ("x-mock-interval-ms", "100")],
+    )
+    .send()
+    .await
+    .unwrap();
+    let long = chat(
+        &relay,
+        &[("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")],
+    )
+    .send()
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let done = relay.shut_down();
+    let (short, long) = (short.text().await.unwrap(), long.text().await.unwrap());
+    assert!(
+        short.ends_with("data: [DONE]\n\n") && error_event(&short).is_none(),
+        "{short}"
+    );
+    let err = error_event(&long).unwrap();
+    assert_eq!(err["kind"], "shutdown");
+    assert!(!long.contains("[DONE]"));
+    tokio::time::timeout(Duration::from_secs(3), done)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(
+        TcpStream::connect(relay.addr).await.is_err(),
+        "the listener must be closed"
+    );
+    assert!(await_counter(&mock, "streams_cancelled", 1, Duration::from_secs(1)).await);
+}
+
+#[tokio::test]
+async fn connect_timeout_is_504() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let relay = start_relay(config(&addr.to_string(), "connect_timeout_ms = 300")).await;
+    let started = Instant::now();
+    let res = chat(&relay, &[]).send().await.unwrap();
+    assert_eq!(res.status(), 504, "{:?}", res.text().await);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(full);
+}
