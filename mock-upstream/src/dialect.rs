@@ -29,12 +29,21 @@ pub fn unix_nanos() -> u128 {
 
 /// The chunk text for content chunk `index`: `ts=<unix nanos>;` then the next `bytes / 3` characters of [`ANSWER`]
 /// (about `bytes` bytes of mostly three-byte characters), so consecutive chunks read as one continuous answer.
+/// Built from whole slices of the text (memcpy), since flood scenarios make megabytes of it.
 pub fn chunk_text(index: u32, bytes: usize) -> String {
-    let per_chunk = (bytes / 3).max(1);
-    let total = ANSWER.chars().count();
-    let start = (index as usize).wrapping_mul(per_chunk) % total;
-    let mut text = format!("ts={};", unix_nanos());
-    text.extend(ANSWER.chars().cycle().skip(start).take(per_chunk));
+    let chars: Vec<usize> = ANSWER.char_indices().map(|(i, _)| i).collect();
+    let total = chars.len();
+    let mut want = (bytes / 3).max(1);
+    let mut at = (index as usize).wrapping_mul(want) % total;
+    let mut text = String::with_capacity(want * 3 + 32);
+    text.push_str(&format!("ts={};", unix_nanos()));
+    while want > 0 {
+        let take = want.min(total - at);
+        let end = chars.get(at + take).copied().unwrap_or(ANSWER.len());
+        text.push_str(&ANSWER[chars[at]..end]);
+        want -= take;
+        at = 0;
+    }
     text
 }
 

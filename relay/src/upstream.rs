@@ -72,7 +72,7 @@ const RESPONSE_ALLOW_PREFIX: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-"]
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Upstream connection buffer cap: bounds what a stalled client can make the relay read ahead from the vendor.
-const UPSTREAM_BUF: usize = 64 << 10;
+const UPSTREAM_BUF: usize = 32 << 10;
 
 /// One pooled client per route (the connect timeout is a connector setting); shared by the route's endpoints.
 pub struct Upstream {

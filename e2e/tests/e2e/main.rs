@@ -4,10 +4,13 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
-    reason = "a test fails loudly at the first broken step"
+    clippy::disallowed_methods,
+    reason = "a test fails loudly at the first broken step; its tasks end with its runtime"
 )]
 
 mod demo;
+mod faults;
 mod nginx;
 mod paths;
+mod stack;
 mod support;

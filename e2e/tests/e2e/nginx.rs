@@ -74,7 +74,11 @@ pub fn render_site(relay: SocketAddr, port: u16) -> Result<String> {
         .replace(listen, &format!("listen 127.0.0.1:{port};")))
 }
 
-pub async fn start(binary: &PathBuf, relay: SocketAddr) -> Result<Nginx> {
+pub async fn start(
+    binary: &PathBuf,
+    relay: SocketAddr,
+    tweak: fn(String) -> String,
+) -> Result<Nginx> {
     let mut last_error = String::new();
     for _ in 0..5 {
         // nginx cannot report a port-0 bind, so take a free port from the kernel and hand it over.
@@ -83,7 +87,7 @@ pub async fn start(binary: &PathBuf, relay: SocketAddr) -> Result<Nginx> {
             .port();
         let dir = TempDir::new("nginx");
         let d = dir.0.display();
-        std::fs::write(dir.0.join("ssegate.conf"), render_site(relay, port)?)?;
+        std::fs::write(dir.0.join("ssegate.conf"), tweak(render_site(relay, port)?))?;
         let main = format!(
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\

@@ -5,55 +5,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::nginx;
+use crate::stack::{Front, Options, Stack, stack};
 use crate::support::*;
-
-/// Which process the client talks to.
-#[derive(Clone, Copy, Debug)]
-enum Front {
-    Relay,
-    Nginx,
-}
-
-struct Stack {
-    mock: Proc,
-    relay: Proc,
-    nginx: Option<nginx::Nginx>,
-    _dir: TempDir,
-}
-
-impl Stack {
-    fn base(&self) -> String {
-        match &self.nginx {
-            Some(n) => n.base(),
-            None => format!("http://{}", self.relay.addr),
-        }
-    }
-}
-
-/// mock + relay (+ nginx); `None` when nginx is wanted but not installed (and not required).
-async fn stack(front: Front) -> Result<Option<Stack>> {
-    let nginx_bin = match front {
-        Front::Nginx => match nginx::available() {
-            Some(b) => Some(b),
-            None => return Ok(None),
-        },
-        Front::Relay => None,
-    };
-    let dir = TempDir::new("stack");
-    let mock = start_mock().await?;
-    let relay = start_relay(mock.addr, &dir).await?;
-    let nginx = match nginx_bin {
-        Some(bin) => Some(nginx::start(&bin, relay.addr).await?),
-        None => None,
-    };
-    Ok(Some(Stack {
-        mock,
-        relay,
-        nginx,
-        _dir: dir,
-    }))
-}
 
 /// Declares one test per front for an `async fn(Stack) -> Result<()>`.
 macro_rules! on_both_paths {
@@ -61,7 +14,7 @@ macro_rules! on_both_paths {
         mod direct {
             $(#[tokio::test]
             async fn $check() -> anyhow::Result<()> {
-                match super::stack(super::Front::Relay).await? {
+                match super::stack(super::Front::Relay, super::Options::default()).await? {
                     Some(s) => super::$check(s).await,
                     None => Ok(()),
                 }
@@ -70,7 +23,7 @@ macro_rules! on_both_paths {
         mod via_nginx {
             $(#[tokio::test]
             async fn $check() -> anyhow::Result<()> {
-                match super::stack(super::Front::Nginx).await? {
+                match super::stack(super::Front::Nginx, super::Options::default()).await? {
                     Some(s) => super::$check(s).await,
                     None => Ok(()),
                 }

@@ -62,7 +62,7 @@ impl Drop for TempDir {
 /// A child process that printed `listening on ADDR`; its stderr goes to a file for log assertions.
 pub struct Proc {
     pub addr: SocketAddr,
-    _child: Child,
+    child: Child,
     pub stdout_rest: Vec<String>,
     stderr: PathBuf,
     _dir: TempDir,
@@ -75,6 +75,40 @@ impl Proc {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT") to the process by its PID.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.child.id().context("process already reaped")?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
+    /// The exit status, if the process exits within `within`.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Resident memory of the process in KiB (`VmRSS` from `/proc/PID/status`).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.id().context("process already reaped")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("bad VmRSS")?
+            .parse()?)
     }
 }
 
@@ -111,7 +145,7 @@ pub async fn spawn_listening(mut cmd: Command, tag: &str, extra_lines: usize) ->
     }
     Ok(Proc {
         addr,
-        _child: child,
+        child,
         stdout_rest,
         stderr,
         _dir: dir,
@@ -145,17 +179,13 @@ pub fn relay_config(mock: SocketAddr, top: &str, route: &str) -> String {
     )
 }
 
-/// The relay binary with the default e2e config pointing at `mock`.
-pub async fn start_relay(mock: SocketAddr, dir: &TempDir) -> Result<Proc> {
-    start_relay_with(mock, dir, "", "").await
-}
-
-/// The relay binary with extra `top` and `route` config lines.
-pub async fn start_relay_with(
+/// The relay binary with extra `top` and `route` config lines, and `RUST_LOG` set to `log`.
+pub async fn start_relay_logging(
     mock: SocketAddr,
     dir: &TempDir,
     top: &str,
     route: &str,
+    log: &str,
 ) -> Result<Proc> {
     let config = dir.0.join("relay.toml");
     std::fs::write(&config, relay_config(mock, top, route))?;
@@ -164,7 +194,7 @@ pub async fn start_relay_with(
         .arg(&config)
         .args(["--listen", "127.0.0.1:0"]);
     cmd.env("SSEGATE_E2E_VENDOR_KEY", VENDOR_KEY)
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", log);
     spawn_listening(cmd, "relay", 0).await
 }
 

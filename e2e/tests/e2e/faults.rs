@@ -1,0 +1,339 @@
+//! Faults that cross process boundaries: slow readers against the relay's memory, keep-alives against nginx's
+//! read timeout, disconnects in every phase, signals, and what the logs hold.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::stack::{Front, Options, Stack, stack};
+use crate::support::*;
+
+/// A stack, or `Ok(None)` from the calling test when nginx is not available.
+macro_rules! stack_or_skip {
+    ($front:expr, $options:expr) => {
+        match stack($front, $options).await? {
+            Some(s) => s,
+            None => return Ok(()),
+        }
+    };
+}
+
+/// Opens a stream on a socket with a tiny receive buffer, reads its first bytes, then never reads again.
+async fn stalled_reader(base: &str) -> Result<tokio::net::TcpStream> {
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(addr).await?;
+    let body = r#"{"stream":true,"messages":[]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
+         x-mock-chunks: 1000000\r\nx-mock-interval-ms: 0\r\nx-mock-chunk-bytes: 16000\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut first = [0u8; 512];
+    anyhow::ensure!(stream.read(&mut first).await? > 0, "no response");
+    Ok(stream)
+}
+
+#[tokio::test]
+async fn slow_readers_are_bounded_and_do_not_slow_a_healthy_stream() -> Result<()> {
+    const SLOW: u64 = 200;
+    let options = Options {
+        relay_top: "write_timeout_ms = 4000",
+        ..Options::default()
+    };
+    let s: Stack = stack_or_skip!(Front::Relay, options);
+    let base = s.base();
+    let idle_rss = s.relay.rss_kib()?;
+    let opening = (0..SLOW).map(|_| stalled_reader(&base));
+    let slow: Vec<_> = futures_util::future::try_join_all(opening).await?;
+    // While 200 floods press against 200 full sockets, a healthy client streams at full speed.
+    let healthy = tokio::spawn(receive(chat(
+        &base,
+        CLIENT_KEY,
+        &[("x-mock-chunks", "10"), ("x-mock-interval-ms", "100")],
+    )));
+    let mut peak = idle_rss;
+    while !healthy.is_finished() {
+        peak = peak.max(s.relay.rss_kib()?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = healthy.await??;
+    let mut delays = got.delays.clone();
+    delays.sort();
+    let (p50, max) = (percentile(&delays, 0.5), percentile(&delays, 1.0));
+    let per_stream = (peak.saturating_sub(idle_rss)) / SLOW;
+    eprintln!(
+        "slow readers: relay RSS idle {idle_rss} KiB, peak {peak} KiB, {per_stream} KiB per stalled stream; \
+         healthy stream per-chunk delay p50 {p50:?}, max {max:?}"
+    );
+    assert_eq!(got.delays.len(), 10);
+    assert!(
+        max < Duration::from_millis(100),
+        "the healthy stream was slowed: {delays:?}"
+    );
+    assert!(
+        per_stream < 256,
+        "each stalled stream holds {per_stream} KiB (bound: 256 KiB)"
+    );
+    // The write timeout then cuts every stalled reader off and cancels its vendor stream.
+    let cancelled = await_counter(&s.mock, "streams_cancelled", SLOW, 15_000).await?;
+    let stats: serde_json::Value = client()
+        .get(s.mock.url("/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let logs = s.relay.logs();
+    assert!(
+        cancelled,
+        "stalled readers kept their vendor streams: {stats}; write timeouts logged: {}",
+        logs.matches("client_write_timeout").count()
+    );
+    let logs = s.relay.logs();
+    let cut = logs.matches("outcome=\"client_write_timeout\"").count() as u64;
+    assert_eq!(
+        cut, SLOW,
+        "each stalled reader's audit line says why it ended"
+    );
+    drop(slow);
+    Ok(())
+}
+
+fn short_read_timeout(site: String) -> String {
+    site.replace("proxy_read_timeout 300s;", "proxy_read_timeout 1s;")
+}
+
+async fn silent_gaps_through_nginx(keepalive_ms: &'static str) -> Result<Option<(String, bool)>> {
+    let options = Options {
+        relay_route: keepalive_ms,
+        nginx_site: short_read_timeout,
+        ..Options::default()
+    };
+    let Some(s) = stack(Front::Nginx, options).await? else {
+        return Ok(None);
+    };
+    // Three chunks 2 s apart: each silence is twice nginx's read timeout.
+    let scenario = [
+        ("x-mock-chunks", "3"),
+        ("x-mock-interval-ms", "2000"),
+        ("x-mock-split", "0"),
+    ];
+    let res = chat(&s.base(), CLIENT_KEY, &scenario).send().await?;
+    let mut body = Vec::new();
+    let mut stream = res.bytes_stream();
+    let mut clean = true;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => body.extend_from_slice(&c),
+            Err(_) => {
+                clean = false;
+                break;
+            }
+        }
+    }
+    Ok(Some((String::from_utf8(body)?, clean)))
+}
+
+#[tokio::test]
+async fn keep_alives_carry_a_silent_stream_through_nginx_read_timeout() -> Result<()> {
+    let Some((body, clean)) =
+        silent_gaps_through_nginx("keepalive_interval_ms = 300\nidle_timeout_ms = 10000").await?
+    else {
+        return Ok(());
+    };
+    assert!(clean && body.ends_with("data: [DONE]\n\n"), "{body}");
+    let pings = body.matches(": keep-alive\n\n").count();
+    assert!(pings >= 8, "{pings} keep-alives");
+    assert_eq!(body.matches("data: {\"choices\"").count(), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_keep_alives_nginx_cuts_the_same_stream() -> Result<()> {
+    // Negative control: proves the test above measures the keep-alives, not a lenient nginx.
+    let Some((body, clean)) =
+        silent_gaps_through_nginx("keepalive_interval_ms = 0\nidle_timeout_ms = 10000").await?
+    else {
+        return Ok(());
+    };
+    assert!(
+        !clean || !body.contains("[DONE]"),
+        "nginx kept a silent stream open: {body}"
+    );
+    Ok(())
+}
+
+async fn disconnect_in_every_phase(front: Front) -> Result<()> {
+    let s: Stack = stack_or_skip!(front, Options::default());
+    let base = s.base();
+    // 1. Before the vendor's head.
+    let pending =
+        tokio::spawn(chat(&base, CLIENT_KEY, &[("x-mock-first-byte-ms", "10000")]).send());
+    anyhow::ensure!(await_counter(&s.mock, "requests", 1, 5000).await?);
+    pending.abort();
+    let gone = await_counter(&s.mock, "requests_abandoned", 1, 1000).await?;
+    assert!(
+        gone,
+        "vendor kept working after the client left before the head"
+    );
+    // 2. Head sent, first token not yet.
+    let res = chat(&base, CLIENT_KEY, &[("x-mock-first-chunk-ms", "10000")])
+        .send()
+        .await?;
+    assert_eq!(res.status(), 200);
+    drop(res);
+    assert!(
+        await_counter(&s.mock, "streams_cancelled", 1, 1000).await?,
+        "first-byte wait not cancelled"
+    );
+    // 3. Mid-stream.
+    let res = chat(
+        &base,
+        CLIENT_KEY,
+        &[("x-mock-chunks", "100"), ("x-mock-interval-ms", "100")],
+    )
+    .send()
+    .await?;
+    let mut body = res.bytes_stream();
+    body.next().await.context("no first chunk")??;
+    drop(body);
+    assert!(
+        await_counter(&s.mock, "streams_cancelled", 2, 1000).await?,
+        "mid-stream not cancelled"
+    );
+    let logs = s.relay.logs();
+    for outcome in [
+        "client_cancelled_before_response",
+        "client_cancelled_before_first_byte",
+        "client_cancelled_mid_stream",
+    ] {
+        assert_eq!(
+            logs.matches(&format!("outcome=\"{outcome}\"")).count(),
+            1,
+            "audit lines for {outcome}:\n{logs}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_disconnect_in_every_phase_cancels_the_upstream_direct() -> Result<()> {
+    disconnect_in_every_phase(Front::Relay).await
+}
+
+#[tokio::test]
+async fn client_disconnect_in_every_phase_cancels_the_upstream_via_nginx() -> Result<()> {
+    disconnect_in_every_phase(Front::Nginx).await
+}
+
+#[tokio::test]
+async fn sigterm_drains_streams_through_nginx_and_exits_zero() -> Result<()> {
+    let options = Options {
+        relay_top: "shutdown_grace_ms = 1000",
+        ..Options::default()
+    };
+    let mut s: Stack = stack_or_skip!(Front::Nginx, options);
+    let base = s.base();
+    let short = chat(
+        &base,
+        CLIENT_KEY,
+        &[("x-mock-chunks", "5"), ("x-mock-interval-ms", "100")],
+    )
+    .send()
+    .await?;
+    let long = chat(
+        &base,
+        CLIENT_KEY,
+        &[("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")],
+    )
+    .send()
+    .await?;
+    let started = tokio::time::Instant::now();
+    s.relay.signal("TERM")?;
+    let (short, long) = (short.text().await?, long.text().await?);
+    assert!(
+        short.ends_with("data: [DONE]\n\n"),
+        "a stream that fits the grace period must finish: {short}"
+    );
+    assert!(
+        long.contains("event: error\ndata: {\"kind\":\"shutdown\""),
+        "{long}"
+    );
+    assert!(long.ends_with("\n\n") && !long.contains("[DONE]"));
+    let status = s
+        .relay
+        .exited(Duration::from_secs(5))
+        .await
+        .context("relay did not exit")?;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    if let Some(n) = &s.nginx {
+        assert!(
+            !n.error_log().contains("prematurely closed"),
+            "{}",
+            n.error_log()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_sigint_exits_at_once() -> Result<()> {
+    let mut s: Stack = stack_or_skip!(Front::Relay, Options::default());
+    let _long = chat(&s.base(), CLIENT_KEY, &[("x-mock-chunks", "1000")])
+        .send()
+        .await?;
+    s.relay.signal("INT")?;
+    assert!(
+        s.relay.exited(Duration::from_millis(500)).await.is_none(),
+        "the first SIGINT drains (30 s grace)"
+    );
+    s.relay.signal("INT")?;
+    let status = s
+        .relay
+        .exited(Duration::from_secs(2))
+        .await
+        .context("second SIGINT did not exit")?;
+    assert_eq!(status.code(), Some(130));
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_credential_reaches_any_log_line_even_at_trace_level() -> Result<()> {
+    let options = Options {
+        relay_log: "trace",
+        ..Options::default()
+    };
+    let s: Stack = stack_or_skip!(Front::Relay, options);
+    let base = s.base();
+    let wrong = "wrong-key-CANARY-7731";
+    let scenarios: [&[(&str, &str)]; 4] = [
+        &[("x-mock-chunks", "3")],
+        &[("x-mock-status", "500")],
+        &[("x-mock-reset-after", "1")],
+        &[("x-mock-no-done", "1"), ("x-mock-chunks", "2")],
+    ];
+    for scenario in scenarios {
+        let _ = chat(&base, CLIENT_KEY, scenario)
+            .send()
+            .await?
+            .bytes()
+            .await;
+    }
+    let _ = chat(&base, wrong, &[]).send().await?.bytes().await;
+    let logs = s.relay.logs();
+    assert!(logs.lines().count() > 20, "trace logging was not on");
+    for secret in [VENDOR_KEY, CLIENT_KEY, wrong] {
+        assert!(!logs.contains(secret), "a log line holds {secret}");
+    }
+    Ok(())
+}
