@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use relay::config::{Config, ProcessEnv};
+use relay::shutdown::{Ended, run_until_signalled};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,87 +44,69 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("relay: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(serve(cli))
+        Ok(rt) => rt.block_on(serve(cli)),
+        Err(e) => fail(format!("cannot start the runtime: {e}"), ExitCode::FAILURE),
+    }
+}
+
+fn fail(message: String, code: ExitCode) -> ExitCode {
+    eprintln!("relay: {message}");
+    code
 }
 
 async fn serve(cli: Cli) -> ExitCode {
     let tracker = TaskTracker::new();
-    let shutdown = CancellationToken::new();
+    let stop = CancellationToken::new();
     let loaded = match &cli.config {
         Some(path) => Config::load(path, &ProcessEnv).map_err(|e| e.to_string()),
-        None => relay::demo::start(&tracker, shutdown.clone())
+        None => relay::demo::start(&tracker, stop.clone())
             .await
             .map_err(|e| e.to_string()),
     };
     let mut config = match loaded {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("relay: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(e) => return fail(e, ExitCode::from(EX_USAGE)),
     };
     if cli.check_config {
-        eprintln!(
-            "relay: config ok ({} routes, {} client keys)",
-            config.routes.len(),
-            config.clients.len()
+        let (routes, keys) = (config.routes.len(), config.clients.len());
+        return fail(
+            format!("config ok ({routes} routes, {keys} client keys)"),
+            ExitCode::SUCCESS,
         );
-        return ExitCode::SUCCESS;
     }
-    if let Some(listen) = cli.listen {
-        config.listen = listen;
-    }
+    config.listen = cli.listen.unwrap_or(config.listen);
     relay::init_tracing(config.log_format);
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("relay: cannot listen on {}: {e}", config.listen);
-            return ExitCode::FAILURE;
+    let (listener, signals) = match (
+        tokio::net::TcpListener::bind(config.listen).await,
+        relay::shutdown::Signals::new(),
+    ) {
+        (Ok(l), Ok(s)) => (l, s),
+        (Err(e), _) => {
+            return fail(
+                format!("cannot listen on {}: {e}", config.listen),
+                ExitCode::FAILURE,
+            );
         }
+        (_, Err(e)) => return fail(format!("cannot watch signals: {e}"), ExitCode::FAILURE),
     };
     let addr = listener.local_addr().unwrap_or(config.listen);
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {addr}");
-    if cli.demo {
-        let _ = writeln!(out, "{}", relay::demo::instructions(addr));
-    }
-    let _ = out.flush();
+    let banner = if cli.demo {
+        relay::demo::instructions(addr)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "listening on {addr}\n{banner}").and_then(|()| out.flush());
     drop(out);
-    let mut signals = match relay::shutdown::Signals::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("relay: cannot watch signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let stop = shutdown.clone();
-    let watch = async move {
-        let first = signals.next().await;
-        tracing::info!(
-            signal = first,
-            "shutting down gracefully (send it again to exit now)"
-        );
-        stop.cancel();
-        signals.next().await
-    };
-    tokio::select! {
-        () = relay::run(Arc::new(config), listener, shutdown.clone()) => {}
-        second = watch => {
-            tracing::warn!(signal = second, "second signal: exiting now");
-            return ExitCode::from(EX_FORCED);
-        }
+    let ended = run_until_signalled(Arc::new(config), listener, stop.clone(), signals).await;
+    if ended == Ended::Forced {
+        return ExitCode::from(EX_FORCED);
     }
-    shutdown.cancel();
+    stop.cancel();
     tracker.close();
     tracker.wait().await;
     ExitCode::SUCCESS

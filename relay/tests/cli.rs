@@ -132,6 +132,7 @@ fn shipped_config_files_validate() {
         .arg(&path)
         .arg("--check-config")
         .env("OPENAI_API_KEY", SECRET)
+        .env("OPENAI_BACKUP_KEY", SECRET)
         .output()
         .unwrap();
     std::fs::remove_file(&path).unwrap();

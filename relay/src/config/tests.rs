@@ -207,3 +207,81 @@ fn route_paths_are_unique_and_not_reserved() {
         toml_with("", "").replace("path = \"/v1/chat/completions\"", "path = \"/healthz\"");
     assert!(Config::from_toml(&health, &env(&[])).is_err());
 }
+
+#[test]
+fn stream_limits_have_documented_defaults() {
+    let c = load("", "", &[]).unwrap();
+    let r = &c.routes[0];
+    assert_eq!(r.idle_timeout, Duration::from_secs(120));
+    assert_eq!(r.total_timeout, Duration::from_secs(30 * 60));
+    assert_eq!(r.keepalive_interval, Some(Duration::from_secs(15)));
+    assert_eq!(r.max_event_bytes, 8 << 20);
+    assert_eq!((r.targets.len(), r.max_attempts), (1, 1));
+    let l = c.limits;
+    assert_eq!(l.header_read_timeout, Duration::from_secs(30));
+    assert_eq!(l.max_header_bytes, 64 << 10);
+    assert_eq!(l.write_timeout, Duration::from_secs(30));
+    assert_eq!(l.shutdown_grace, Duration::from_secs(30));
+    assert_eq!((l.max_streams, l.max_streams_per_tenant), (10_000, 1_000));
+}
+
+#[test]
+fn keepalives_must_come_before_the_idle_timeout() {
+    let e = err(
+        "idle_timeout_ms = 10000\nkeepalive_interval_ms = 10000",
+        "",
+        &[],
+    );
+    assert!(e.contains("routes[0].keepalive_interval_ms"), "{e}");
+    let off = load(
+        "idle_timeout_ms = 10000\nkeepalive_interval_ms = 0",
+        "",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(off.routes[0].keepalive_interval, None);
+}
+
+#[test]
+fn terminal_event_is_one_short_line() {
+    assert!(load("terminal_event = \"data: [DONE]\"", "", &[]).is_ok());
+    for bad in ["\"\"", "\"a\\nb\"", &format!("\"{}\"", "x".repeat(65))] {
+        let e = err(&format!("terminal_event = {bad}"), "", &[]);
+        assert!(e.contains("routes[0].terminal_event"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn failover_endpoints_are_validated_like_the_first() {
+    let ok = load(
+        "[[routes.failover]]\nupstream = \"https://backup.example.com/v1\"\nsecret_env = \"VENDOR_KEY\"",
+        "",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (ok.routes[0].targets.len(), ok.routes[0].max_attempts),
+        (2, 2)
+    );
+    let e = err(
+        "[[routes.failover]]\nupstream = \"ftp://x\"\nsecret_env = \"VENDOR_KEY\"",
+        "",
+        &[],
+    );
+    assert!(e.contains("routes[0].failover[0].upstream"), "{e}");
+    let e = err(
+        "[[routes.failover]]\nupstream = \"https://b.example.com\"\nsecret_env = \"NOPE\"",
+        "",
+        &[],
+    );
+    assert!(e.contains("routes[0].failover[0].secret"), "{e}");
+    let e = err("max_attempts = 2", "", &[]);
+    assert!(e.contains("routes[0].max_attempts"), "{e}");
+}
+
+#[test]
+fn listener_limits_are_bounded() {
+    assert!(err("", "max_header_bytes = 100", &[]).contains("max_header_bytes"));
+    assert!(err("", "max_streams = 0", &[]).contains("max_streams"));
+    assert!(err("", "write_timeout_ms = 0", &[]).contains("write_timeout_ms"));
+}
