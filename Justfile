@@ -60,6 +60,22 @@ check-config file:
 run-mock:
     cargo run -p mock-upstream -- --listen 127.0.0.1:9090
 
-# Placeholder until the goose load test lands
-loadtest:
-    cargo run --release -p loadtest
+# The goose load test against HOST (goose options after it), e.g. `just loadtest http://127.0.0.1:8080 -u 100 -t 30s`
+loadtest host *args:
+    cargo build --release --workspace --bins
+    LOADTEST_KEY=${LOADTEST_KEY:-dev-key} target/release/loadtest --host {{host}} {{args}}
+
+# Side by side: mock, nginx → mock, relay → mock, nginx → relay → mock at 1, 100 and 1000 streams
+perf *args:
+    bash scripts/perf.sh {{args}}
+
+# The CI performance gate; `just perf-baseline` refreshes loadtest/perf-baseline.json
+perf-gate:
+    bash scripts/perf.sh --gate
+
+perf-baseline:
+    bash scripts/perf.sh --gate --write-baseline
+
+# Hot-path micro-benchmarks (scanner, audit decoder, key check, tap)
+bench:
+    cargo bench -p relay --bench hot_path
