@@ -201,11 +201,14 @@ async fn disconnect_in_every_phase(front: Front) -> Result<()> {
     .await?;
     let mut body = res.bytes_stream();
     body.next().await.context("no first chunk")??;
+    let left = tokio::time::Instant::now();
     drop(body);
-    assert!(
-        await_counter(&s.mock, "streams_cancelled", 2, 1000).await?,
-        "mid-stream not cancelled"
+    let cancelled = await_counter(&s.mock, "streams_cancelled", 2, 1000).await?;
+    eprintln!(
+        "{front:?}: client left mid-stream, vendor stream cancelled {:?} later",
+        left.elapsed()
     );
+    assert!(cancelled, "mid-stream not cancelled");
     let logs = s.relay.logs();
     for outcome in [
         "client_cancelled_before_response",
@@ -277,11 +280,7 @@ async fn sigterm_drains_streams_through_nginx_and_exits_zero() -> Result<()> {
         started.elapsed()
     );
     if let Some(n) = &s.nginx {
-        assert!(
-            !n.error_log().contains("prematurely closed"),
-            "{}",
-            n.error_log()
-        );
+        n.assert_no_premature_close();
     }
     Ok(())
 }

@@ -27,6 +27,15 @@ impl Nginx {
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("error.log")).unwrap_or_default()
     }
+
+    /// nginx saw every upstream response end cleanly (a relay that aborts a body makes it log this).
+    pub fn assert_no_premature_close(&self) {
+        let log = self.error_log();
+        assert!(
+            !log.contains("prematurely closed"),
+            "nginx saw a cut response: {log}"
+        );
+    }
 }
 
 impl Drop for Nginx {

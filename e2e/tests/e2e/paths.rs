@@ -225,11 +225,7 @@ async fn audit_line_is_right_and_logs_hold_no_secret(s: Stack) -> Result<()> {
         );
     }
     if let Some(n) = &s.nginx {
-        assert!(
-            !n.error_log().contains("upstream prematurely closed"),
-            "{}",
-            n.error_log()
-        );
+        n.assert_no_premature_close();
     }
     Ok(())
 }

@@ -4,7 +4,10 @@
 //! 127.0.0.1 and is stopped by its PID. `--gate` runs the short CI variant and compares same-run ratios with
 //! `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which builds the release binaries first.
 
-#![expect(clippy::print_stdout, reason = "perf prints its report (the Markdown table) on stdout")]
+#![expect(
+    clippy::print_stdout,
+    reason = "perf prints its report (the Markdown table) on stdout"
+)]
 
 mod procs;
 
