@@ -138,11 +138,6 @@ impl EventScanner {
         self.terminal_seen
     }
 
-    /// Whether a route that declared a terminal line got it.
-    pub fn expects_terminal(&self) -> bool {
-        self.terminal.is_some()
-    }
-
     /// At the upstream's end of body: true when the answer is incomplete (an event cut off before its blank line,
     /// which a browser discards, or the declared terminal line never came).
     pub fn truncated_at_eof(&self) -> bool {

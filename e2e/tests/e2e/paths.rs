@@ -63,9 +63,7 @@ async fn frames_arrive_incrementally_and_unchanged(s: Stack) -> Result<()> {
         got.end
     );
     assert_eq!(got.delays.len(), 10, "one timed event per content chunk");
-    let mut sorted = got.delays.clone();
-    sorted.sort();
-    let (p50, max) = (percentile(&sorted, 0.5), percentile(&sorted, 1.0));
+    let (p50, max) = got.p50_max();
     let path = if s.nginx.is_some() {
         "client → nginx → relay → mock"
     } else {
@@ -101,12 +99,7 @@ async fn wrong_client_key_is_401_and_costs_nothing(s: Stack) -> Result<()> {
     assert!(res.headers().get("x-trace-id").is_some());
     let v: serde_json::Value = res.json().await?;
     assert_eq!(v["error"]["type"], "unauthorized");
-    let stats: serde_json::Value = client()
-        .get(s.mock.url("/stats"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let stats = mock_stats(&s.mock).await?;
     assert_eq!(
         stats["requests"], 0,
         "a rejected client must not cost a vendor call"

@@ -241,6 +241,20 @@ pub struct Received {
     pub end: Duration,
 }
 
+impl Received {
+    /// Median and largest per-chunk one-way delay.
+    pub fn p50_max(&self) -> (Duration, Duration) {
+        let mut sorted = self.delays.clone();
+        sorted.sort();
+        let at = |q: f64| {
+            sorted
+                .get(((sorted.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+        };
+        (at(0.5).unwrap_or_default(), at(1.0).unwrap_or_default())
+    }
+}
+
 /// Reads a whole SSE response, timing each complete event as it arrives.
 pub async fn receive(rb: reqwest::RequestBuilder) -> Result<Received> {
     use futures_util::StreamExt;
@@ -312,6 +326,16 @@ pub async fn mock_record(mock: &Proc, trace_id: &str) -> Result<serde_json::Valu
         .await?)
 }
 
+/// The mock's counters (`GET /stats`).
+pub async fn mock_stats(mock: &Proc) -> Result<serde_json::Value> {
+    Ok(client()
+        .get(mock.url("/stats"))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 /// Awaits a mock counter via its long-poll endpoint; true when reached within `timeout_ms`.
 pub async fn await_counter(
     mock: &Proc,
@@ -323,12 +347,4 @@ pub async fn await_counter(
         "/stats/wait?counter={counter}&at_least={at_least}&timeout_ms={timeout_ms}"
     ));
     Ok(client().get(url).send().await?.status() == 200)
-}
-
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
 }
