@@ -63,6 +63,8 @@ async fn slow_readers_are_bounded_and_do_not_slow_a_healthy_stream() -> Result<(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = healthy.await??;
+    // Not one stalled reader had been cut yet: the healthy stream did not wait for them.
+    let cut_before = s.relay.logs().matches("client_write_timeout").count();
     let (p50, max) = got.p50_max();
     let per_stream = (peak.saturating_sub(idle_rss)) / SLOW;
     eprintln!(
@@ -70,9 +72,11 @@ async fn slow_readers_are_bounded_and_do_not_slow_a_healthy_stream() -> Result<(
          healthy stream per-chunk delay p50 {p50:?}, max {max:?}"
     );
     assert_eq!(got.delays.len(), 10);
+    // A relay that let a full socket hold up others would stall this stream until the 4 s write timeout freed
+    // it; the bound is generous because 20 e2e tests share two cores in a debug build (109 ms seen in CI).
     assert!(
-        max < Duration::from_millis(100),
-        "the healthy stream was slowed: {:?}",
+        max < Duration::from_secs(1) && cut_before == 0,
+        "the healthy stream was held up: delays {:?}, stalled readers already cut: {cut_before}",
         got.delays
     );
     assert!(

@@ -44,7 +44,7 @@ on_both_paths!(
 async fn frames_arrive_incrementally_and_unchanged(s: Stack) -> Result<()> {
     let scenario = [
         ("x-mock-chunks", "10"),
-        ("x-mock-interval-ms", "200"),
+        ("x-mock-interval-ms", "300"),
         ("x-mock-first-chunk-ms", "500"),
     ];
     let got = receive(chat(&s.base(), CLIENT_KEY, &scenario)).await?;
@@ -70,8 +70,10 @@ async fn frames_arrive_incrementally_and_unchanged(s: Stack) -> Result<()> {
         "client → relay → mock"
     };
     eprintln!("per-chunk one-way delay, {path}: p50 {p50:?}, max {max:?}");
+    // A chunk held until the next one is sent would show at least the 300 ms interval; the bound leaves room for
+    // a loaded CI machine (a debug build sharing two cores with the other tests).
     assert!(
-        max < Duration::from_millis(100),
+        max < Duration::from_millis(250),
         "a chunk was held back: {:?}",
         got.delays
     );
