@@ -95,6 +95,7 @@ impl AuditText {
     fn append(&mut self, s: &str) {
         let room = self.max - self.text.len();
         if s.len() <= room {
+            self.grow_for(s.len());
             self.text.push_str(s);
             return;
         }
@@ -102,8 +103,19 @@ impl AuditText {
         while !s.is_char_boundary(cut) {
             cut -= 1;
         }
+        self.grow_for(cut);
         self.text.push_str(&s[..cut]);
         self.truncated = true;
+    }
+
+    /// Doubles the buffer as `String` would, but never past the cap: a stream at the cap holds `max` bytes, not
+    /// the next power of two (which was up to twice as much, per open stream).
+    fn grow_for(&mut self, extra: usize) {
+        let need = self.text.len() + extra;
+        if need > self.text.capacity() {
+            let target = (self.text.capacity() * 2).clamp(need, self.max.max(need));
+            self.text.reserve_exact(target - self.text.len());
+        }
     }
 
     /// The text so far, whether it was cut at the cap (a dangling partial character at the end counts as cut).
@@ -145,6 +157,20 @@ mod tests {
     fn invalid_bytes_become_replacement_characters() {
         assert_eq!(decode_split(b"a\xffb", &[2], 64).0, "a\u{FFFD}b");
         assert_eq!(decode_split(b"a\xe4\xbdb", &[2], 64).0, "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn buffer_never_grows_past_the_cap() {
+        let mut a = AuditText::new(4096);
+        for _ in 0..300 {
+            a.push("data: 你好, world\n\n".as_bytes());
+        }
+        assert!(
+            a.text.len() <= 4096 && a.text.capacity() <= 4096,
+            "{}",
+            a.text.capacity()
+        );
+        assert!(a.finish().1);
     }
 
     #[test]
