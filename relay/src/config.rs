@@ -28,6 +28,8 @@ pub const ENV_PREFIX: &str = "RELAY_";
 
 const MAX_BODY_LIMIT: u64 = 64 << 20;
 const MAX_AUDIT_TEXT: usize = 1 << 20;
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
 
 /// Where environment values come from: the process in production, a map in tests.
 pub trait Env {
@@ -96,6 +98,9 @@ fn field(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub struct RawConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Worker threads; 0 (the default) means one per CPU.
+    #[serde(default)]
+    pub workers: usize,
     #[serde(default = "default_body_limit")]
     pub max_request_body_bytes: u64,
     #[serde(default)]
@@ -224,6 +229,8 @@ pub struct ServerLimits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Worker threads, each serving its own connections start to end ([`crate::server::serve_workers`]).
+    pub workers: usize,
     pub max_request_body_bytes: u64,
     pub log_format: LogFormat,
     pub limits: ServerLimits,
@@ -307,8 +314,19 @@ impl Config {
             }
             routes.push(route);
         }
+        if raw.workers > MAX_WORKERS {
+            return Err(field(
+                "workers",
+                format!("must be from 0 (one per CPU) to {MAX_WORKERS}"),
+            ));
+        }
+        let workers = match raw.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         Ok(Config {
             listen,
+            workers,
             max_request_body_bytes: raw.max_request_body_bytes,
             log_format: raw.log_format,
             limits: server_limits(&raw)?,

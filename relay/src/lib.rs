@@ -34,15 +34,16 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-/// Serves the relay on `listener` until `stop` is cancelled, then drains in-flight streams for the configured grace
+/// Serves the relay on `listener` (on `config.workers` threads) until `stop` is cancelled, then drains in-flight streams for the configured grace
 /// period and ends the rest with a `shutdown` error event.
 pub async fn run(config: Arc<Config>, listener: TcpListener, stop: CancellationToken) {
     let shutdown = server::Shutdown {
         stop,
         drain: CancellationToken::new(),
     };
-    let relay = Arc::new(stack::Relay::new(config.clone(), shutdown.drain.clone()));
-    server::serve(listener, relay, config.limits, shutdown).await;
+    let relay = stack::Relay::new(config.clone(), shutdown.drain.clone());
+    let make = || Arc::new(relay.for_worker());
+    server::serve_workers(listener, config.workers, make, config.limits, shutdown).await;
 }
 
 /// Installs the global log subscriber (stderr; `RUST_LOG` filters, default `info`).

@@ -44,7 +44,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match tokio::runtime::Builder::new_multi_thread()
+    // Signals (and the demo's mock vendor) only: the relay serves on its own worker threads (`relay::run`).
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -29,7 +29,8 @@ pub struct StreamPermit {
     _tenant: OwnedSemaphorePermit,
 }
 
-/// The limits of one relay process.
+/// The limits of one relay process; clones share the same slots (one per worker thread).
+#[derive(Clone)]
 pub struct Limiter {
     total: Arc<Semaphore>,
     tenants: HashMap<Arc<str>, Arc<Semaphore>>,

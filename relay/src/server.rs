@@ -1,5 +1,5 @@
-//! The listener: accept loop, one task per connection (HTTP/1.1 only), listener limits, panic isolation and the
-//! graceful drain.
+//! The listener: worker threads ([`serve_workers`]), accept loop, one task per connection (HTTP/1.1 only), listener
+//! limits, panic isolation and the graceful drain.
 //!
 //! HTTP/1.1 only on purpose: the relay sits behind nginx (which speaks h2 to browsers), and h1 keeps the h2 attack
 //! surface (rapid reset, stream floods) out of the process. Per connection: hyper's header-read timeout (slowloris;
@@ -12,6 +12,7 @@
 //! those last bytes to be written. Every connection task belongs to a `TaskTracker`.
 
 pub mod io;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use io::ConnState;
+pub use workers::serve_workers;
 
 use crate::config::ServerLimits;
 use crate::tap::BoxError;

@@ -40,9 +40,10 @@ pub const TRACE_ID: &str = "x-trace-id";
 /// Body of every relay response: a tapped upstream body or a small complete one (errors are [`BoxError`]).
 pub type RelayBody = Either<TapBody<Incoming>, Full<Bytes>>;
 
-/// Shared, immutable state of the request path.
+/// Shared, immutable state of the request path; one per worker thread ([`Relay::for_worker`]).
 pub struct Relay {
     config: Arc<Config>,
+    tls: rustls::ClientConfig,
     upstreams: Vec<Upstream>,
     route_names: Vec<Arc<str>>,
     limiter: Limiter,
@@ -81,7 +82,8 @@ impl Handler for Relay {
 impl Relay {
     /// `drain`: cancelled when the shutdown grace period is over; every stream then ends with a `shutdown` event.
     pub fn new(config: Arc<Config>, drain: CancellationToken) -> Self {
-        let upstreams = crate::upstream::clients(&config.routes);
+        let tls = crate::upstream::tls_config();
+        let upstreams = crate::upstream::clients(&config.routes, &tls);
         let route_names = config
             .routes
             .iter()
@@ -92,10 +94,24 @@ impl Relay {
         let limiter = Limiter::new(limits.max_streams, limits.max_streams_per_tenant, tenants);
         Self {
             config,
+            tls,
             upstreams,
             route_names,
             limiter,
             drain,
+        }
+    }
+
+    /// The same relay for another worker thread: same configuration, stream limits and drain token, but its own
+    /// upstream connection pools, so that a stream's client and vendor connections are served by one thread.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            upstreams: crate::upstream::clients(&self.config.routes, &self.tls),
+            route_names: self.route_names.clone(),
+            limiter: self.limiter.clone(),
+            drain: self.drain.clone(),
         }
     }
 

@@ -80,7 +80,7 @@ pub struct Upstream {
 }
 
 /// Builds the TLS settings once: the system's CA certificates, or none (https upstreams then fail) with a warning.
-fn tls_config() -> rustls::ClientConfig {
+pub fn tls_config() -> rustls::ClientConfig {
     use hyper_rustls::ConfigBuilderExt;
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = || {
@@ -142,9 +142,8 @@ impl Upstream {
     }
 }
 
-/// One client per route, in route order.
-pub fn clients(routes: &[Route]) -> Vec<Upstream> {
-    let tls = tls_config();
+/// One client (one connection pool) per route, in route order.
+pub fn clients(routes: &[Route], tls: &rustls::ClientConfig) -> Vec<Upstream> {
     routes
         .iter()
         .map(|r| Upstream::new(r, tls.clone()))

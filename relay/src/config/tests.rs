@@ -285,3 +285,13 @@ fn listener_limits_are_bounded() {
     assert!(err("", "max_streams = 0", &[]).contains("max_streams"));
     assert!(err("", "write_timeout_ms = 0", &[]).contains("write_timeout_ms"));
 }
+
+#[test]
+fn workers_default_to_one_per_cpu_and_are_bounded() {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(load("", "", &[]).unwrap().workers, cpus);
+    assert_eq!(load("", "workers = 3", &[]).unwrap().workers, 3);
+    let from_env = load("", "", &[("RELAY_WORKERS", "1")]).unwrap();
+    assert_eq!(from_env.workers, 1);
+    assert!(err("", "workers = 5000", &[]).contains("workers"));
+}
