@@ -142,3 +142,29 @@ async fn client_disconnect_while_waiting_for_the_upstream_head_cancels_it() {
     );
     assert_eq!(mock.app.stats.counters().streams_started, 0);
 }
+
+#[tokio::test]
+async fn any_worker_count_serves_concurrent_streams_and_drains() {
+    let mock = start_mock().await;
+    for workers in [1, 3] {
+        let top = format!("workers = {workers}");
+        let mut relay = start_relay(config_with(&mock.addr.to_string(), &top, "")).await;
+        let streams = (0..4 * workers).map(|_| {
+            let req = chat(
+                &relay,
+                &[("x-mock-chunks", "5"), ("x-mock-interval-ms", "20")],
+            );
+            async move { req.send().await.unwrap().text().await.unwrap() }
+        });
+        for body in futures_util::future::join_all(streams).await {
+            assert!(
+                body.ends_with("data: [DONE]\n\n"),
+                "{workers} workers: {body}"
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(5), relay.shut_down())
+            .await
+            .expect("every worker drained and returned")
+            .unwrap();
+    }
+}
