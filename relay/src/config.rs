@@ -101,6 +101,9 @@ pub struct RawConfig {
     /// Worker threads; 0 (the default) means one per CPU.
     #[serde(default)]
     pub workers: usize,
+    /// Each worker serves its own connections start to end (nginx style) instead of sharing a work-stealing pool.
+    #[serde(default)]
+    pub pin_connections: bool,
     #[serde(default = "default_body_limit")]
     pub max_request_body_bytes: u64,
     #[serde(default)]
@@ -229,8 +232,10 @@ pub struct ServerLimits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// Worker threads, each serving its own connections start to end ([`crate::server::serve_workers`]).
+    /// Threads serving connections ([`crate::server::serve_workers`]).
     pub workers: usize,
+    /// Whether each of them serves its own connections start to end, or they share one work-stealing scheduler.
+    pub pin_connections: bool,
     pub max_request_body_bytes: u64,
     pub log_format: LogFormat,
     pub limits: ServerLimits,
@@ -327,6 +332,7 @@ impl Config {
         Ok(Config {
             listen,
             workers,
+            pin_connections: raw.pin_connections,
             max_request_body_bytes: raw.max_request_body_bytes,
             log_format: raw.log_format,
             limits: server_limits(&raw)?,

@@ -43,7 +43,8 @@ pub async fn run(config: Arc<Config>, listener: TcpListener, stop: CancellationT
     };
     let relay = stack::Relay::new(config.clone(), shutdown.drain.clone());
     let make = || Arc::new(relay.for_worker());
-    server::serve_workers(listener, config.workers, make, config.limits, shutdown).await;
+    let (workers, pinned) = (config.workers, config.pin_connections);
+    server::serve_workers(listener, workers, pinned, make, config.limits, shutdown).await;
 }
 
 /// Installs the global log subscriber (stderr; `RUST_LOG` filters, default `info`).

@@ -294,4 +294,5 @@ fn workers_default_to_one_per_cpu_and_are_bounded() {
     let from_env = load("", "", &[("RELAY_WORKERS", "1")]).unwrap();
     assert_eq!(from_env.workers, 1);
     assert!(err("", "workers = 5000", &[]).contains("workers"));
+    assert!(!load("", "", &[]).unwrap().pin_connections);
 }

@@ -144,10 +144,10 @@ async fn client_disconnect_while_waiting_for_the_upstream_head_cancels_it() {
 }
 
 #[tokio::test]
-async fn any_worker_count_serves_concurrent_streams_and_drains() {
+async fn any_threading_serves_concurrent_streams_and_drains() {
     let mock = start_mock().await;
-    for workers in [1, 3] {
-        let top = format!("workers = {workers}");
+    for (workers, pinned) in [(1, true), (3, true), (3, false)] {
+        let top = format!("workers = {workers}\npin_connections = {pinned}");
         let mut relay = start_relay(config_with(&mock.addr.to_string(), &top, "")).await;
         let streams = (0..4 * workers).map(|_| {
             let req = chat(
