@@ -34,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-/// Serves the relay on `listener` (on `config.workers` threads) until `stop` is cancelled, then drains in-flight streams for the configured grace
-/// period and ends the rest with a `shutdown` error event.
+/// Serves the relay on `listener` (on `config.workers` threads) until `stop` is cancelled, then drains in-flight
+/// streams for the configured grace period and ends the rest with a `shutdown` error event.
 pub async fn run(config: Arc<Config>, listener: TcpListener, stop: CancellationToken) {
     let shutdown = server::Shutdown {
         stop,
