@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(serve(cli)),
+        Ok(rt) => rt.block_on(serve(cli)).unwrap_or_else(|code| code),
         Err(e) => fail(format!("cannot start the runtime: {e}"), ExitCode::FAILURE),
     }
 }
@@ -59,56 +59,42 @@ fn fail(message: String, code: ExitCode) -> ExitCode {
     code
 }
 
-async fn serve(cli: Cli) -> ExitCode {
+/// Runs the relay; `Err` carries the exit code of an early exit whose reason is already printed.
+async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let loaded = match &cli.config {
-        Some(path) => Config::load(path, &ProcessEnv).map_err(|e| e.to_string()),
+    let usage = |e: String| fail(e, ExitCode::from(EX_USAGE));
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path, &ProcessEnv).map_err(|e| usage(e.to_string()))?,
         None => relay::demo::start(&tracker, stop.clone())
             .await
-            .map_err(|e| e.to_string()),
-    };
-    let mut config = match loaded {
-        Ok(c) => c,
-        Err(e) => return fail(e, ExitCode::from(EX_USAGE)),
+            .map_err(|e| usage(e.to_string()))?,
     };
     if cli.check_config {
         let (routes, keys) = (config.routes.len(), config.clients.len());
-        return fail(
-            format!("config ok ({routes} routes, {keys} client keys)"),
-            ExitCode::SUCCESS,
-        );
+        let ok = format!("config ok ({routes} routes, {keys} client keys)");
+        return Ok(fail(ok, ExitCode::SUCCESS));
     }
     config.listen = cli.listen.unwrap_or(config.listen);
     relay::init_tracing(config.log_format);
-    let (listener, signals) = match (
-        tokio::net::TcpListener::bind(config.listen).await,
-        relay::shutdown::Signals::new(),
-    ) {
-        (Ok(l), Ok(s)) => (l, s),
-        (Err(e), _) => {
-            return fail(
-                format!("cannot listen on {}: {e}", config.listen),
-                ExitCode::FAILURE,
-            );
-        }
-        (_, Err(e)) => return fail(format!("cannot watch signals: {e}"), ExitCode::FAILURE),
-    };
+    let failure = |e: String| fail(e, ExitCode::FAILURE);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| failure(format!("cannot listen on {}: {e}", config.listen)))?;
+    let signals = relay::shutdown::Signals::new()
+        .map_err(|e| failure(format!("cannot watch signals: {e}")))?;
     let addr = listener.local_addr().unwrap_or(config.listen);
+    let banner = cli.demo.then(|| relay::demo::instructions(addr));
     let mut out = std::io::stdout().lock();
-    let banner = if cli.demo {
-        relay::demo::instructions(addr)
-    } else {
-        String::new()
-    };
-    let _ = writeln!(out, "listening on {addr}\n{banner}").and_then(|()| out.flush());
+    let _ = writeln!(out, "listening on {addr}\n{}", banner.unwrap_or_default())
+        .and_then(|()| out.flush());
     drop(out);
     let ended = run_until_signalled(Arc::new(config), listener, stop.clone(), signals).await;
     if ended == Ended::Forced {
-        return ExitCode::from(EX_FORCED);
+        return Err(ExitCode::from(EX_FORCED));
     }
     stop.cancel();
     tracker.close();
     tracker.wait().await;
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
