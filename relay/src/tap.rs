@@ -396,7 +396,11 @@ where
                     }
                 }
                 Due::Wait(at) => {
-                    if this.sleep.deadline() != at {
+                    // Re-arm only when the timer must fire earlier, or has fired. A deadline that moved later
+                    // (every frame pushes the idle deadline back) is left alone: the timer fires early once and
+                    // is re-armed then, instead of being moved in the timer wheel on every frame.
+                    let deadline = this.sleep.deadline();
+                    if at < deadline || deadline <= now {
                         this.sleep.as_mut().reset(at);
                     }
                     if this.sleep.as_mut().poll(cx).is_pending() {
