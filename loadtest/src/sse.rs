@@ -1,12 +1,14 @@
 //! Reading one SSE response to its end, timing what a user feels: response head, first byte, first complete event,
 //! and each content event's one-way delay (arrival wall clock minus the mock's `ts=<unix nanos>;`).
 //!
-//! Events are found with a small incremental splitter over the bytes received so far (a copy is fine here: this is
-//! the client, not the relay); `chunk()` yields transport reads, not events, so timing reads would be wrong.
+//! Events are found by the test kit's incremental splitter ([`EventReader`]); `chunk()` yields transport reads, not
+//! events, so timing reads would be wrong.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use goose::prelude::*;
+use mock_upstream::dialect::unix_nanos;
+use mock_upstream::testkit::sse::{EventReader, delay};
 
 /// What one stream showed.
 #[derive(Debug, Default)]
@@ -23,24 +25,6 @@ pub struct StreamStats {
     pub error_event: bool,
 }
 
-pub fn unix_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The `ts=<nanos>;` stamp in an event, if any.
-fn event_ts(event: &[u8]) -> Option<u128> {
-    let at = find(event, b"ts=")? + 3;
-    let end = event[at..].iter().position(|b| !b.is_ascii_digit())?;
-    std::str::from_utf8(&event[at..at + end]).ok()?.parse().ok()
-}
-
 /// Reads `response` to its end. `started` is when the request was sent; `terminal` the dialect's end line.
 pub async fn read_stream(
     mut response: reqwest::Response,
@@ -51,30 +35,25 @@ pub async fn read_stream(
         headers: started.elapsed(),
         ..StreamStats::default()
     };
-    let mut pending: Vec<u8> = Vec::new();
+    let mut reader = EventReader::default();
     while let Some(chunk) = response.chunk().await? {
         let arrived = unix_nanos();
         stats.first_byte.get_or_insert_with(|| started.elapsed());
         stats.bytes += chunk.len() as u64;
-        pending.extend_from_slice(&chunk);
-        let mut consumed = 0;
-        while let Some(end) = find(&pending[consumed..], b"\n\n") {
-            let event = &pending[consumed..consumed + end];
-            consumed += end + 2;
+        reader.feed(&chunk, |event| {
             if event.starts_with(b":") {
-                continue; // keep-alive comment
+                return; // keep-alive comment
             }
             stats.events += 1;
             stats.first_event.get_or_insert_with(|| started.elapsed());
-            if let Some(ts) = event_ts(event) {
+            if let Some(d) = delay(event, arrived) {
                 stats
                     .delays_ns
-                    .push(u64::try_from(arrived.saturating_sub(ts)).unwrap_or(u64::MAX));
+                    .push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
             }
             stats.terminal_seen |= event.split(|b| *b == b'\n').any(|line| line == terminal);
             stats.error_event |= event.starts_with(b"event: error");
-        }
-        pending.drain(..consumed);
+        });
     }
     stats.total = started.elapsed();
     Ok(stats)

@@ -27,6 +27,18 @@ pub fn unix_nanos() -> u128 {
         .unwrap_or(0)
 }
 
+/// The emission stamp (`ts=<unix nanos>;`) of an event the mock sent, if it has one: the reading half of the
+/// wire format [`chunk_text`] writes. Arrival time minus this is the chunk's one-way delay.
+pub fn event_ts(event: &[u8]) -> Option<u128> {
+    let at = memchr_ts(event)? + 3;
+    let end = event[at..].iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&event[at..at + end]).ok()?.parse().ok()
+}
+
+fn memchr_ts(hay: &[u8]) -> Option<usize> {
+    hay.windows(3).position(|w| w == b"ts=")
+}
+
 /// The chunk text for content chunk `index`: `ts=<unix nanos>;` then the next `bytes / 3` characters of [`ANSWER`]
 /// (about `bytes` bytes of mostly three-byte characters), so consecutive chunks read as one continuous answer.
 /// Built from whole slices of the text (memcpy), since flood scenarios make megabytes of it.
@@ -133,6 +145,8 @@ mod tests {
         for i in 0..200 {
             let t = chunk_text(i, 24);
             assert!(t.starts_with("ts="));
+            let stamped = event_ts(format!("data: {t}\n\n").as_bytes());
+            assert!(stamped.is_some_and(|ts| ts > 0), "{t}");
             assert!(t.contains(';'));
             assert!(
                 t.chars().any(|c| c.len_utf8() == 3),

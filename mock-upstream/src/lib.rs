@@ -5,16 +5,22 @@
 //! headers ([`scenario`]); [`stream`] plays it, stamping every content chunk with its wall-clock emission time
 //! (`ts=<unix nanos>;`) and splitting some characters across frames. [`stats`] shows what happened.
 //!
-//! Modules: [`scenario`] (headers → script) · [`dialect`] (wire formats) · [`stream`] (script → frames) ·
-//! [`stats`] (counters and per-stream records) · [`routes`] (HTTP handlers).
+//! Modules: [`scenario`] (headers → script) · [`dialect`] (wire formats, the `ts=` stamp written and read) ·
+//! [`stream`] (script → frames) · [`stats`] (counters and per-stream records) · [`routes`] (HTTP handlers).
+//! [`relay_config`] writes a relay configuration for a mock, the one template the demo, the tests and the load
+//! test share. With the `testkit` feature, [`testkit`] holds what every test crate of the workspace uses to drive
+//! real processes: `spawn_listening`, the nginx launcher and the SSE reader that times each event.
 
 pub mod dialect;
 pub mod routes;
 pub mod scenario;
 pub mod stats;
 pub mod stream;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -67,4 +73,48 @@ pub async fn serve(
         r = axum::serve(listener, router) => r,
         () = shutdown => Ok(()),
     }
+}
+
+/// Lower-case hex SHA-256 of `bytes`: how the mock reports what it sent, and how a relay config names a client key.
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A relay configuration for a mock vendor: see [`relay_config`].
+#[derive(Clone, Copy, Debug)]
+pub struct RelayToml<'a> {
+    /// Where the mock listens.
+    pub mock: SocketAddr,
+    /// Top-level lines: keys first, then tables such as `[audit]`.
+    pub top: &'a str,
+    /// The one client's tenant and key (the config holds the key's SHA-256).
+    pub tenant: &'a str,
+    pub client_key: &'a str,
+    /// The environment variable the relay reads the vendor key from.
+    pub secret_env: &'a str,
+    /// Lines added to both routes (timeouts, failover, ...).
+    pub route: &'a str,
+}
+
+/// The relay's TOML for a mock at `t.mock`: one client, and one route per dialect with the dialect's auth style
+/// and terminal line, forwarding the `x-mock-*` scenario headers.
+pub fn relay_config(t: &RelayToml<'_>) -> String {
+    let route = |path: &str, auth: &str, terminal: &str| {
+        format!(
+            "[[routes]]\npath = \"{path}\"\nupstream = \"http://{mock}{path}\"\nauth = \"{auth}\"\n\
+             secret_env = \"{env}\"\nterminal_event = \"{terminal}\"\nforward_headers = [\"x-mock-*\"]\n{extra}\n\n",
+            mock = t.mock,
+            env = t.secret_env,
+            extra = t.route,
+        )
+    };
+    format!(
+        "{top}\n\n[[clients]]\ntenant = \"{tenant}\"\nkey_sha256 = \"{digest}\"\n\n{chat}{blog}",
+        top = t.top,
+        tenant = t.tenant,
+        digest = sha256_hex(t.client_key),
+        chat = route("/v1/chat/completions", "bearer", "data: [DONE]"),
+        blog = route("/api/send-message", "x-api-key", "event: done"),
+    )
 }

@@ -133,7 +133,7 @@ impl Emission {
             Outcome::Faulted => c.streams_faulted += 1,
             _ => c.streams_cancelled += 1,
         });
-        let digest = hex(&self.digest.clone().finalize());
+        let digest = hex::encode(self.digest.clone().finalize());
         let (bytes, frames) = (self.bytes, self.frames);
         self.stats.update(&self.trace_id, |r| {
             r.outcome = outcome;
@@ -156,17 +156,6 @@ fn split_point(event: &[u8]) -> usize {
         .iter()
         .position(|b| *b >= 0xC0)
         .map_or(event.len() / 2, |i| i + 1)
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::BodyExt;
-use relay::audit::AuditText;
-use relay::auth::{authenticate, key_digest_hex};
+use relay::auth::authenticate;
 use relay::config::{ClientKey, parse_sha256};
+use relay::record::Record;
 use relay::sse::EventScanner;
-use relay::tap::{Observer, StreamInfo, TapBody, TapParts, Timers};
+use relay::tap::{TapBody, TapParts, Timers};
+use relay::text::AuditText;
 
 /// OpenAI-style events of about 230 bytes, Chinese content, cut into frames of `frame` bytes regardless of event
 /// boundaries (as TCP delivers them).
@@ -77,7 +78,8 @@ fn client_key_check(c: &mut Criterion) {
     let keys: Vec<ClientKey> = (0..10)
         .map(|i| ClientKey {
             tenant: Arc::from(format!("tenant-{i}")),
-            sha256: parse_sha256(&key_digest_hex(&format!("key-{i}"))).unwrap_or_default(),
+            sha256: parse_sha256(&mock_upstream::sha256_hex(format!("key-{i}")))
+                .unwrap_or_default(),
         })
         .collect();
     let mut headers = http::HeaderMap::new();
@@ -108,17 +110,16 @@ fn tap_forwarding(c: &mut Criterion) {
                         .map(|f| Ok::<_, std::convert::Infallible>(http_body::Frame::data(f))),
                 ));
                 let now = tokio::time::Instant::now();
-                let info = StreamInfo {
-                    tenant: Arc::from("bench"),
-                    route: Arc::from("/v1/chat/completions"),
-                    trace_id: Arc::from("bench"),
-                    status: 200,
-                    attempts: 1,
-                    started: now,
-                };
+                let trace_id: Arc<str> = Arc::from("bench");
+                let route = Arc::from("/v1/chat/completions");
+                let mut record = Record::open(Arc::from("bench"), route, trace_id.clone(), now);
+                record.answered(200, 1, trace_id.clone());
                 let scanner = EventScanner::new(Some("data: [DONE]"), 8 << 20);
                 let parts = TapParts {
-                    observer: Observer::new(info, Some(4096), Some(scanner)),
+                    scanner: Some(scanner),
+                    text_max: Some(4096),
+                    trace_id,
+                    on_end: move |end, seen| record.stream_ended(end, false, &seen),
                     timers: Timers {
                         first_byte_deadline: now + std::time::Duration::from_secs(60),
                         idle: std::time::Duration::from_secs(120),
@@ -126,8 +127,6 @@ fn tap_forwarding(c: &mut Criterion) {
                         keepalive: Some(std::time::Duration::from_secs(15)),
                     },
                     drain: tokio_util::sync::CancellationToken::new(),
-                    conn: Arc::default(),
-                    permit: None,
                 };
                 let mut tap = TapBody::new(upstream, parts);
                 let mut n = 0usize;

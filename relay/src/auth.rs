@@ -3,7 +3,8 @@
 //! The presented key is hashed once, then compared with every configured digest in constant time
 //! (`subtle::ConstantTimeEq` on equal-length digests), visiting all of them so timing does not reveal which tenant
 //! matched or how many are configured. Every failure is the same [`AuthError`]: the caller cannot tell a missing
-//! key from a wrong one. Routes that need no key (`/healthz`, the demo page) are decided in [`crate::stack`].
+//! key from a wrong one. Routes that need no key (`/healthz`) are decided before, in [`crate::route`]; the
+//! next stage is [`crate::limit`].
 
 use std::sync::Arc;
 
@@ -50,14 +51,6 @@ pub fn authenticate(headers: &HeaderMap, keys: &[ClientKey]) -> Result<Principal
         .ok_or(AuthError)
 }
 
-/// Lower-case hex SHA-256 of a key, as written in `key_sha256`.
-pub fn key_digest_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,7 +62,7 @@ mod tests {
             .zip(["alpha", "beta"])
             .map(|(k, t)| ClientKey {
                 tenant: Arc::from(t),
-                sha256: crate::config::parse_sha256(&key_digest_hex(k)).unwrap(),
+                sha256: Sha256::digest(k.as_bytes()).into(),
             })
             .collect()
     }

@@ -9,6 +9,14 @@
 //! Environment overrides: `RELAY_<KEY>` sets a top-level key, `__` separates nesting (`RELAY_AUDIT__ENABLED=false`).
 //! Values parse as TOML scalars, falling back to a string. The environment reaches this module only through the
 //! [`Env`] trait, so tests never touch the process environment.
+//!
+//! Why not `figment`: it would do the same layering (it too splits nested keys on `__` and names the variable in
+//! its errors) and replace [`apply_env`]'s forty lines, but it reads the process environment itself. Here the
+//! environment comes through [`Env`], so a test hands the loader a map and runs in parallel with every other test;
+//! with `figment` the tests would set real variables under `figment::Jail`, which serializes them (the style rules
+//! out serial tests). Defaults are already per-field `#[serde(default = ...)]` functions, beside the field they
+//! belong to. Durations are `_ms` integer fields throughout, one convention, each checked to lie between 1 ms and
+//! a day.
 
 mod route;
 
@@ -74,8 +82,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config is not valid TOML: {0}")]
-    Syntax(String),
+    #[error("config is not valid TOML")]
+    Syntax(#[source] toml::de::Error),
     #[error("config field `{field}`{origin}: {reason}")]
     Field {
         field: String,
@@ -242,8 +250,6 @@ pub struct Config {
     pub audit: AuditConfig,
     pub clients: Vec<ClientKey>,
     pub routes: Vec<Route>,
-    /// Serve the demo page at `/` (set by `--demo` only, never by a file).
-    pub demo_page: bool,
 }
 
 impl Config {
@@ -258,9 +264,7 @@ impl Config {
 
     /// Parses TOML text, applies `RELAY_*` overrides from `env`, validates, reads secrets.
     pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let mut table: toml::Table = text.parse().map_err(ConfigError::Syntax)?;
         let overridden = apply_env(&mut table, env)?;
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -339,7 +343,6 @@ impl Config {
             audit,
             clients,
             routes,
-            demo_page: false,
         })
     }
 }
@@ -435,16 +438,9 @@ fn validate_clients(raw: &[RawClient]) -> Result<Vec<ClientKey>, ConfigError> {
 }
 
 /// 64 hex digits → 32 bytes.
-pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
+pub fn parse_sha256(digest: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let digit = |b: u8| (b as char).to_digit(16);
-        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-    }
+    hex::decode_to_slice(digest, &mut out).ok()?;
     Some(out)
 }
 

@@ -1,87 +1,75 @@
 //! `relay --demo`: the whole product on one machine with nothing to configure.
 //!
-//! Starts the mock vendor in-process on a free loopback port, builds the relay's configuration from an embedded
-//! TOML (both routes, one demo client key) through the same validation as a real file, and serves a small page at
-//! `/` that streams an answer into the browser. The vendor key reaches the config the production way, through an
-//! environment source (here an in-memory one), never through the TOML.
+//! [`start`] runs the mock vendor in-process on a free loopback port and builds the relay's configuration from an
+//! embedded TOML (both routes, one demo client key) through the same validation as a real file; [`DemoPage`] wraps
+//! the request path and serves a small page at `/` that streams an answer into the browser. The request path knows
+//! nothing of either. The vendor key reaches the config the production way, through an environment source (here an
+//! in-memory one), never through the TOML.
+//!
+//! The mock vendor is test infrastructure with fault injection: it is linked only with the cargo feature `demo`
+//! (README, quick start). Without it, [`start`] says so and the binary carries no mock and no axum.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, header};
-use http_body_util::Full;
-use tokio::net::TcpListener;
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
+use crate::server::{ConnState, Handler};
 
 /// The client key the demo accepts.
 pub const DEMO_KEY: &str = "demo-key";
-/// The vendor key the demo's mock requires (the client never sees it).
-const DEMO_VENDOR_KEY: &str = "sk-demo-vendor-secret";
-const VENDOR_KEY_VAR: &str = "SSEGATE_DEMO_VENDOR_KEY";
 
 const PAGE: &str = include_str!("demo/page.html");
-
-/// The embedded configuration for a mock listening on `mock`.
-fn demo_toml(mock: std::net::SocketAddr) -> String {
-    let digest = crate::auth::key_digest_hex(DEMO_KEY);
-    format!(
-        r#"
-listen = "127.0.0.1:8080"
-
-[audit]
-enabled = true
-max_text_bytes = 2048
-
-[[clients]]
-tenant = "demo"
-key_sha256 = "{digest}"
-
-[[routes]]
-path = "/v1/chat/completions"
-upstream = "http://{mock}/v1/chat/completions"
-auth = "bearer"
-secret_env = "{VENDOR_KEY_VAR}"
-terminal_event = "data: [DONE]"
-forward_headers = ["x-mock-*"]
-
-[[routes]]
-path = "/api/send-message"
-upstream = "http://{mock}/api/send-message"
-auth = "x-api-key"
-secret_env = "{VENDOR_KEY_VAR}"
-terminal_event = "event: done"
-forward_headers = ["x-mock-*"]
-"#
-    )
-}
-
-/// Starts the in-process mock vendor (owned by `tracker`, stopped by `shutdown`) and returns the demo config.
-pub async fn start(
-    tracker: &TaskTracker,
-    shutdown: CancellationToken,
-) -> Result<Config, DemoError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let mock = listener.local_addr()?;
-    tracker.spawn(async move {
-        let stopped = async move { shutdown.cancelled().await };
-        if let Err(e) = mock_upstream::serve(listener, DEMO_VENDOR_KEY.to_owned(), stopped).await {
-            tracing::error!(error = %e, "demo mock upstream failed");
-        }
-    });
-    let env = vec![(VENDOR_KEY_VAR.to_owned(), DEMO_VENDOR_KEY.to_owned())];
-    let mut config = Config::from_toml(&demo_toml(mock), &env)?;
-    config.demo_page = true;
-    Ok(config)
-}
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("cannot start the demo mock upstream: {0}")]
+    #[error("cannot start the demo mock upstream")]
     Io(#[from] std::io::Error),
-    #[error("embedded demo configuration is invalid: {0}")]
+    #[error("embedded demo configuration is invalid")]
     Config(#[from] ConfigError),
+    #[error("this relay was built without the demo: build it with `--features demo`")]
+    NotBuilt,
+}
+
+/// Starts the in-process mock vendor (owned by `tracker`, stopped by `shutdown`) and returns the demo config.
+#[cfg(feature = "demo")]
+pub async fn start(
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<Config, DemoError> {
+    /// The vendor key the demo's mock requires (the client never sees it).
+    const VENDOR_KEY: &str = "sk-demo-vendor-secret";
+    const VENDOR_KEY_VAR: &str = "SSEGATE_DEMO_VENDOR_KEY";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mock = listener.local_addr()?;
+    tracker.spawn(async move {
+        let stopped = async move { shutdown.cancelled().await };
+        if let Err(e) = mock_upstream::serve(listener, VENDOR_KEY.to_owned(), stopped).await {
+            tracing::error!(error = %e, "demo mock upstream failed");
+        }
+    });
+    let toml = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        top: "listen = \"127.0.0.1:8080\"\n[audit]\nmax_text_bytes = 2048",
+        tenant: "demo",
+        client_key: DEMO_KEY,
+        secret_env: VENDOR_KEY_VAR,
+        route: "",
+        mock,
+    });
+    let env = vec![(VENDOR_KEY_VAR.to_owned(), VENDOR_KEY.to_owned())];
+    Ok(Config::from_toml(&toml, &env)?)
+}
+
+/// Without the `demo` feature there is no mock vendor to start.
+#[cfg(not(feature = "demo"))]
+pub async fn start(_: &TaskTracker, _: CancellationToken) -> Result<Config, DemoError> {
+    Err(DemoError::NotBuilt)
 }
 
 /// What to paste into a terminal to watch a stream.
@@ -99,8 +87,44 @@ pub fn instructions(addr: std::net::SocketAddr) -> String {
     )
 }
 
+/// The request path with the demo page at `GET /` in front of it.
+pub struct DemoPage<H> {
+    inner: Arc<H>,
+}
+
+impl<H> DemoPage<H> {
+    pub fn new(inner: H) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+impl<H: Handler> Handler for DemoPage<H> {
+    type Body = Either<Full<Bytes>, H::Body>;
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnState>,
+    ) -> Response<Self::Body> {
+        if req.uri().path() == "/" && req.method() == Method::GET {
+            return page().map(Either::Left);
+        }
+        self.inner
+            .clone()
+            .handle(req, conn)
+            .await
+            .map(Either::Right)
+    }
+
+    fn panicked(&self) -> Response<Self::Body> {
+        self.inner.panicked().map(Either::Right)
+    }
+}
+
 /// The demo page, with the demo client key filled in.
-pub fn page() -> Response<Full<Bytes>> {
+fn page() -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(
         PAGE.replace("__DEMO_KEY__", DEMO_KEY),
     )));

@@ -1,67 +1,55 @@
 //! Errors that end a request before its stream starts, and the one function that turns them into responses.
 //!
-//! Classified by source, as pingora does: client errors are 4xx, upstream failures 502 (connect, protocol) or 504
-//! (timeout), our own faults 500 with a generic body. Bodies are JSON: `{"error":{"type","message","trace_id"}}`,
-//! where `type` is the fixed [`RelayError::kind`] string (safe for metric labels). The message never names the
-//! upstream host or carries a secret. Each error is logged once, here.
+//! Each stage has its own error type beside its code ([`RouteError`], [`AuthError`], [`LimitError`],
+//! [`BodyError`], [`UpstreamError`]); [`RelayError`] only gathers them. Classified by source, as pingora does:
+//! client errors are 4xx, upstream failures 502 (connect, protocol) or 504 (timeout), our own faults 500 with a
+//! generic body. Bodies are JSON: `{"error":{"type","message","trace_id"}}`, where `type` is the fixed
+//! [`RelayError::kind`] string (safe for metric labels). The message never names the upstream host or carries a
+//! secret. Each error is logged once, here, with its whole `source()` chain.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::auth::AuthError;
-use crate::rate_limit::RateLimitError;
+use crate::body::BodyError;
+use crate::limit::LimitError;
+use crate::route::RouteError;
+use crate::trace::TRACE_ID;
+use crate::upstream::{UpstreamError, chain};
+
+/// Errors a relayed body may end with (only on bodies that are not event streams), and of request bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request failed before any upstream byte reached the client.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
     Unauthorized(#[from] AuthError),
     #[error(transparent)]
-    RateLimited(#[from] RateLimitError),
-    #[error("no route for this path")]
-    NotFound,
-    #[error("method not allowed on this route")]
-    MethodNotAllowed,
-    #[error("request body exceeds {limit} bytes")]
-    PayloadTooLarge { limit: u64 },
-    #[error("cannot read request body")]
-    BadBody,
+    Limited(#[from] LimitError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-}
-
-/// Failures talking to the vendor.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream connection failed: {0}")]
-    Connect(String),
-    #[error("upstream connect timed out")]
-    ConnectTimeout,
-    #[error("upstream sent no response head within the first-byte timeout")]
-    FirstByteTimeout,
-    #[error("upstream protocol error: {0}")]
-    Protocol(String),
-    #[error("upstream answered with a redirect ({0}), which is never followed")]
-    Redirect(StatusCode),
-    #[error("upstream rejected the relay's vendor credential ({0})")]
-    Credential(StatusCode),
 }
 
 impl RelayError {
     /// A fixed, low-cardinality name for logs, metrics and the JSON `type` field.
     pub fn kind(&self) -> &'static str {
         match self {
+            RelayError::Route(RouteError::NotFound) => "not_found",
+            RelayError::Route(RouteError::MethodNotAllowed) => "method_not_allowed",
             RelayError::Unauthorized(_) => "unauthorized",
-            RelayError::RateLimited(RateLimitError::Total) => "overloaded",
-            RelayError::RateLimited(RateLimitError::Tenant) => "rate_limited",
-            RelayError::NotFound => "not_found",
-            RelayError::MethodNotAllowed => "method_not_allowed",
-            RelayError::PayloadTooLarge { .. } => "payload_too_large",
-            RelayError::BadBody => "bad_request_body",
+            RelayError::Limited(LimitError::Total) => "overloaded",
+            RelayError::Limited(LimitError::Tenant) => "rate_limited",
+            RelayError::Body(BodyError::TooLarge { .. }) => "payload_too_large",
+            RelayError::Body(BodyError::Unreadable(_)) => "bad_request_body",
             RelayError::Upstream(UpstreamError::Connect(_)) => "upstream_connect",
             RelayError::Upstream(
-                UpstreamError::ConnectTimeout | UpstreamError::FirstByteTimeout,
+                UpstreamError::ConnectTimeout(_) | UpstreamError::FirstByteTimeout,
             ) => "upstream_timeout",
             RelayError::Upstream(UpstreamError::Protocol(_)) => "upstream_protocol",
             RelayError::Upstream(UpstreamError::Redirect(_)) => "upstream_redirect",
@@ -71,15 +59,15 @@ impl RelayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            RelayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
+            RelayError::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
             RelayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            RelayError::RateLimited(RateLimitError::Total) => StatusCode::SERVICE_UNAVAILABLE,
-            RelayError::RateLimited(RateLimitError::Tenant) => StatusCode::TOO_MANY_REQUESTS,
-            RelayError::NotFound => StatusCode::NOT_FOUND,
-            RelayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            RelayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RelayError::BadBody => StatusCode::BAD_REQUEST,
+            RelayError::Limited(LimitError::Total) => StatusCode::SERVICE_UNAVAILABLE,
+            RelayError::Limited(LimitError::Tenant) => StatusCode::TOO_MANY_REQUESTS,
+            RelayError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            RelayError::Body(BodyError::Unreadable(_)) => StatusCode::BAD_REQUEST,
             RelayError::Upstream(
-                UpstreamError::ConnectTimeout | UpstreamError::FirstByteTimeout,
+                UpstreamError::ConnectTimeout(_) | UpstreamError::FirstByteTimeout,
             ) => StatusCode::GATEWAY_TIMEOUT,
             RelayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -106,7 +94,7 @@ impl RelayError {
 pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
     let status = err.status();
     if status.is_server_error() {
-        tracing::warn!(error.kind = err.kind(), status = status.as_u16(), error = %err, "request failed");
+        tracing::warn!(error.kind = err.kind(), status = status.as_u16(), error = %chain(err), "request failed");
     } else {
         tracing::info!(
             error.kind = err.kind(),
@@ -115,17 +103,15 @@ pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
         );
     }
     let mut res = json_response(status, err.kind(), &err.public_message(), trace_id);
-    if matches!(err, RelayError::Unauthorized(_)) {
+    let extra = match err {
+        RelayError::Unauthorized(_) => Some((header::WWW_AUTHENTICATE, "Bearer")),
+        RelayError::Limited(_) => Some((header::RETRY_AFTER, "1")),
+        RelayError::Route(RouteError::MethodNotAllowed) => Some((header::ALLOW, "POST")),
+        _ => None,
+    };
+    if let Some((name, value)) = extra {
         res.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    if matches!(err, RelayError::RateLimited(_)) {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    if matches!(err, RelayError::MethodNotAllowed) {
-        res.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            .insert(name, HeaderValue::from_static(value));
     }
     res
 }
@@ -148,7 +134,7 @@ pub fn json_response(
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(trace_id) {
-        res.headers_mut().insert(crate::stack::TRACE_ID, v);
+        res.headers_mut().insert(TRACE_ID, v);
     }
     res
 }

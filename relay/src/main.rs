@@ -1,14 +1,14 @@
-//! `relay`: parse the command line, load the config (exit 64 when invalid), bind, serve until a signal.
+//! `relay`: parse the command line, load the config (exit 64 when invalid), bind (exit 1 when it cannot), serve
+//! until a signal.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use relay::config::{Config, ProcessEnv};
-use relay::shutdown::{Ended, run_until_signalled};
+use relay::upstream::chain;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,7 +34,7 @@ struct Cli {
     /// Validate the configuration and exit (0 when valid, 64 when not).
     #[arg(long)]
     check_config: bool,
-    /// Run with an embedded configuration, an in-process mock vendor and a demo page.
+    /// Run with an embedded configuration, an in-process mock vendor and a demo page (cargo feature `demo`).
     #[arg(long)]
     demo: bool,
     /// Address to listen on (overrides the config's `listen`).
@@ -44,54 +44,66 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Signals (and the demo's mock vendor) only: the relay serves on its own worker threads (`relay::run`).
+    // Signals (and the demo's mock vendor) only: the relay serves on its own worker threads (`relay::serve`).
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt.block_on(serve(cli)).unwrap_or_else(|code| code),
-        Err(e) => fail(format!("cannot start the runtime: {e}"), ExitCode::FAILURE),
+        Err(e) => fail(&format!("cannot start the runtime: {e}"), 1),
     }
 }
 
-fn fail(message: String, code: ExitCode) -> ExitCode {
+fn fail(message: &str, code: u8) -> ExitCode {
     eprintln!("relay: {message}");
-    code
+    ExitCode::from(code)
 }
 
 /// Runs the relay; `Err` carries the exit code of an early exit whose reason is already printed.
 async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
-    let tracker = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let usage = |e: String| fail(e, ExitCode::from(EX_USAGE));
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let usage = |e: &(dyn std::error::Error + 'static)| fail(&chain(e), EX_USAGE);
     let mut config = match &cli.config {
-        Some(path) => Config::load(path, &ProcessEnv).map_err(|e| usage(e.to_string()))?,
+        Some(path) => Config::load(path, &ProcessEnv).map_err(|e| usage(&e))?,
         None => relay::demo::start(&tracker, stop.clone())
             .await
-            .map_err(|e| usage(e.to_string()))?,
+            .map_err(|e| usage(&e))?,
     };
-    if cli.check_config {
-        let (routes, keys) = (config.routes.len(), config.clients.len());
-        let ok = format!("config ok ({routes} routes, {keys} client keys)");
-        return Ok(fail(ok, ExitCode::SUCCESS));
-    }
     config.listen = cli.listen.unwrap_or(config.listen);
-    relay::init_tracing(config.log_format);
-    let failure = |e: String| fail(e, ExitCode::FAILURE);
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let prepared = relay::prepare(config).map_err(|e| usage(&e))?;
+    let c = prepared.config();
+    if cli.check_config {
+        let ok = format!(
+            "config ok ({} routes, {} client keys)",
+            c.routes.len(),
+            c.clients.len()
+        );
+        return Ok(fail(&ok, 0));
+    }
+    relay::init_tracing(c.log_format);
+    let listener = tokio::net::TcpListener::bind(c.listen)
         .await
-        .map_err(|e| failure(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|e| fail(&format!("cannot listen on {}: {e}", c.listen), 1))?;
     let signals = relay::shutdown::Signals::new()
-        .map_err(|e| failure(format!("cannot watch signals: {e}")))?;
-    let addr = listener.local_addr().unwrap_or(config.listen);
+        .map_err(|e| fail(&format!("cannot watch signals: {e}"), 1))?;
+    let addr = listener.local_addr().unwrap_or(c.listen);
     let banner = cli.demo.then(|| relay::demo::instructions(addr));
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {addr}\n{}", banner.unwrap_or_default())
-        .and_then(|()| out.flush());
-    drop(out);
-    let ended = run_until_signalled(Arc::new(config), listener, stop.clone(), signals).await;
-    if ended == Ended::Forced {
-        return Err(ExitCode::from(EX_FORCED));
+    let ready = || {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {addr}\n{}", banner.unwrap_or_default())
+            .and_then(|()| out.flush());
+    };
+    let serving = async {
+        if cli.demo {
+            let page = relay::demo::DemoPage::new;
+            return relay::serve(prepared, listener, stop.clone(), page, ready).await;
+        }
+        relay::serve(prepared, listener, stop.clone(), |relay| relay, ready).await
+    };
+    match relay::shutdown::until_signalled(serving, stop.clone(), signals).await {
+        Err(relay::shutdown::Forced) => return Err(ExitCode::from(EX_FORCED)),
+        Ok(Err(e)) => return Err(fail(&chain(&e), 1)),
+        Ok(Ok(())) => {}
     }
     stop.cancel();
     tracker.close();

@@ -32,17 +32,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use io::ConnState;
-pub use workers::serve_workers;
+pub use workers::{ServeError, serve_workers};
 
 use crate::config::ServerLimits;
-use crate::tap::BoxError;
+use crate::error::BoxError;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// After the drain token fires: time for the final error events to be written before connections are abandoned.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What serves requests: the relay ([`crate::stack::Relay`]) or, in tests, a wrapper around it.
+/// What serves requests: the relay ([`crate::stack::Relay`]), the demo page around it, or a test's handler.
 pub trait Handler: Send + Sync + 'static {
     type Body: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static;
 

@@ -1,7 +1,10 @@
 //! Shutdown signals: the first SIGTERM or SIGINT starts a graceful drain ([`crate::server`]); a second one means
 //! "now" (`main` exits 130 without waiting).
 
+use std::future::Future;
+
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 /// Both signals, watched for the life of the process.
 pub struct Signals {
@@ -26,22 +29,17 @@ impl Signals {
     }
 }
 
-/// How a signal-driven run ended.
+/// A second signal cut the drain short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    /// Drained (or the server stopped on its own).
-    Gracefully,
-    /// A second signal cut the drain short.
-    Forced,
-}
+pub struct Forced;
 
-/// Runs the relay until a signal, then drains; a second signal ends the wait at once.
-pub async fn run_until_signalled(
-    config: std::sync::Arc<crate::Config>,
-    listener: tokio::net::TcpListener,
-    stop: tokio_util::sync::CancellationToken,
+/// Runs `serving` (which stops accepting and drains once `stop` is cancelled) until it ends; the first signal
+/// cancels `stop`, a second one gives up waiting.
+pub async fn until_signalled<T>(
+    serving: impl Future<Output = T>,
+    stop: CancellationToken,
     mut signals: Signals,
-) -> Ended {
+) -> Result<T, Forced> {
     let watch = async {
         let first = signals.next().await;
         tracing::info!(
@@ -52,10 +50,10 @@ pub async fn run_until_signalled(
         signals.next().await
     };
     tokio::select! {
-        () = crate::run(config, listener, stop.clone()) => Ended::Gracefully,
+        served = serving => Ok(served),
         second = watch => {
             tracing::warn!(signal = second, "second signal: exiting now");
-            Ended::Forced
+            Err(Forced)
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The binary's contract: invalid configuration exits 64 naming the field, `--check-config` validates without
-//! binding, and secrets never appear in what it prints.
+//! binding, a listener that cannot be bound exits 1, an `https` route without CA certificates exits 64, the
+//! production build has no demo, and secrets never appear in what it prints.
 
 #![expect(
     clippy::unwrap_used,
     reason = "a test fails loudly at the first broken step"
 )]
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
 const SECRET: &str = "sk-cli-CANARY-6b0d";
 
@@ -16,38 +18,84 @@ fn relay() -> Command {
     c
 }
 
-fn write_config(name: &str, body: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("ssegate-cli-{}-{name}.toml", std::process::id()));
+/// A config file in a directory removed when the returned guard drops.
+fn write_config(body: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
     std::fs::write(&path, body).unwrap();
-    path
+    (dir, path)
 }
 
-fn valid(extra: &str) -> String {
+/// A valid config listening on `listen`, calling a vendor at `upstream`.
+fn valid_at(listen: &str, upstream: &str, extra: &str) -> String {
     format!(
-        "listen = \"127.0.0.1:1\"\n{extra}\n[[clients]]\ntenant = \"t\"\nkey_sha256 = \"{}\"\n\n[[routes]]\n\
-         path = \"/v1/chat/completions\"\nupstream = \"https://api.example.com/v1/chat/completions\"\n\
+        "listen = \"{listen}\"\n{extra}\n[[clients]]\ntenant = \"t\"\nkey_sha256 = \"{}\"\n\n[[routes]]\n\
+         path = \"/v1/chat/completions\"\nupstream = \"{upstream}/v1/chat/completions\"\n\
          auth = \"bearer\"\nsecret_env = \"CLI_TEST_VENDOR_KEY\"\n",
         "ab".repeat(32)
     )
 }
 
+fn valid(extra: &str) -> String {
+    valid_at("127.0.0.1:8080", "http://127.0.0.1:9", extra)
+}
+
+fn run(cmd: &mut Command) -> (Output, String) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains(SECRET), "printed the secret: {stderr}");
+    (out, stderr)
+}
+
 #[test]
 fn check_config_accepts_a_valid_file_without_binding() {
-    // Port 1 needs privileges to bind; --check-config must not try.
-    let path = write_config("ok", &valid(""));
-    let out = relay()
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
+    // The configured address is taken: a relay that tried to bind it would fail.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (_dir, path) = write_config(&valid_at(&addr, "http://127.0.0.1:9", ""));
+    let (out, stderr) = run(relay().arg("--config").arg(&path).arg("--check-config"));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("config ok"), "{stderr}");
+}
+
+#[test]
+fn a_listener_that_cannot_be_bound_exits_non_zero() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (_dir, path) = write_config(&valid_at(&addr, "http://127.0.0.1:9", ""));
+    let (out, stderr) = run(relay().arg("--config").arg(&path));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("config ok"));
+    assert!(out.stdout.is_empty(), "it must not say it is listening");
+}
+
+#[test]
+fn an_https_route_without_ca_certificates_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let (_cfg, path) = write_config(&valid_at("127.0.0.1:8080", "https://api.example.com", ""));
+    let no_roots = |cmd: &mut Command| {
+        cmd.env("SSL_CERT_FILE", &empty)
+            .env("SSL_CERT_DIR", dir.path());
+    };
+    let mut check = relay();
+    no_roots(check.arg("--config").arg(&path).arg("--check-config"));
+    let (out, stderr) = run(&mut check);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("/v1/chat/completions") && stderr.contains("no CA certificates"),
+        "{stderr}"
+    );
+    // The same file with a plain-http vendor needs no CA certificate.
+    let (_cfg, plain) = write_config(&valid(""));
+    let mut check = relay();
+    no_roots(check.arg("--config").arg(&plain).arg("--check-config"));
+    let (out, stderr) = run(&mut check);
+    assert!(out.status.success(), "{stderr}");
 }
 
 #[test]
@@ -56,7 +104,7 @@ fn invalid_config_exits_64_naming_the_field() {
         ("unknown", valid("flavour = \"x\""), "flavour"),
         (
             "badlisten",
-            valid("").replace("127.0.0.1:1", "nowhere"),
+            valid("").replace("127.0.0.1:8080", "nowhere"),
             "listen",
         ),
         (
@@ -67,13 +115,10 @@ fn invalid_config_exits_64_naming_the_field() {
         ("syntax", "listen = ".to_owned(), "TOML"),
     ];
     for (name, body, expect) in cases {
-        let path = write_config(name, &body);
-        let out = relay().arg("--config").arg(&path).output().unwrap();
-        std::fs::remove_file(&path).unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (_dir, path) = write_config(&body);
+        let (out, stderr) = run(relay().arg("--config").arg(&path));
         assert_eq!(out.status.code(), Some(64), "{name}: {stderr}");
         assert!(stderr.contains(expect), "{name}: {stderr}");
-        assert!(!stderr.contains(SECRET), "{name} printed the secret");
         assert!(
             out.stdout.is_empty(),
             "{name}: nothing may be bound or announced"
@@ -83,63 +128,46 @@ fn invalid_config_exits_64_naming_the_field() {
 
 #[test]
 fn environment_override_errors_exit_64_too() {
-    let path = write_config("env", &valid(""));
-    let out = relay()
-        .arg("--config")
+    let (_dir, path) = write_config(&valid(""));
+    let mut cmd = relay();
+    cmd.arg("--config")
         .arg(&path)
-        .env("RELAY_MAX_REQUEST_BODY_BYTES", "huge")
-        .output()
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
+        .env("RELAY_MAX_REQUEST_BODY_BYTES", "huge");
+    let (out, stderr) = run(&mut cmd);
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("RELAY_MAX_REQUEST_BODY_BYTES"));
+    assert!(stderr.contains("RELAY_MAX_REQUEST_BODY_BYTES"), "{stderr}");
 }
 
 #[test]
 fn missing_config_file_exits_64() {
-    let out = relay()
-        .args(["--config", "/nonexistent/relay.toml"])
-        .output()
-        .unwrap();
+    let (out, stderr) = run(relay().args(["--config", "/nonexistent/relay.toml"]));
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/relay.toml"));
+    assert!(stderr.contains("/nonexistent/relay.toml"), "{stderr}");
 }
 
 #[test]
 fn shipped_config_files_validate() {
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
-    let out = relay()
-        .arg("--config")
+    let mut cmd = relay();
+    cmd.arg("--config")
         .arg(format!("{deploy}/relay.dev.toml"))
         .arg("--check-config")
-        .env("SSEGATE_DEV_VENDOR_KEY", SECRET)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "relay.dev.toml: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("SSEGATE_DEV_VENDOR_KEY", SECRET);
+    let (out, stderr) = run(&mut cmd);
+    assert!(out.status.success(), "relay.dev.toml: {stderr}");
 
     // The example reads one key from a file; point that at a temporary one.
-    let secret_file = write_config("example-secret", SECRET);
+    let (_secret_dir, secret_file) = write_config(SECRET);
     let example = std::fs::read_to_string(format!("{deploy}/relay.example.toml"))
         .unwrap()
         .replace("/run/secrets/vendor-key", secret_file.to_str().unwrap());
-    let path = write_config("example", &example);
-    let out = relay()
-        .arg("--config")
+    let (_dir, path) = write_config(&example);
+    let mut cmd = relay();
+    cmd.arg("--config")
         .arg(&path)
         .arg("--check-config")
         .env("OPENAI_API_KEY", SECRET)
-        .env("OPENAI_BACKUP_KEY", SECRET)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    std::fs::remove_file(&secret_file).unwrap();
-    assert!(
-        out.status.success(),
-        "relay.example.toml: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("OPENAI_BACKUP_KEY", SECRET);
+    let (out, stderr) = run(&mut cmd);
+    assert!(out.status.success(), "relay.example.toml: {stderr}");
 }

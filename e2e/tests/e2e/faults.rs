@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::stack::{Front, Options, Stack, stack};
 use crate::support::*;
@@ -20,25 +19,6 @@ macro_rules! stack_or_skip {
     };
 }
 
-/// Opens a stream on a socket with a tiny receive buffer, reads its first bytes, then never reads again.
-async fn stalled_reader(base: &str) -> Result<tokio::net::TcpStream> {
-    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let mut stream = socket.connect(addr).await?;
-    let body = r#"{"stream":true,"messages":[]}"#;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
-         x-mock-chunks: 1000000\r\nx-mock-interval-ms: 0\r\nx-mock-chunk-bytes: 16000\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    let mut first = [0u8; 512];
-    anyhow::ensure!(stream.read(&mut first).await? > 0, "no response");
-    Ok(stream)
-}
-
 #[tokio::test]
 async fn slow_readers_are_bounded_and_do_not_slow_a_healthy_stream() -> Result<()> {
     const SLOW: u64 = 200;
@@ -48,8 +28,8 @@ async fn slow_readers_are_bounded_and_do_not_slow_a_healthy_stream() -> Result<(
     };
     let s: Stack = stack_or_skip!(Front::Relay, options);
     let base = s.base();
-    let idle_rss = s.relay.rss_kib()?;
-    let opening = (0..SLOW).map(|_| stalled_reader(&base));
+    let idle_rss = s.relay.rss_kib();
+    let opening = (0..SLOW).map(|_| stalled_reader(s.relay.addr, CLIENT_KEY));
     let slow: Vec<_> = futures_util::future::try_join_all(opening).await?;
     // While 200 floods press against 200 full sockets, a healthy client streams at full speed.
     let healthy = tokio::spawn(receive(chat(
@@ -59,7 +39,7 @@ async fn slow_readers_are_bounded_and_do_not_slow_a_healthy_stream() -> Result<(
     )));
     let mut peak = idle_rss;
     while !healthy.is_finished() {
-        peak = peak.max(s.relay.rss_kib()?);
+        peak = peak.max(s.relay.rss_kib());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = healthy.await??;

@@ -10,7 +10,6 @@
 
 mod demo;
 mod faults;
-mod nginx;
 mod paths;
 mod stack;
 mod support;

@@ -1,8 +1,8 @@
 //! A whole deployment on loopback: mock vendor, relay (its binary, its config file) and, optionally, nginx in front.
 
 use anyhow::Result;
+use mock_upstream::testkit::nginx;
 
-use crate::nginx;
 use crate::support::*;
 
 /// Which process the client talks to.
@@ -40,7 +40,6 @@ pub struct Stack {
     pub mock: Proc,
     pub relay: Proc,
     pub nginx: Option<nginx::Nginx>,
-    _dir: TempDir,
 }
 
 impl Stack {
@@ -62,18 +61,18 @@ pub async fn stack(front: Front, options: Options) -> Result<Option<Stack>> {
         },
         Front::Relay => None,
     };
-    let dir = TempDir::new("stack");
     let mock = start_mock().await?;
     let (top, route) = (options.relay_top, options.relay_route);
-    let relay = start_relay_logging(mock.addr, &dir, top, route, options.relay_log).await?;
+    let relay = start_relay(mock.addr, top, route, options.relay_log).await?;
     let nginx = match nginx_bin {
-        Some(bin) => Some(nginx::start(&bin, relay.addr, options.nginx_site).await?),
+        Some(bin) => {
+            let opts = nginx::Options {
+                tweak: options.nginx_site,
+                ..nginx::Options::default()
+            };
+            Some(nginx::start(&bin, relay.addr, opts).await?)
+        }
         None => None,
     };
-    Ok(Some(Stack {
-        mock,
-        relay,
-        nginx,
-        _dir: dir,
-    }))
+    Ok(Some(Stack { mock, relay, nginx }))
 }

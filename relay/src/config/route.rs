@@ -235,15 +235,12 @@ fn target(
 }
 
 fn validate_forward(name: &str, raw: &[String]) -> Result<Vec<String>, ConfigError> {
-    let never = crate::upstream::NEVER_FORWARD;
     raw.iter()
         .map(|h| {
             let h = h.trim().to_ascii_lowercase();
-            let (bare, refused) = match h.strip_suffix('*') {
-                Some(prefix) => (prefix, never.iter().any(|n| n.starts_with(prefix))),
-                None => (h.as_str(), never.contains(&h.as_str())),
-            };
-            if bare.is_empty() || HeaderName::from_bytes(bare.as_bytes()).is_err() || refused {
+            let bare = h.strip_suffix('*').unwrap_or(&h);
+            let invalid = bare.is_empty() || HeaderName::from_bytes(bare.as_bytes()).is_err();
+            if invalid || crate::headers::refused_pattern(&h) {
                 return Err(field(
                     name,
                     format!("`{h}` is not a header that may be forwarded"),

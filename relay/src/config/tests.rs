@@ -26,7 +26,7 @@ auth = "bearer"
 secret_env = "VENDOR_KEY"
 {route_extra}
 "#,
-        crate::auth::key_digest_hex("client-key")
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"client-key"))
     )
 }
 
@@ -162,8 +162,10 @@ fn bad_environment_override_names_the_variable() {
 
 #[test]
 fn client_keys_must_be_sha256_digests() {
-    let text =
-        toml_with("", "").replace(&crate::auth::key_digest_hex("client-key"), "not-a-digest");
+    let text = toml_with("", "").replace(
+        &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"client-key")),
+        "not-a-digest",
+    );
     let e = Config::from_toml(&text, &env(&[])).unwrap_err().to_string();
     assert!(e.contains("clients[0].key_sha256"), "{e}");
     let no_clients = toml_with("", "").replace("[[clients]]", "[unused_table]");

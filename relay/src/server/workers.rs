@@ -14,17 +14,36 @@
 //! In the pinned model all workers' epoll sets watch the one socket; whichever worker is free first takes a new
 //! connection (the others see `EAGAIN`), so load follows idleness. Stream limits are shared by all workers in both
 //! models (one set of semaphores).
+//!
+//! Startup is all or nothing: every worker reports whether its thread, runtime and listener handle are up before
+//! `ready` is called; if one cannot start, the others are stopped and the error is returned (the process exits
+//! non-zero rather than serving with fewer workers than configured, or not at all).
 
+use std::io;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use super::{Handler, Shutdown, serve};
 use crate::config::ServerLimits;
 
+/// A worker that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot hand the listener to worker threads")]
+    Listener(#[source] io::Error),
+    #[error("cannot start worker {worker}")]
+    Worker {
+        worker: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Serves `listener` on `workers` threads (pinned or shared, see the module docs), each pinned worker with its own
-/// handler from `make`, until `shutdown.stop`; returns when every worker has drained. A worker that cannot be
-/// started is logged and the others carry on; with none started, the caller's runtime serves.
+/// handler from `make`; calls `ready` once every worker is up, then serves until `shutdown.stop` and returns when
+/// every worker has drained.
 pub async fn serve_workers<H: Handler>(
     listener: TcpListener,
     workers: usize,
@@ -32,63 +51,59 @@ pub async fn serve_workers<H: Handler>(
     make: impl Fn() -> Arc<H>,
     limits: ServerLimits,
     shutdown: Shutdown,
-) {
-    let listener = match listener.into_std() {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot hand the listener to worker threads; not serving");
-            return;
-        }
-    };
-    // Each thread holds a sender; `recv` returns `None` once every one has ended (drained, or panicked).
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut started = 0;
+    ready: impl FnOnce(),
+) -> Result<(), ServeError> {
+    let listener = listener.into_std().map_err(ServeError::Listener)?;
+    // Each thread holds a sender: it reports its start, and `recv` returns `None` once every thread has ended.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<(), ServeError>>();
     let threads = if pinned { workers } else { 1 };
-    for n in 0..threads {
-        let own = match listener.try_clone() {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(worker = n, error = %e, "cannot share the listener with a worker; running fewer");
-                continue;
-            }
-        };
-        let (handler, shutdown, done) = (make(), shutdown.clone(), done_tx.clone());
-        // Pinned: a single-threaded runtime per worker. Shared: one thread runs the accept loop on a work-stealing
-        // runtime whose `workers` threads serve the connections.
-        let pool = (!pinned).then_some(workers);
-        let spawned = std::thread::Builder::new()
-            .name(format!("relay-worker-{n}"))
-            .spawn(move || run_worker(own, pool, handler, limits, shutdown, done));
-        match spawned {
-            Ok(_) => started += 1,
-            Err(e) => {
-                tracing::warn!(worker = n, error = %e, "cannot start a worker thread; running fewer")
-            }
+    let mut failed = None;
+    for worker in 0..threads {
+        let started = listener.try_clone().and_then(|own| {
+            let (handler, shutdown, tx) = (make(), shutdown.clone(), tx.clone());
+            // Pinned: a single-threaded runtime per worker. Shared: one thread runs the accept loop on a
+            // work-stealing runtime whose `workers` threads serve the connections.
+            let pool = (!pinned).then_some(workers);
+            std::thread::Builder::new()
+                .name(format!("relay-worker-{worker}"))
+                .spawn(move || run_worker(worker, own, pool, handler, limits, shutdown, tx))
+        });
+        if let Err(source) = started {
+            failed = Some(ServeError::Worker { worker, source });
+            break;
         }
     }
-    drop(done_tx);
-    if started == 0 {
-        match TcpListener::from_std(listener) {
-            Ok(l) => serve(l, make(), limits, shutdown).await,
-            Err(e) => {
-                tracing::error!(error = %e, "no worker could start and the listener is unusable")
+    drop((tx, listener));
+    let spawned = if failed.is_some() { 0 } else { threads };
+    for _ in 0..spawned {
+        match rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                failed = Some(e);
+                break;
             }
+            None => break,
         }
-        return;
     }
-    drop(listener);
-    while done_rx.recv().await.is_some() {}
+    match failed {
+        None => ready(),
+        // Stop the workers that did start; they have no streams yet, so they end at once.
+        Some(_) => shutdown.stop.cancel(),
+    }
+    while rx.recv().await.is_some() {}
+    failed.map_or(Ok(()), Err)
 }
 
 /// One worker: a runtime (single-threaded, or a work-stealing pool of `pool` threads) serving its listener handle
-/// until the drain is over.
+/// until the drain is over. Reports on `started` whether it could start.
 fn run_worker<H: Handler>(
+    worker: usize,
     listener: std::net::TcpListener,
     pool: Option<usize>,
     handler: Arc<H>,
     limits: ServerLimits,
     shutdown: Shutdown,
-    _done: tokio::sync::mpsc::Sender<()>,
+    started: mpsc::UnboundedSender<Result<(), ServeError>>,
 ) {
     let mut builder = match pool {
         None => tokio::runtime::Builder::new_current_thread(),
@@ -98,17 +113,20 @@ fn run_worker<H: Handler>(
             b
         }
     };
+    let fail = |source| {
+        let _ = started.send(Err(ServeError::Worker { worker, source }));
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start a worker's runtime; this worker does not serve");
-            return;
-        }
+        Err(e) => return fail(e),
     };
-    runtime.block_on(async move {
+    runtime.block_on(async {
         match TcpListener::from_std(listener) {
-            Ok(l) => serve(l, handler, limits, shutdown).await,
-            Err(e) => tracing::error!(error = %e, "cannot register the listener in a worker; it does not serve"),
+            Ok(l) => {
+                let _ = started.send(Ok(()));
+                serve(l, handler, limits, shutdown).await;
+            }
+            Err(e) => fail(e),
         }
     });
 }

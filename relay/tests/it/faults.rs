@@ -1,9 +1,10 @@
 //! Upstream faults after the head: timeouts, truncation, resets, oversized events; keep-alive comments; and
-//! failover before the first byte.
+//! failover before the first byte. Through real sockets and the real mock: these check what the client gets and
+//! that the vendor is cancelled. When each timer fires, to the instant, is the tap's own tests' job
+//! (`relay/src/tap/tests.rs`, in paused time).
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::time::Instant;
 use wiremock::{Mock as Wire, MockServer, ResponseTemplate};
 
@@ -36,10 +37,8 @@ async fn silence_before_the_first_frame_is_an_error_event_and_cancels_the_upstre
     let waited = started.elapsed();
     let err = error_event(&body).unwrap();
     assert_eq!(err["kind"], "upstream_first_byte_timeout", "{body}");
-    assert!(
-        waited >= Duration::from_millis(400) && waited < Duration::from_secs(2),
-        "{waited:?}"
-    );
+    // The relay's timer ended it, not the vendor's first chunk (due after 10 s).
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
     assert!(await_counter(&mock, "streams_cancelled", 1, Duration::from_secs(1)).await);
 }
 
@@ -56,22 +55,7 @@ async fn stalled_upstream_hits_the_idle_timeout() {
     .await
     .unwrap();
     let trace_id = res.headers()["x-trace-id"].to_str().unwrap().to_owned();
-    let mut stream = res.bytes_stream();
-    let mut body = Vec::new();
-    let mut last_data = Instant::now();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        if chunk.windows(11).any(|w| w == b"event: erro") {
-            let gap = last_data.elapsed();
-            assert!(
-                gap >= Duration::from_millis(400) && gap < Duration::from_millis(1200),
-                "{gap:?}"
-            );
-        } else {
-            last_data = Instant::now();
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = res.bytes().await.unwrap().to_vec();
     let body = String::from_utf8(body).unwrap();
     assert_eq!(body.matches("data: {\"choices\"").count(), 2);
     let err = error_event(&body).unwrap();

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
+use relay::error::BoxError;
 use relay::server::{ConnState, Handler};
 use relay::stack::{Relay as Stack, RelayBody};
-use relay::tap::BoxError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -121,7 +121,7 @@ async fn per_tenant_cap_is_429_and_leaves_other_tenants_alone() {
     let other_key = "other-tenant-key";
     cfg.clients.push(relay::config::ClientKey {
         tenant: Arc::from("other"),
-        sha256: relay::config::parse_sha256(&relay::auth::key_digest_hex(other_key)).unwrap(),
+        sha256: relay::config::parse_sha256(&sha256_hex(other_key)).unwrap(),
     });
     let relay = start_relay(cfg).await;
     let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")];
@@ -149,19 +149,9 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_cancelled() {
         "",
     ))
     .await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(relay.addr).await.unwrap();
-    let body = r#"{"stream":true,"messages":[]}"#;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
-         x-mock-chunks: 1000000\r\nx-mock-interval-ms: 0\r\nx-mock-chunk-bytes: 16000\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut first = [0u8; 1024];
-    assert!(stream.read(&mut first).await.unwrap() > 0);
+    let _stream = mock_upstream::testkit::sse::stalled_reader(relay.addr, CLIENT_KEY)
+        .await
+        .unwrap();
     // Now read nothing: buffers fill, the relay's writes block, the write timeout fires.
     assert!(
         await_counter(&mock, "streams_cancelled", 1, Duration::from_secs(5)).await,
@@ -273,7 +263,8 @@ async fn a_panic_ends_only_its_own_request() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = relay::server::Shutdown::default();
-    let stack = Arc::new(Stack::new(cfg.clone(), shutdown.drain.clone()));
+    let tls = relay::upstream::tls_config(&cfg.routes).unwrap();
+    let stack = Arc::new(Stack::new(cfg.clone(), tls, shutdown.drain.clone()));
     let stop = shutdown.stop.clone();
     tokio::spawn(relay::server::serve(
         listener,

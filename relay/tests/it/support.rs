@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use mock_upstream::sha256_hex;
 use relay::Config;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -76,33 +76,14 @@ pub fn config(upstream: &str, extra: &str) -> Config {
 
 /// As [`config`], with `top` lines at the top level too.
 pub fn config_with(upstream: &str, top: &str, extra: &str) -> Config {
-    let toml = format!(
-        r#"
-{top}
-[[clients]]
-tenant = "acme"
-key_sha256 = "{digest}"
-
-[[routes]]
-path = "/v1/chat/completions"
-upstream = "http://{upstream}/v1/chat/completions"
-auth = "bearer"
-secret_env = "VENDOR_KEY"
-terminal_event = "data: [DONE]"
-forward_headers = ["x-mock-*"]
-{extra}
-
-[[routes]]
-path = "/api/send-message"
-upstream = "http://{upstream}/api/send-message"
-auth = "x-api-key"
-secret_env = "VENDOR_KEY"
-terminal_event = "event: done"
-forward_headers = ["x-mock-*"]
-{extra}
-"#,
-        digest = relay::auth::key_digest_hex(CLIENT_KEY),
-    );
+    let toml = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        mock: upstream.parse().unwrap(),
+        top,
+        tenant: "acme",
+        client_key: CLIENT_KEY,
+        secret_env: "VENDOR_KEY",
+        route: extra,
+    });
     Config::from_toml(
         &toml,
         &vec![("VENDOR_KEY".to_owned(), VENDOR_KEY.to_owned())],
@@ -114,7 +95,9 @@ pub async fn start_relay(config: Config) -> Relay {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let done = tokio::spawn(relay::run(Arc::new(config), listener, stop.clone()));
+    let prepared = relay::prepare(config).unwrap();
+    let run = relay::run(prepared, listener, stop.clone());
+    let done = tokio::spawn(async move { run.await.unwrap() });
     Relay {
         addr,
         stop,
@@ -137,13 +120,6 @@ pub fn chat(relay: &Relay, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder
         rb = rb.header(*k, *v);
     }
     rb
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Waits (awaiting the mock's watch channel, not sleeping) until `counter` reaches `at_least`.

@@ -1,74 +1,53 @@
 //! `perf`: the side-by-side run. Starts mock-upstream, the relay (release, auth and audit log on) and nginx from
 //! `deploy/nginx/ssegate.conf`, runs the goose load test against four targets (mock directly, nginx → mock,
 //! relay → mock, nginx → relay → mock) at each concurrency, and prints one Markdown table. Everything binds
-//! 127.0.0.1 and is stopped by its PID. `--gate` runs the short CI variant and compares same-run ratios with
-//! `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which builds the release binaries first.
+//! 127.0.0.1 and is stopped by its PID (processes and nginx from the workspace's test kit). `--gate` runs the short
+//! CI variant and compares same-run ratios with `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which
+//! builds the release binaries first.
 
 #![expect(
     clippy::print_stdout,
     reason = "perf prints its report (the Markdown table) on stdout"
 )]
 
-mod procs;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
+use mock_upstream::testkit::nginx::{self, Nginx};
+use mock_upstream::testkit::proc::{Proc, binary};
 use serde_json::{Value, json};
-
-use procs::{Proc, nginx, spawn_listening};
 
 const VENDOR_KEY: &str = "perf-vendor-key";
 const CLIENT_KEY: &str = "perf-client-key";
+const VENDOR_KEY_VAR: &str = "PERF_VENDOR_KEY";
 
+/// Side-by-side load test: mock, nginx → mock, relay → mock, nginx → relay → mock.
+#[derive(Parser)]
 struct Args {
+    /// Concurrent streams, one run per level.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     levels: Vec<usize>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 20)]
     run_secs: u64,
+    /// Gap between the mock's chunks.
+    #[arg(long, default_value_t = 50)]
     interval_ms: u64,
+    /// Chunks per stream.
+    #[arg(long, default_value_t = 40)]
     chunks: u64,
+    /// The short CI variant (100 streams, at most 15 s, no nginx → relay run), compared with the baseline.
+    #[arg(long)]
     gate: bool,
+    /// Write this run's ratios as the new baseline.
+    #[arg(long)]
     write_baseline: bool,
 }
 
-fn args() -> Result<Args> {
-    let mut a = Args {
-        levels: vec![1, 100, 1000],
-        run_secs: 20,
-        interval_ms: 50,
-        chunks: 40,
-        gate: false,
-        write_baseline: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().context("flag needs a value");
-        match flag.as_str() {
-            "--levels" => {
-                a.levels = value()?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
-            "--run-secs" => a.run_secs = value()?.parse()?,
-            "--interval-ms" => a.interval_ms = value()?.parse()?,
-            "--chunks" => a.chunks = value()?.parse()?,
-            "--gate" => a.gate = true,
-            "--write-baseline" => a.write_baseline = true,
-            other => bail!(
-                "unknown flag {other}; flags: --levels 1,100,1000 --run-secs N --interval-ms N --chunks N --gate --write-baseline"
-            ),
-        }
-    }
-    if a.gate {
-        a.levels = vec![100];
-        a.run_secs = a.run_secs.min(15);
-    }
-    Ok(a)
-}
-
-/// The workspace root (this binary lives in `target/release/`).
+/// The workspace root.
 fn root() -> Result<PathBuf> {
     Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -76,33 +55,28 @@ fn root() -> Result<PathBuf> {
         .to_path_buf())
 }
 
-fn bin(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe.parent().context("no bin dir")?.join(name))
+/// A process whose CPU time and memory a run charges to the proxy.
+trait Cost {
+    fn cpu_ns(&self) -> u64;
+    fn rss_kib(&self) -> u64;
 }
 
-fn relay_config(mock: std::net::SocketAddr) -> String {
-    use std::fmt::Write;
-    let digest = sha256_hex(CLIENT_KEY);
-    let mut c = format!(
-        "max_streams = 20000\nmax_streams_per_tenant = 20000\n[audit]\nenabled = true\n\n\
-         [[clients]]\ntenant = \"perf\"\nkey_sha256 = \"{digest}\"\n\n"
-    );
-    let _ = write!(
-        c,
-        "[[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"http://{mock}/v1/chat/completions\"\n\
-         auth = \"bearer\"\nsecret_env = \"PERF_VENDOR_KEY\"\nterminal_event = \"data: [DONE]\"\n\
-         forward_headers = [\"x-mock-*\"]\n"
-    );
-    c
+impl Cost for Proc {
+    fn cpu_ns(&self) -> u64 {
+        Proc::cpu_ns(self)
+    }
+    fn rss_kib(&self) -> u64 {
+        Proc::rss_kib(self)
+    }
 }
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+impl Cost for Nginx {
+    fn cpu_ns(&self) -> u64 {
+        Nginx::cpu_ns(self)
+    }
+    fn rss_kib(&self) -> u64 {
+        Nginx::rss_kib(self)
+    }
 }
 
 /// One load-test run and what the proxies spent on it.
@@ -113,19 +87,19 @@ struct Measured {
     idle_rss_kib: u64,
 }
 
-fn run_load(
+async fn run_load(
     base: &str,
     key: &str,
     users: usize,
     a: &Args,
-    proxies: &[&Proc],
+    proxies: &[&dyn Cost],
     out: &Path,
 ) -> Result<Measured> {
     let summary_path = out.with_extension("json");
     let idle_rss_kib: u64 = proxies.iter().map(|p| p.rss_kib()).sum();
     let cpu_before: u64 = proxies.iter().map(|p| p.cpu_ns()).sum();
     let rate = users.min(500).to_string();
-    let mut child = Command::new(bin("loadtest")?)
+    let mut child = Command::new(binary("loadtest", "SSEGATE_LOADTEST_BIN")?)
         .args([
             "--host",
             base,
@@ -154,7 +128,8 @@ fn run_load(
     let mut peak_rss_kib = idle_rss_kib;
     while child.try_wait()?.is_none() {
         peak_rss_kib = peak_rss_kib.max(proxies.iter().map(|p| p.rss_kib()).sum());
-        std::thread::sleep(Duration::from_millis(200));
+        // Sampling RSS while the load runs (not waiting for a side effect).
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let cpu_ns = proxies.iter().map(|p| p.cpu_ns()).sum::<u64>() - cpu_before;
     let summary: Value =
@@ -171,38 +146,51 @@ fn f(v: &Value, path: &str) -> f64 {
     v.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
-fn main() -> Result<()> {
-    let a = args()?;
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let mut a = Args::parse();
+    if a.gate {
+        a.levels = vec![100];
+        a.run_secs = a.run_secs.min(15);
+    }
     let root = root()?;
-    let dir = std::env::temp_dir().join(format!("ssegate-perf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut mock = Command::new(bin("mock-upstream")?);
-    mock.args(["--listen", "127.0.0.1:0", "--api-key", VENDOR_KEY]);
-    let mock = spawn_listening(mock, &dir.join("mock.log"))?;
-    std::fs::write(dir.join("relay.toml"), relay_config(mock.addr))?;
-    let mut relay = Command::new(bin("relay")?);
-    relay
-        .arg("--config")
-        .arg(dir.join("relay.toml"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("PERF_VENDOR_KEY", VENDOR_KEY);
-    let relay = spawn_listening(relay, &dir.join("relay.log"))?;
-    let site = root.join("deploy/nginx/ssegate.conf");
-    let nginx_mock = nginx(&site, mock.addr, &dir.join("nginx-mock"))?;
-    let nginx_relay = nginx(&site, relay.addr, &dir.join("nginx-relay"))?;
-    let url = |p: &Proc| format!("http://{}", p.addr);
-    let mut targets: Vec<(&str, String, &str, Vec<&Proc>)> = vec![
-        ("direct", url(&mock), VENDOR_KEY, vec![]),
+    let dir = tempfile::Builder::new().prefix("ssegate-perf-").tempdir()?;
+    let mock = mock_upstream::testkit::proc::start_mock(VENDOR_KEY).await?;
+    let config = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        mock: mock.addr,
+        top: "max_streams = 20000\nmax_streams_per_tenant = 20000\n[audit]\nenabled = true",
+        tenant: "perf",
+        client_key: CLIENT_KEY,
+        secret_env: VENDOR_KEY_VAR,
+        route: "",
+    });
+    let relay =
+        mock_upstream::testkit::proc::start_relay(&config, &[(VENDOR_KEY_VAR, VENDOR_KEY)], "info")
+            .await?;
+    let nginx_bin =
+        nginx::available().context("nginx is not installed (apt-get install nginx-light)")?;
+    let opts = nginx::Options {
+        workers: "auto",
+        worker_connections: 16384,
+        rlimit_nofile: Some(20000),
+        access_log: false,
+        ..nginx::Options::default()
+    };
+    let nginx_mock = nginx::start(&nginx_bin, mock.addr, opts).await?;
+    let nginx_relay = nginx::start(&nginx_bin, relay.addr, opts).await?;
+    let url = |addr: std::net::SocketAddr| format!("http://{addr}");
+    let mut targets: Vec<(&str, String, &str, Vec<&dyn Cost>)> = vec![
+        ("direct", url(mock.addr), VENDOR_KEY, vec![]),
         (
             "nginx → mock",
-            url(&nginx_mock),
+            nginx_mock.base(),
             VENDOR_KEY,
             vec![&nginx_mock],
         ),
-        ("relay → mock", url(&relay), CLIENT_KEY, vec![&relay]),
+        ("relay → mock", url(relay.addr), CLIENT_KEY, vec![&relay]),
         (
             "nginx → relay → mock",
-            url(&nginx_relay),
+            nginx_relay.base(),
             CLIENT_KEY,
             vec![&nginx_relay, &relay],
         ),
@@ -213,8 +201,10 @@ fn main() -> Result<()> {
     let mut results = Vec::new();
     for &users in &a.levels {
         for (name, base, key, proxies) in &targets {
-            let out = dir.join(format!("{}-{users}", name.replace([' ', '→'], "")));
-            let m = run_load(base, key, users, &a, proxies, &out)?;
+            let out = dir
+                .path()
+                .join(format!("{}-{users}", name.replace([' ', '→'], "")));
+            let m = run_load(base, key, users, &a, proxies, &out).await?;
             eprintln!("perf: {users:>5} streams, {name}: {}", m.summary);
             results.push((users, *name, m));
         }
@@ -229,8 +219,6 @@ fn main() -> Result<()> {
             a.write_baseline,
         )?;
     }
-    drop((nginx_relay, nginx_mock, relay, mock));
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

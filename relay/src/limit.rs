@@ -1,9 +1,10 @@
-//! Concurrency limits: streams open at once, in all and per tenant.
+//! Limits: today, streams open at once, in all and per tenant (request and token rates arrive here later).
 //!
 //! A [`StreamPermit`] is taken after authentication and before the request body is read or any upstream call is
-//! made; it lives in the response body ([`crate::tap`]) until the stream ends, however it ends, so a slot is never
-//! held by a client that went away nor released while bytes still flow. Over the total limit the answer is 503
-//! (the relay is full), over a tenant's limit 429 (that tenant is), both with `Retry-After`.
+//! made. [`crate::stack`] hands it to the stream's end-of-stream callback, so it is released when the stream ends,
+//! however it ends: a slot is never held by a client that went away nor released while bytes still flow. Over the
+//! total limit the answer is 503 (the relay is full), over a tenant's limit 429 (that tenant is), both with
+//! `Retry-After`.
 //!
 //! In-memory for one replica. The shared store (Redis) for limits across replicas plugs in here, behind the same
 //! `acquire`.
@@ -15,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Which limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RateLimitError {
+pub enum LimitError {
     #[error("the relay is at its limit of concurrent streams")]
     Total,
     #[error("this tenant is at its limit of concurrent streams")]
@@ -54,17 +55,17 @@ impl Limiter {
     }
 
     /// Takes one slot of each limit, or says which is full. Never waits.
-    pub fn acquire(&self, tenant: &str) -> Result<StreamPermit, RateLimitError> {
-        let tenant = self.tenants.get(tenant).ok_or(RateLimitError::Tenant)?;
+    pub fn acquire(&self, tenant: &str) -> Result<StreamPermit, LimitError> {
+        let tenant = self.tenants.get(tenant).ok_or(LimitError::Tenant)?;
         let tenant = tenant
             .clone()
             .try_acquire_owned()
-            .map_err(|_| RateLimitError::Tenant)?;
+            .map_err(|_| LimitError::Tenant)?;
         let total = self
             .total
             .clone()
             .try_acquire_owned()
-            .map_err(|_| RateLimitError::Total)?;
+            .map_err(|_| LimitError::Total)?;
         Ok(StreamPermit {
             _total: total,
             _tenant: tenant,
@@ -82,14 +83,11 @@ mod tests {
         let limiter = Limiter::new(3, 2, [&a, &b]);
         let a1 = limiter.acquire("a").unwrap();
         let _a2 = limiter.acquire("a").unwrap();
-        assert_eq!(limiter.acquire("a").unwrap_err(), RateLimitError::Tenant);
+        assert_eq!(limiter.acquire("a").unwrap_err(), LimitError::Tenant);
         let _b1 = limiter.acquire("b").unwrap();
-        assert_eq!(limiter.acquire("b").unwrap_err(), RateLimitError::Total);
+        assert_eq!(limiter.acquire("b").unwrap_err(), LimitError::Total);
         drop(a1);
         assert!(limiter.acquire("b").is_ok());
-        assert_eq!(
-            limiter.acquire("nobody").unwrap_err(),
-            RateLimitError::Tenant
-        );
+        assert_eq!(limiter.acquire("nobody").unwrap_err(), LimitError::Tenant);
     }
 }

@@ -1,4 +1,5 @@
-//! The audit text: what the blog post's `log.info("…result: {}", res)` meant to log, done right.
+//! A leaf: the bounded UTF-8 text of a stream, for the audit record ([`crate::record`]) — what the blog post's
+//! `log.info("…result: {}", res)` meant to log, done right. The tap ([`crate::tap`]) feeds it what it observes.
 //!
 //! [`AuditText`] decodes observed body bytes as UTF-8 *incrementally*: a character split across two frames is held
 //! (at most 3 bytes) until its rest arrives, instead of being turned into U+FFFD as the post's per-read

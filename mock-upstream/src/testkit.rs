@@ -1,0 +1,15 @@
+//! Test plumbing for the whole workspace (feature `testkit`): `relay/tests`, `e2e` and `loadtest` all drive real
+//! processes on loopback ports the same way, so the way lives here, once.
+//!
+//! - [`proc`]: spawn a binary that prints `listening on ADDR`, read the address, keep its stderr for log
+//!   assertions, and kill it by PID when the test ends; CPU time and RSS from `/proc`.
+//! - [`nginx`]: a real nginx from `deploy/nginx/ssegate.conf` (only the two ports changed), stopped with its
+//!   workers when dropped.
+//! - [`sse`]: read an event stream, timing each event's one-way delay from the mock's `ts=` stamp
+//!   ([`crate::dialect::event_ts`]).
+//!
+//! Everything binds 127.0.0.1.
+
+pub mod nginx;
+pub mod proc;
+pub mod sse;

@@ -1,0 +1,213 @@
+//! Child processes that announce their address: the relay and the mock vendor, each killed by its PID on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The target directory the running test or tool was built into (`target/<profile>`), where the workspace's other
+/// binaries are.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/test-<hash> or target/<profile>/tool
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        dir
+    }
+}
+
+/// A workspace binary: `$var` when set, else the one built beside this executable.
+pub fn binary(name: &str, var: &str) -> Result<PathBuf> {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join(name));
+    if !path.exists() {
+        bail!(
+            "{} not found: build the workspace's binaries first (`cargo test --workspace` does) or set {var}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A child process that printed `listening on ADDR`; its stderr goes to a file for log assertions.
+pub struct Proc {
+    pub addr: SocketAddr,
+    child: Child,
+    /// Lines printed on stdout after the first one (as many as asked for).
+    pub stdout_rest: Vec<String>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT") to the process by its PID.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.child.id().context("process already reaped")?;
+        kill(signal, pid)
+    }
+
+    /// The exit status, if the process exits within `within`.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Resident memory in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        self.child.id().map_or(0, rss_kib)
+    }
+
+    /// Nanoseconds on CPU, all threads.
+    pub fn cpu_ns(&self) -> u64 {
+        self.child.id().map_or(0, cpu_ns)
+    }
+}
+
+pub(crate) fn kill(signal: &str, pid: u32) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// Spawns `cmd` and waits for its `listening on ADDR` line, then reads at most `extra_lines` more.
+pub async fn spawn_listening(cmd: Command, tag: &str, extra_lines: usize) -> Result<Proc> {
+    spawn_in(cmd, tag, extra_lines, temp_dir(tag)?).await
+}
+
+fn temp_dir(tag: &str) -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("ssegate-{tag}-"))
+        .tempdir()?)
+}
+
+/// As [`spawn_listening`], with the process's files (its stderr log) in `dir`, removed when it is dropped.
+async fn spawn_in(
+    mut cmd: Command,
+    tag: &str,
+    extra_lines: usize,
+    dir: tempfile::TempDir,
+) -> Result<Proc> {
+    let stderr = dir.path().join("stderr.log");
+    cmd.stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr)?)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("spawning {tag}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .with_context(|| format!("{tag} did not say it was listening"))??
+        .with_context(|| {
+            let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+            format!("{tag} exited: {log}")
+        })?;
+    let addr = first
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected line {first:?}"))?
+        .parse()?;
+    let mut stdout_rest = Vec::new();
+    for _ in 0..extra_lines {
+        match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+            Ok(Ok(Some(l))) => stdout_rest.push(l),
+            _ => break,
+        }
+    }
+    Ok(Proc {
+        addr,
+        child,
+        stdout_rest,
+        stderr,
+        _dir: dir,
+    })
+}
+
+/// The mock vendor binary on a free loopback port, requiring `api_key`.
+pub async fn start_mock(api_key: &str) -> Result<Proc> {
+    let mut cmd = Command::new(binary("mock-upstream", "SSEGATE_MOCK_BIN")?);
+    cmd.args(["--listen", "127.0.0.1:0", "--api-key", api_key]);
+    spawn_listening(cmd, "mock", 0).await
+}
+
+/// The relay binary on a free loopback port with `config` (TOML text), extra environment and `RUST_LOG=log`.
+pub async fn start_relay(config: &str, env: &[(&str, &str)], log: &str) -> Result<Proc> {
+    let dir = temp_dir("relay")?;
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, config)?;
+    let mut cmd = Command::new(binary("relay", "SSEGATE_RELAY_BIN")?);
+    cmd.arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .env("RUST_LOG", log);
+    spawn_in(cmd, "relay", 0, dir).await
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS` from `/proc/PID/status`), 0 when it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Nanoseconds `pid` spent on CPU, all its threads (per-thread `schedstat`), 0 when it is gone.
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| {
+            let path = t.ok()?.path().join("schedstat");
+            std::fs::read_to_string(path)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The PIDs whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().map(str::to_owned))
+                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}

@@ -1,0 +1,73 @@
+//! A leaf: the words a stream's ending is told in. The tap ([`crate::tap`]) reports an [`End`] and what it
+//! [`Seen`]; the record ([`crate::record`]) writes them down, and so will metrics and usage accounting, without any
+//! of them importing the tap.
+
+use tokio::time::Instant;
+
+/// Why a stream failed after its head was sent. `kind()` is the fixed name clients, logs and metrics see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    UpstreamReset,
+    UpstreamTruncated,
+    UpstreamFirstByteTimeout,
+    UpstreamIdleTimeout,
+    TotalTimeout,
+    UpstreamProtocol,
+    Shutdown,
+}
+
+impl Failure {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Failure::UpstreamReset => "upstream_reset",
+            Failure::UpstreamTruncated => "upstream_truncated",
+            Failure::UpstreamFirstByteTimeout => "upstream_first_byte_timeout",
+            Failure::UpstreamIdleTimeout => "upstream_idle_timeout",
+            Failure::TotalTimeout => "stream_total_timeout",
+            Failure::UpstreamProtocol => "upstream_protocol",
+            Failure::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Failure::UpstreamReset => {
+                "the upstream connection failed before the answer was complete"
+            }
+            Failure::UpstreamTruncated => {
+                "the upstream ended the stream before the answer was complete"
+            }
+            Failure::UpstreamFirstByteTimeout => "the upstream sent no data in time",
+            Failure::UpstreamIdleTimeout => "the upstream stopped sending",
+            Failure::TotalTimeout => "the stream reached the relay's maximum duration",
+            Failure::UpstreamProtocol => "the upstream sent a malformed event stream",
+            Failure::Shutdown => "the relay is shutting down; retry the request",
+        }
+    }
+}
+
+/// How a relayed stream ended, as the tap saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The upstream body ended complete and every byte was handed to the client's connection.
+    Complete,
+    /// The stream failed; the detail is for the log line only.
+    Failed(Failure, String),
+    /// The body was dropped before its end: the client went away (or its connection was cut).
+    Cancelled,
+}
+
+/// What the tap saw of a stream, handed to its end-of-stream callback.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// When the first non-empty data frame arrived.
+    pub first_byte: Option<Instant>,
+    pub bytes: u64,
+    pub frames: u64,
+    /// SSE events (event streams only).
+    pub events: Option<u64>,
+    /// Keep-alive comments sent.
+    pub pings: u64,
+    /// The audit text and whether it was cut at its cap (when the audit text is on).
+    pub text: Option<(String, bool)>,
+}

@@ -1,0 +1,114 @@
+//! The end-of-stream record: one structured log line (target `ssegate::audit`) per request that got past
+//! authentication, written exactly once however it ended, the blog post's `log.info("…result: {}")` done right.
+//!
+//! A [`Record`] is opened once the tenant is known. If the request fails before the stream starts, the error is
+//! logged by [`crate::error::respond`] and the record is [`Record::refused`] (no second line). If the client leaves
+//! while the relay still waits for the vendor's head, dropping the record writes `client_cancelled_before_response`.
+//! Otherwise [`crate::stack`] hands it to the tap's end-of-stream callback, which calls [`Record::stream_ended`].
+//! Failures are logged at warn level with their detail; everything else at info.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::outcome::{End, Seen};
+
+/// One request's record, written when it is finished or dropped.
+#[derive(Debug)]
+pub struct Record {
+    tenant: Arc<str>,
+    route: Arc<str>,
+    trace_id: Arc<str>,
+    started: Instant,
+    /// The vendor's status and the attempts it took, once it answered.
+    answer: Option<(u16, usize)>,
+    written: bool,
+}
+
+impl Record {
+    /// Opens the record of a request that passed authentication.
+    pub fn open(tenant: Arc<str>, route: Arc<str>, trace_id: Arc<str>, started: Instant) -> Self {
+        Self {
+            tenant,
+            route,
+            trace_id,
+            started,
+            answer: None,
+            written: false,
+        }
+    }
+
+    /// The vendor answered: its status, the attempts it took, and the trace id the stream goes by from now on.
+    pub fn answered(&mut self, status: u16, attempts: usize, trace_id: Arc<str>) {
+        self.answer = Some((status, attempts));
+        self.trace_id = trace_id;
+    }
+
+    /// The request ended with an error response before any stream; that response's log line is the record.
+    pub fn refused(mut self) {
+        self.written = true;
+    }
+
+    /// The stream ended; `write_timed_out`: the client's connection was cut for accepting no bytes.
+    pub fn stream_ended(mut self, end: End, write_timed_out: bool, seen: &Seen) {
+        let (outcome, error) = match &end {
+            End::Complete => ("complete", None),
+            End::Failed(f, detail) => (f.kind(), Some(detail.as_str())),
+            End::Cancelled if write_timed_out => ("client_write_timeout", None),
+            End::Cancelled if seen.first_byte.is_none() => {
+                ("client_cancelled_before_first_byte", None)
+            }
+            End::Cancelled => ("client_cancelled_mid_stream", None),
+        };
+        self.write(outcome, error, Some(seen));
+    }
+
+    fn write(&mut self, outcome: &str, error: Option<&str>, seen: Option<&Seen>) {
+        self.written = true;
+        let ms = |t: Instant| t.duration_since(self.started).as_secs_f64() * 1000.0;
+        let ttfb_ms = seen.and_then(|s| s.first_byte).map(ms);
+        let duration_ms = ms(Instant::now());
+        let (status, attempts) = self.answer.unzip();
+        let (text, text_truncated) = seen
+            .and_then(|s| s.text.as_ref())
+            .map(|(t, cut)| (t.as_str(), *cut))
+            .unzip();
+        macro_rules! record {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "ssegate::audit",
+                    $level,
+                    tenant = %self.tenant,
+                    route = %self.route,
+                    trace_id = %self.trace_id,
+                    status,
+                    outcome,
+                    error,
+                    attempts,
+                    bytes = seen.map(|s| s.bytes),
+                    frames = seen.map(|s| s.frames),
+                    events = seen.and_then(|s| s.events),
+                    pings = seen.map(|s| s.pings),
+                    ttfb_ms,
+                    duration_ms,
+                    text,
+                    text_truncated,
+                    "stream ended"
+                )
+            };
+        }
+        if error.is_some() {
+            record!(tracing::Level::WARN);
+        } else {
+            record!(tracing::Level::INFO);
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.written && !std::thread::panicking() {
+            self.write("client_cancelled_before_response", None, None);
+        }
+    }
+}

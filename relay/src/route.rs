@@ -1,0 +1,42 @@
+//! Routing: what a request asks for, decided from its method and path alone, before any key is checked.
+//!
+//! `GET /healthz` needs no key; a configured route's path needs `POST`; anything else is 404. Matching is exact
+//! (no prefixes, no query): the vendor URL is the route's, never built from the request. The next stage is
+//! [`crate::auth`].
+
+use http::Method;
+
+use crate::config::Route;
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// `GET /healthz`: the process is up.
+    Health,
+    /// The index of the configured route.
+    Route(usize),
+}
+
+/// Why a request has nowhere to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no route for this path")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+}
+
+/// Picks the destination of `method path` among `routes`.
+pub fn route(method: &Method, path: &str, routes: &[Route]) -> Result<Routed, RouteError> {
+    if path == "/healthz" && method == Method::GET {
+        return Ok(Routed::Health);
+    }
+    let index = routes
+        .iter()
+        .position(|r| r.path == path)
+        .ok_or(RouteError::NotFound)?;
+    if method != Method::POST {
+        return Err(RouteError::MethodNotAllowed);
+    }
+    Ok(Routed::Route(index))
+}

@@ -1,0 +1,63 @@
+//! What can go wrong calling the vendor, classified so that [`crate::error`] can pick the status (502 or 504) and
+//! failover can tell what may be retried. The underlying error stays reachable through `source()`.
+
+use http::StatusCode;
+use hyper_util::client::legacy;
+
+/// Failures talking to the vendor, before its response head reached the relay (or because of what it said).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream connection failed")]
+    Connect(#[source] legacy::Error),
+    #[error("upstream connect timed out")]
+    ConnectTimeout(#[source] legacy::Error),
+    #[error("upstream sent no response head within the first-byte timeout")]
+    FirstByteTimeout,
+    #[error("upstream protocol error")]
+    Protocol(#[source] legacy::Error),
+    #[error("upstream answered with a redirect ({0}), which is never followed")]
+    Redirect(StatusCode),
+    #[error("upstream rejected the relay's vendor credential ({0})")]
+    Credential(StatusCode),
+}
+
+impl UpstreamError {
+    /// Whether another endpoint may be tried: nothing reached the vendor's application, so nothing was paid for.
+    pub fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_)
+        )
+    }
+}
+
+/// Why the vendor connection cannot be set up at all (a startup error: exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "route `{route}` calls an https upstream, but no CA certificates were found (install the system's CA \
+         bundle, e.g. the ca-certificates package)"
+    )]
+    NoRoots {
+        route: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up TLS")]
+    Provider(#[source] rustls::Error),
+}
+
+/// `err` and its sources, joined with `: `, for one log line.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let next = e.to_string();
+        if !s.ends_with(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = e.source();
+    }
+    s
+}
