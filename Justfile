@@ -20,7 +20,7 @@ dev:
 
 # The relay's one-command demo (embedded config, in-process mock, page at /)
 demo:
-    cargo run --release -p relay -- --demo
+    cargo run --release -p relay --features demo -- --demo
 
 # Everything CI runs, minus the nginx install
 ci:
@@ -36,7 +36,7 @@ test-crate crate:
 
 # Black-box tests over real processes (and nginx when installed); builds the binaries first so none is stale
 e2e:
-    cargo build --workspace --bins
+    cargo build --workspace --bins --features relay/demo
     SSEGATE_REQUIRE_NGINX=${SSEGATE_REQUIRE_NGINX:-0} cargo test --workspace --test e2e -- --nocapture
 
 fmt:
@@ -75,6 +75,10 @@ perf-gate:
 
 perf-baseline:
     bash scripts/perf.sh --gate --write-baseline
+
+# The production relay (no demo, no mock vendor linked)
+build-release:
+    cargo build --release -p relay
 
 # Hot-path micro-benchmarks (scanner, audit decoder, key check, tap)
 bench:
