@@ -5,11 +5,13 @@
 //!   assertions, and kill it by PID when the test ends; CPU time and RSS from `/proc`.
 //! - [`nginx`]: a real nginx from `deploy/nginx/ssegate.conf` (only the two ports changed), stopped with its
 //!   workers when dropped.
+//! - [`client`]: a streaming chat request to the mock, the relay or nginx, and the mock's inspection endpoints.
 //! - [`sse`]: read an event stream, timing each event's one-way delay from the mock's `ts=` stamp
 //!   ([`crate::dialect::event_ts`]).
 //!
 //! Everything binds 127.0.0.1.
 
+pub mod client;
 pub mod nginx;
 pub mod proc;
 pub mod sse;

@@ -5,73 +5,40 @@
     reason = "a test fails loudly at the first broken step"
 )]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use mock_upstream::testkit::client::{await_counter, chat_with, stats, stream_record};
+use mock_upstream::testkit::proc::{Proc, spawn_listening};
 
 const KEY: &str = "mock-test-key";
 
 struct Mock {
-    child: Child,
     base: String,
+    _proc: Proc,
 }
 
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Mock {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
-        .args(["--listen", "127.0.0.1:0", "--api-key", KEY])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+async fn start() -> Mock {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mock-upstream"));
+    cmd.args(["--listen", "127.0.0.1:0", "--api-key", KEY]);
+    let proc = spawn_listening(cmd, "mock", 0).await.unwrap();
     Mock {
-        child,
-        base: format!("http://{addr}"),
+        base: proc.url(""),
+        _proc: proc,
     }
 }
 
 fn chat(mock: &Mock, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder {
-    let mut rb = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(format!("{}/v1/chat/completions", mock.base))
-        .bearer_auth(KEY)
-        .body(r#"{"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#);
-    for (k, v) in scenario {
-        rb = rb.header(*k, *v);
-    }
-    rb
+    let body = r#"{"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    chat_with(&mock.base, KEY, body, scenario)
 }
 
 async fn counters(mock: &Mock) -> serde_json::Value {
-    reqwest::get(format!("{}/stats", mock.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    stats(&mock.base).await.unwrap()
 }
 
 #[tokio::test]
 async fn complete_stream_is_recorded_byte_for_byte() {
-    let mock = start();
+    let mock = start().await;
     let res = chat(
         &mock,
         &[("x-mock-chunks", "4"), ("x-mock-interval-ms", "1")],
@@ -92,24 +59,15 @@ async fn complete_stream_is_recorded_byte_for_byte() {
         "include_usage puts usage in the last chunk"
     );
     assert!(text.ends_with("data: [DONE]\n\n"));
-    let record: serde_json::Value = reqwest::get(format!("{}/streams/{trace_id}", mock.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let digest: String = Sha256::digest(&body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(record["sha256"], digest.as_str());
+    let record = stream_record(&mock.base, &trace_id).await.unwrap();
+    assert_eq!(record["sha256"], mock_upstream::sha256_hex(&body).as_str());
     assert_eq!(record["outcome"], "completed");
     assert_eq!(counters(&mock).await["streams_completed"], 1);
 }
 
 #[tokio::test]
 async fn wrong_key_and_bad_scenarios_are_json_errors() {
-    let mock = start();
+    let mock = start().await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("{}/v1/chat/completions", mock.base);
     let res = client
@@ -142,7 +100,7 @@ async fn wrong_key_and_bad_scenarios_are_json_errors() {
 
 #[tokio::test]
 async fn faults_end_streams_as_scripted() {
-    let mock = start();
+    let mock = start().await;
     let body = chat(
         &mock,
         &[
@@ -187,22 +145,17 @@ async fn faults_end_streams_as_scripted() {
         "stall sent more"
     );
     drop(stalled);
-    let waited = reqwest::get(format!(
-        "{}/stats/wait?counter=streams_cancelled&at_least=1&timeout_ms=2000",
-        mock.base
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        waited.status(),
-        200,
+    assert!(
+        await_counter(&mock.base, "streams_cancelled", 1, 2000)
+            .await
+            .unwrap(),
         "dropping a stalled stream counts as a client cancel"
     );
 }
 
 #[tokio::test]
 async fn send_message_route_uses_x_api_key() {
-    let mock = start();
+    let mock = start().await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("{}/api/send-message", mock.base);
     let res = client

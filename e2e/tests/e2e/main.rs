@@ -2,7 +2,6 @@
 //! One test binary (one link); every process binds 127.0.0.1 and is stopped by its PID when its test ends.
 
 #![expect(
-    clippy::unwrap_used,
     clippy::expect_used,
     clippy::disallowed_methods,
     reason = "a test fails loudly at the first broken step; its tasks end with its runtime"

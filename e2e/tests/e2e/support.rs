@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 pub use mock_upstream::sha256_hex;
+use mock_upstream::testkit::client;
+pub use mock_upstream::testkit::client::{chat, client};
 pub use mock_upstream::testkit::proc::{Proc, binary, spawn_listening};
 pub use mock_upstream::testkit::sse::{receive, stalled_reader};
 
@@ -30,42 +32,14 @@ pub async fn start_relay(mock: SocketAddr, top: &str, route: &str, log: &str) ->
     mock_upstream::testkit::proc::start_relay(&config, &[(VENDOR_KEY_VAR, VENDOR_KEY)], log).await
 }
 
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-/// A streaming chat request to `base` with the client key and scenario headers.
-pub fn chat(base: &str, key: &str, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder {
-    let mut rb = client()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(r#"{"model":"mock-1","stream":true,"messages":[{"role":"user","content":"你好"}]}"#);
-    for (k, v) in scenario {
-        rb = rb.header(*k, *v);
-    }
-    rb
-}
-
 /// The mock's record of a stream (`GET /streams/{trace_id}`).
 pub async fn mock_record(mock: &Proc, trace_id: &str) -> Result<serde_json::Value> {
-    Ok(client()
-        .get(mock.url(&format!("/streams/{trace_id}")))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
+    client::stream_record(&mock.url(""), trace_id).await
 }
 
 /// The mock's counters (`GET /stats`).
 pub async fn mock_stats(mock: &Proc) -> Result<serde_json::Value> {
-    Ok(client()
-        .get(mock.url("/stats"))
-        .send()
-        .await?
-        .json()
-        .await?)
+    client::stats(&mock.url("")).await
 }
 
 /// Awaits a mock counter via its long-poll endpoint; true when reached within `timeout_ms`.
@@ -75,8 +49,5 @@ pub async fn await_counter(
     at_least: u64,
     timeout_ms: u64,
 ) -> Result<bool> {
-    let url = mock.url(&format!(
-        "/stats/wait?counter={counter}&at_least={at_least}&timeout_ms={timeout_ms}"
-    ));
-    Ok(client().get(url).send().await?.status() == 200)
+    client::await_counter(&mock.url(""), counter, at_least, timeout_ms).await
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use mock_upstream::sha256_hex;
+pub use mock_upstream::testkit::client::client;
 use relay::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -105,21 +106,9 @@ pub async fn start_relay(config: Config) -> Relay {
     }
 }
 
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 /// A streaming chat request with the right client key and `x-mock-*` scenario headers.
 pub fn chat(relay: &Relay, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder {
-    let mut rb = client()
-        .post(relay.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header("content-type", "application/json")
-        .body(r#"{"model":"mock-1","stream":true,"messages":[{"role":"user","content":"你好"}]}"#);
-    for (k, v) in scenario {
-        rb = rb.header(*k, *v);
-    }
-    rb
+    mock_upstream::testkit::client::chat(&relay.url(""), CLIENT_KEY, scenario)
 }
 
 /// Waits (awaiting the mock's watch channel, not sleeping) until `counter` reaches `at_least`.
