@@ -214,12 +214,13 @@ impl Relay {
             parts.status.is_success() && crate::headers::is_event_stream(&parts.headers);
         let audit = self.config.audit;
         let tap = TapParts {
-            timers: Timers {
-                first_byte_deadline: started + route.first_byte_timeout,
-                idle: route.idle_timeout,
-                total_deadline: started + route.total_timeout,
-                keepalive: route.keepalive_interval,
-            },
+            timers: Timers::starting(
+                started,
+                route.first_byte_timeout,
+                route.idle_timeout,
+                route.total_timeout,
+                route.keepalive_interval,
+            ),
             scanner: event_stream
                 .then(|| EventScanner::new(route.terminal_event.as_deref(), route.max_event_bytes)),
             text_max: audit.enabled.then_some(audit.max_text_bytes),

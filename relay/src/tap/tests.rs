@@ -79,12 +79,7 @@ fn tap(l: Limits) -> Tapped {
     let drain = CancellationToken::new();
     let started = Instant::now();
     let parts = TapParts {
-        timers: Timers {
-            first_byte_deadline: started + l.first_byte,
-            idle: l.idle,
-            total_deadline: started + l.total,
-            keepalive: l.keepalive,
-        },
+        timers: Timers::starting(started, l.first_byte, l.idle, l.total, l.keepalive),
         scanner: l
             .event_stream
             .then(|| EventScanner::new(Some("data: [DONE]"), 1024)),

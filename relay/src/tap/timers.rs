@@ -29,6 +29,22 @@ pub enum Due {
 }
 
 impl Timers {
+    /// The limits of a stream that started at `started`: deadlines from it, durations as they are.
+    pub fn starting(
+        started: Instant,
+        first_byte: Duration,
+        idle: Duration,
+        total: Duration,
+        keepalive: Option<Duration>,
+    ) -> Self {
+        Self {
+            first_byte_deadline: started + first_byte,
+            idle,
+            total_deadline: started + total,
+            keepalive,
+        }
+    }
+
     /// `last_frame`: the last upstream data frame; `last_activity`: the last byte sent either way;
     /// `at_boundary`: whether a comment may be inserted now without splitting an event.
     pub fn due(
