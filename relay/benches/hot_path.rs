@@ -119,7 +119,8 @@ fn tap_forwarding(c: &mut Criterion) {
                     scanner: Some(scanner),
                     text_max: Some(4096),
                     trace_id,
-                    on_end: move |end, seen| record.stream_ended(end, false, &seen),
+                    chunk_gap: Some(metrics::histogram!("bench_gap_seconds")),
+                    on_end: move |end, seen| record.stream_ended(&end, false, &seen),
                     timers: Timers {
                         first_byte_deadline: now + std::time::Duration::from_secs(60),
                         idle: std::time::Duration::from_secs(120),

@@ -106,6 +106,9 @@ fn field(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub struct RawConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`. Never route it through the public proxy.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
     /// Worker threads; 0 (the default) means one per CPU.
     #[serde(default)]
     pub workers: usize,
@@ -138,6 +141,9 @@ pub struct RawConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9464".into()
 }
 fn default_body_limit() -> u64 {
     1 << 20
@@ -240,6 +246,8 @@ pub struct ServerLimits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served ([`crate::admin`]).
+    pub admin_listen: SocketAddr,
     /// Threads serving connections ([`crate::server::serve_workers`]).
     pub workers: usize,
     /// Whether each of them serves its own connections start to end, or they share one work-stealing scheduler.
@@ -285,12 +293,14 @@ impl Config {
 
     /// Validates a parsed file and reads its secrets.
     pub fn from_raw(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
-        let listen = raw.listen.parse().map_err(|_| {
-            field(
-                "listen",
-                format!("`{}` is not an IP:port address", raw.listen),
-            )
-        })?;
+        let address = |name: &str, value: &str| {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|_| field(name, format!("`{value}` is not an IP:port address")))
+        };
+        let listen = address("listen", &raw.listen)?;
+        let admin_listen = address("admin_listen", &raw.admin_listen)?;
+        check_admin(listen, admin_listen)?;
         if raw.max_request_body_bytes == 0 || raw.max_request_body_bytes > MAX_BODY_LIMIT {
             return Err(field(
                 "max_request_body_bytes",
@@ -335,6 +345,7 @@ impl Config {
         };
         Ok(Config {
             listen,
+            admin_listen,
             workers,
             pin_connections: raw.pin_connections,
             max_request_body_bytes: raw.max_request_body_bytes,
@@ -345,6 +356,17 @@ impl Config {
             routes,
         })
     }
+}
+
+/// The admin listener must not share the public one's address (port 0, "any free port", is two ports).
+pub fn check_admin(listen: SocketAddr, admin: SocketAddr) -> Result<(), ConfigError> {
+    if listen == admin && listen.port() != 0 {
+        return Err(field(
+            "admin_listen",
+            format!("`{admin}` is also `listen`: the admin listener needs its own address"),
+        ));
+    }
+    Ok(())
 }
 
 fn server_limits(raw: &RawConfig) -> Result<ServerLimits, ConfigError> {

@@ -93,6 +93,9 @@ impl RelayError {
 /// The one error → response function. Logs the error once.
 pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
     let status = err.status();
+    if !matches!(err, RelayError::Upstream(_)) {
+        crate::metrics::rejected(err.kind());
+    }
     if status.is_server_error() {
         tracing::warn!(error.kind = err.kind(), status = status.as_u16(), error = %chain(err), "request failed");
     } else {

@@ -22,6 +22,7 @@
 //! boundaries), [`text`] (bounded UTF-8 audit text), [`outcome`] (how a stream ended, as the tap reports it). [`shutdown`] watches signals; [`demo`] wraps the
 //! handler with the demo page (its in-process mock vendor only with the cargo feature `demo`).
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod error;
 pub mod headers;
 pub mod limit;
+pub mod metrics;
 pub mod outcome;
 pub mod record;
 pub mod route;
@@ -61,11 +63,31 @@ impl Prepared {
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    /// What `--check-config` prints.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        format!(
+            "config ok ({} routes, {} client keys)",
+            c.routes.len(),
+            c.clients.len()
+        )
+    }
 }
 
-/// Checks what can be checked before binding: the vendor TLS settings (an `https` route without CA roots is
-/// refused here). `main` exits 64 on an error.
-pub fn prepare(config: Config) -> Result<Prepared, TlsError> {
+/// Why a configuration cannot be served (`main` exits 64).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Checks what can be checked before binding: the two listeners' addresses (after command-line overrides) and the
+/// vendor TLS settings (an `https` route without CA roots is refused here).
+pub fn prepare(config: Config) -> Result<Prepared, StartError> {
+    config::check_admin(config.listen, config.admin_listen)?;
     let tls = upstream::tls_config(&config.routes)?;
     Ok(Prepared {
         config: Arc::new(config),
@@ -73,42 +95,132 @@ pub fn prepare(config: Config) -> Result<Prepared, TlsError> {
     })
 }
 
+/// Why the relay stopped serving, or never started.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+}
+
+/// The listeners `main` bound: the public one and, unless the caller serves none, the admin one.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// A listener that could not be bound (`main` exits 1).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}")]
+pub struct BindError {
+    addr: std::net::SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+impl Listeners {
+    /// Binds the configured `listen` and `admin_listen` addresses.
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { addr, source })
+        };
+        Ok(Self {
+            public: bind(config.listen).await?,
+            admin: Some(bind(config.admin_listen).await?),
+        })
+    }
+
+    /// The public address (the bound one, when the configuration asked for port 0).
+    pub fn public_addr(&self) -> Option<std::net::SocketAddr> {
+        self.public.local_addr().ok()
+    }
+
+    /// What `main` prints once every worker serves: `listening on ADDR`, then `admin listening on ADDR`, then,
+    /// for `--demo`, what to paste into a terminal.
+    pub fn announcement(&self, demo: bool) -> String {
+        let mut text = format!(
+            "listening on {}",
+            self.public
+                .local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string())
+        );
+        if let Some(admin) = self.admin.as_ref().and_then(|a| a.local_addr().ok()) {
+            text.push_str(&format!("\nadmin listening on {admin}"));
+        }
+        if let (true, Some(addr)) = (demo, self.public_addr()) {
+            text.push('\n');
+            text.push_str(&demo::instructions(addr));
+        }
+        text
+    }
+}
+
 /// Serves the relay on `listener` until `stop` is cancelled, then drains in-flight streams for the configured grace
-/// period and ends the rest with a `shutdown` error event. Fails when a worker cannot start.
+/// period and ends the rest with a `shutdown` error event. No admin listener. Fails when a worker cannot start.
 pub async fn run(
     prepared: Prepared,
     listener: TcpListener,
     stop: CancellationToken,
-) -> Result<(), ServeError> {
-    serve(prepared, listener, stop, |relay| relay, || {}).await
+) -> Result<(), RunError> {
+    let listeners = Listeners {
+        public: listener,
+        admin: None,
+    };
+    serve(prepared, listeners, stop, |relay| relay, || {}).await
 }
 
-/// As [`run`], with the request path wrapped by `wrap` (the demo page) and `ready` called once every worker is up.
+/// What `main` runs: [`serve`] with the demo page in front when `demo` is set, `ready` called once every worker
+/// is up.
+pub async fn serve_main(
+    prepared: Prepared,
+    listeners: Listeners,
+    stop: CancellationToken,
+    demo: bool,
+    ready: impl FnOnce(),
+) -> Result<(), RunError> {
+    if demo {
+        return serve(prepared, listeners, stop, demo::DemoPage::new, ready).await;
+    }
+    serve(prepared, listeners, stop, |relay| relay, ready).await
+}
+
+/// As [`run`], with the admin listener when given, the request path wrapped by `wrap` (the demo page), and `ready`
+/// called once every worker is up.
 pub async fn serve<H: Handler>(
     prepared: Prepared,
-    listener: TcpListener,
+    listeners: Listeners,
     stop: CancellationToken,
     wrap: impl Fn(stack::Relay) -> H,
     ready: impl FnOnce(),
-) -> Result<(), ServeError> {
+) -> Result<(), RunError> {
     let Prepared { config, tls } = prepared;
+    // Before any handle is looked up: handles taken earlier would record nowhere.
+    let registry = metrics::install()?;
     let shutdown = Shutdown {
-        stop,
+        stop: stop.clone(),
         drain: CancellationToken::new(),
     };
     let relay = stack::Relay::new(config.clone(), tls, shutdown.drain.clone());
     let make = || Arc::new(wrap(relay.for_worker()));
-    let (workers, pinned) = (config.workers, config.pin_connections);
-    server::serve_workers(
-        listener,
-        workers,
-        pinned,
-        make,
-        config.limits,
-        shutdown,
-        ready,
-    )
-    .await
+    let (workers, pinned, limits) = (config.workers, config.pin_connections, config.limits);
+    let done = CancellationToken::new();
+    let serving = async {
+        let public = listeners.public;
+        let served =
+            server::serve_workers(public, workers, pinned, make, limits, shutdown, ready).await;
+        done.cancel();
+        served
+    };
+    let admin = async {
+        if let Some(l) = listeners.admin {
+            admin::serve(l, registry, stop, done.clone()).await;
+        }
+    };
+    let (served, ()) = tokio::join!(serving, admin);
+    Ok(served?)
 }
 
 /// Installs the global log subscriber (stderr; `RUST_LOG` filters, default `info`).

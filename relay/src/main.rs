@@ -1,5 +1,4 @@
-//! `relay`: parse the command line, load the config (exit 64 when invalid), bind (exit 1 when it cannot), serve
-//! until a signal.
+//! `relay`: parse the command line, load the config (exit 64 when invalid), bind (exit 1), serve until a signal.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,8 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use relay::config::{Config, ProcessEnv};
 use relay::upstream::chain;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// BSD `EX_USAGE`: the configuration (or command line) is wrong.
 const EX_USAGE: u8 = 64;
@@ -40,15 +38,17 @@ struct Cli {
     /// Address to listen on (overrides the config's `listen`).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of the admin listener: /metrics, /healthz, /readyz (overrides the config's `admin_listen`).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Signals (and the demo's mock vendor) only: the relay serves on its own worker threads (`relay::serve`).
-    match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
+        .build();
+    match runtime {
         Ok(rt) => rt.block_on(serve(cli)).unwrap_or_else(|code| code),
         Err(e) => fail(&format!("cannot start the runtime: {e}"), 1),
     }
@@ -59,7 +59,7 @@ fn fail(message: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Runs the relay; `Err` carries the exit code of an early exit whose reason is already printed.
+/// Runs the relay; `Err` carries the exit code of an early exit, its reason printed.
 async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
     let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
     let usage = |e: &(dyn std::error::Error + 'static)| fail(&chain(e), EX_USAGE);
@@ -70,41 +70,28 @@ async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
             .map_err(|e| usage(&e))?,
     };
     config.listen = cli.listen.unwrap_or(config.listen);
+    config.admin_listen = cli.admin_listen.unwrap_or(config.admin_listen);
     let prepared = relay::prepare(config).map_err(|e| usage(&e))?;
     let c = prepared.config();
     if cli.check_config {
-        let ok = format!(
-            "config ok ({} routes, {} client keys)",
-            c.routes.len(),
-            c.clients.len()
-        );
-        return Ok(fail(&ok, 0));
+        return Ok(fail(&prepared.summary(), 0));
     }
     relay::init_tracing(c.log_format);
-    let listener = tokio::net::TcpListener::bind(c.listen)
+    let listeners = relay::Listeners::bind(c)
         .await
-        .map_err(|e| fail(&format!("cannot listen on {}: {e}", c.listen), 1))?;
+        .map_err(|e| fail(&chain(&e), 1))?;
     let signals = relay::shutdown::Signals::new()
         .map_err(|e| fail(&format!("cannot watch signals: {e}"), 1))?;
-    let addr = listener.local_addr().unwrap_or(c.listen);
-    let banner = cli.demo.then(|| relay::demo::instructions(addr));
+    let announcement = listeners.announcement(cli.demo);
     let ready = || {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on {addr}\n{}", banner.unwrap_or_default())
-            .and_then(|()| out.flush());
+        let _ = writeln!(out, "{announcement}").and_then(|()| out.flush());
     };
-    let serving = async {
-        if cli.demo {
-            let page = relay::demo::DemoPage::new;
-            return relay::serve(prepared, listener, stop.clone(), page, ready).await;
-        }
-        relay::serve(prepared, listener, stop.clone(), |relay| relay, ready).await
-    };
-    match relay::shutdown::until_signalled(serving, stop.clone(), signals).await {
-        Err(relay::shutdown::Forced) => return Err(ExitCode::from(EX_FORCED)),
-        Ok(Err(e)) => return Err(fail(&chain(&e), 1)),
-        Ok(Ok(())) => {}
-    }
+    let serving = relay::serve_main(prepared, listeners, stop.clone(), cli.demo, ready);
+    let served = relay::shutdown::until_signalled(serving, stop.clone(), signals).await;
+    served
+        .map_err(|_forced| ExitCode::from(EX_FORCED))?
+        .map_err(|e| fail(&chain(&e), 1))?;
     stop.cancel();
     tracker.close();
     tracker.wait().await;

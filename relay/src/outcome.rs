@@ -57,6 +57,29 @@ pub enum End {
     Cancelled,
 }
 
+impl End {
+    /// The fixed outcome name records and metrics use. `write_timed_out`: the connection was cut for accepting
+    /// no bytes; `first_byte`: a body byte had reached the client's connection (which phase a cancel came in).
+    pub fn kind(&self, write_timed_out: bool, first_byte: bool) -> &'static str {
+        match self {
+            End::Complete => "complete",
+            End::Failed(f, _) => f.kind(),
+            End::Cancelled if write_timed_out => "client_write_timeout",
+            End::Cancelled if !first_byte => "client_cancelled_before_first_byte",
+            End::Cancelled => "client_cancelled_mid_stream",
+        }
+    }
+
+    /// `complete`, `failed` or `cancelled`: a label for duration histograms.
+    pub fn class(&self) -> &'static str {
+        match self {
+            End::Complete => "complete",
+            End::Failed(..) => "failed",
+            End::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// What the tap saw of a stream, handed to its end-of-stream callback.
 #[derive(Debug, Default)]
 pub struct Seen {

@@ -50,15 +50,11 @@ impl Record {
     }
 
     /// The stream ended; `write_timed_out`: the client's connection was cut for accepting no bytes.
-    pub fn stream_ended(mut self, end: End, write_timed_out: bool, seen: &Seen) {
-        let (outcome, error) = match &end {
-            End::Complete => ("complete", None),
-            End::Failed(f, detail) => (f.kind(), Some(detail.as_str())),
-            End::Cancelled if write_timed_out => ("client_write_timeout", None),
-            End::Cancelled if seen.first_byte.is_none() => {
-                ("client_cancelled_before_first_byte", None)
-            }
-            End::Cancelled => ("client_cancelled_mid_stream", None),
+    pub fn stream_ended(mut self, end: &End, write_timed_out: bool, seen: &Seen) {
+        let outcome = end.kind(write_timed_out, seen.first_byte.is_some());
+        let error = match end {
+            End::Failed(_, detail) => Some(detail.as_str()),
+            _ => None,
         };
         self.write(outcome, error, Some(seen));
     }

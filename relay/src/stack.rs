@@ -34,6 +34,7 @@ use crate::body::read_body;
 use crate::config::{Config, Route};
 use crate::error::{RelayError, json_response, respond};
 use crate::limit::{Limiter, StreamPermit};
+use crate::metrics::RouteMeters;
 use crate::record::Record;
 use crate::route::{Routed, route};
 use crate::server::{ConnState, Handler};
@@ -51,6 +52,7 @@ pub struct Relay {
     tls: rustls::ClientConfig,
     upstreams: Vec<Upstream>,
     route_names: Vec<Arc<str>>,
+    meters: Vec<RouteMeters>,
     limiter: Limiter,
     drain: CancellationToken,
 }
@@ -76,17 +78,35 @@ impl Handler for Relay {
     }
 }
 
-/// What the tap calls when a stream ends: writes the record and releases the stream's concurrency slots.
+/// What the tap calls when a stream ends: counts it, writes the record and releases the stream's concurrency
+/// slots.
 pub struct StreamEnd {
     record: Record,
     conn: Arc<ConnState>,
+    meters: RouteMeters,
+    /// When the request started and when the vendor request was sent.
+    started: Instant,
+    called: Instant,
     _permit: StreamPermit,
 }
 
 impl OnEnd for StreamEnd {
     fn on_end(self, end: End, seen: Seen) {
         let write_timed_out = matches!(end, End::Cancelled) && self.conn.write_timed_out();
-        self.record.stream_ended(end, write_timed_out, &seen);
+        let m = &self.meters;
+        m.in_flight.decrement(1.0);
+        m.bytes.increment(seen.bytes);
+        m.events.increment(seen.events.unwrap_or(0));
+        m.keepalives.increment(seen.pings);
+        if let Some(first) = seen.first_byte {
+            m.upstream_ttfb
+                .record(first.duration_since(self.called).as_secs_f64());
+            m.client_ttfb
+                .record(first.duration_since(self.started).as_secs_f64());
+        }
+        let kind = end.kind(write_timed_out, seen.first_byte.is_some());
+        m.stream_ended(kind, end.class(), self.started.elapsed().as_secs_f64());
+        self.record.stream_ended(&end, write_timed_out, &seen);
     }
 }
 
@@ -100,6 +120,11 @@ impl Relay {
             .iter()
             .map(|r| Arc::from(r.path.as_str()))
             .collect();
+        let meters = config
+            .routes
+            .iter()
+            .map(|r| RouteMeters::new(&r.path))
+            .collect();
         let limits = &config.limits;
         let tenants = config.clients.iter().map(|c| &c.tenant);
         let limiter = Limiter::new(limits.max_streams, limits.max_streams_per_tenant, tenants);
@@ -108,6 +133,7 @@ impl Relay {
             tls,
             upstreams,
             route_names,
+            meters,
             limiter,
             drain,
         }
@@ -121,6 +147,7 @@ impl Relay {
             tls: self.tls.clone(),
             upstreams: Upstream::for_routes(&self.config.routes, &self.tls),
             route_names: self.route_names.clone(),
+            meters: self.meters.clone(),
             limiter: self.limiter.clone(),
             drain: self.drain.clone(),
         }
@@ -146,12 +173,19 @@ impl Relay {
         );
         async {
             let routed = route(req.method(), req.uri().path(), &self.config.routes);
-            let result = match routed {
+            let mut tenant = None;
+            let (label, result) = match routed {
                 Ok(Routed::Health) => return complete(json_ok()),
-                Ok(Routed::Route(index)) => self.forward(index, req, &trace_id, conn).await,
-                Err(e) => Err(e.into()),
+                Ok(Routed::Route(index)) => {
+                    let forwarded = self.forward(index, req, &trace_id, conn, &mut tenant);
+                    (self.meters[index].route, forwarded.await)
+                }
+                Err(e) => ("none", Err(e.into())),
             };
-            result.unwrap_or_else(|e| complete(respond(&e, &trace_id)))
+            let res = result.unwrap_or_else(|e| complete(respond(&e, &trace_id)));
+            let tenant = tenant.as_deref().unwrap_or("none");
+            crate::metrics::request(label, tenant, res.status().as_u16());
+            res
         }
         .instrument(span)
         .await
@@ -163,6 +197,7 @@ impl Relay {
         req: Request<B>,
         trace_id: &str,
         conn: Arc<ConnState>,
+        tenant: &mut Option<Arc<str>>,
     ) -> Result<Response<RelayBody>, RelayError>
     where
         B: Body,
@@ -172,16 +207,22 @@ impl Relay {
         let route = &self.config.routes[index];
         let principal = authenticate(req.headers(), &self.config.clients)?;
         tracing::Span::current().record("tenant", &*principal.tenant);
+        *tenant = Some(principal.tenant.clone());
         let permit = self.limiter.acquire(&principal.tenant)?;
         let (parts, body) = req.into_parts();
         let body = read_body(&parts.headers, body, self.config.max_request_body_bytes).await?;
         let name = self.route_names[index].clone();
         let mut record = Record::open(principal.tenant, name, Arc::from(trace_id), started);
         let deadline = started + route.first_byte_timeout;
-        let called = self.upstreams[index]
-            .call(route, &parts.headers, body, deadline)
+        let meters = &self.meters[index];
+        let called = Instant::now();
+        meters
+            .overhead
+            .record(called.duration_since(started).as_secs_f64());
+        let answer = self.upstreams[index]
+            .call(route, meters, &parts.headers, body, deadline)
             .await;
-        let (upstream, attempts) = match called {
+        let (upstream, attempts) = match answer {
             Ok(answer) => answer,
             Err(e) => {
                 record.refused();
@@ -192,9 +233,13 @@ impl Relay {
             upstream_trace_id(upstream.headers()).map_or_else(|| Arc::from(trace_id), Arc::from);
         tracing::Span::current().record("trace_id", &*trace_id);
         record.answered(upstream.status().as_u16(), attempts, trace_id.clone());
+        meters.in_flight.increment(1.0);
         let on_end = StreamEnd {
             record,
             conn,
+            meters: meters.clone(),
+            started,
+            called,
             _permit: permit,
         };
         Ok(self.stream_back(route, upstream, started, trace_id, on_end))
@@ -226,6 +271,7 @@ impl Relay {
             text_max: audit.enabled.then_some(audit.max_text_bytes),
             drain: self.drain.clone(),
             trace_id: trace_id.clone(),
+            chunk_gap: Some(on_end.meters.chunk_gap.clone()),
             on_end,
         };
         let mut res = Response::new(Either::Left(TapBody::new(body, tap)));

@@ -67,6 +67,8 @@ pub struct TapParts<E> {
     pub drain: CancellationToken,
     /// Named in error events.
     pub trace_id: Arc<str>,
+    /// Records the time between two upstream frames.
+    pub chunk_gap: Option<metrics::Histogram>,
     pub on_end: E,
 }
 
@@ -121,6 +123,7 @@ pub struct TapBody<B, E: OnEnd> {
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     /// A keep-alive comment or error event waiting to go out.
     outbox: Option<Bytes>,
+    chunk_gap: Option<metrics::Histogram>,
 }
 
 impl<B, E: OnEnd> TapBody<B, E> {
@@ -140,6 +143,7 @@ impl<B, E: OnEnd> TapBody<B, E> {
             sleep: Box::pin(tokio::time::sleep_until(parts.timers.first_byte_deadline)),
             drain: Box::pin(parts.drain.cancelled_owned()),
             outbox: None,
+            chunk_gap: parts.chunk_gap,
         }
     }
 
@@ -200,6 +204,9 @@ where
                         if let Err(e) = observer.observe(data, now) {
                             // The oversized event is not forwarded: the error event ends what was sent so far.
                             return this.fail(Failure::UpstreamProtocol, e.to_string());
+                        }
+                        if let (Some(gap), Some(last)) = (&this.chunk_gap, this.last_frame) {
+                            gap.record(now.duration_since(last).as_secs_f64());
                         }
                         this.last_frame = Some(now);
                         this.last_activity = now;

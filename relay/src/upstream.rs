@@ -24,6 +24,7 @@ use tokio::time::Instant;
 pub use error::{TlsError, UpstreamError, chain};
 
 use crate::config::{Route, Target};
+use crate::metrics::RouteMeters;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -116,6 +117,7 @@ impl Upstream {
     pub async fn call(
         &self,
         route: &Route,
+        meters: &RouteMeters,
         inbound: &HeaderMap,
         body: Bytes,
         deadline: Instant,
@@ -129,9 +131,16 @@ impl Upstream {
             match self.send(req, deadline).await {
                 Ok(res) => {
                     let status = res.status();
+                    let class = match status.as_u16() {
+                        400..=499 => Some("status_4xx"),
+                        500..=599 => Some("status_5xx"),
+                        _ => None,
+                    };
                     let retryable =
                         status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                     if retryable && !last {
+                        meters.upstream_error(class.unwrap_or("status_5xx"));
+                        meters.failover.increment(1);
                         tracing::warn!(
                             attempt,
                             status = status.as_u16(),
@@ -139,12 +148,23 @@ impl Upstream {
                         );
                         continue;
                     }
-                    return check_status(res).map(|r| (r, attempt));
+                    let checked = check_status(res);
+                    match (&checked, class) {
+                        (Err(e), _) => meters.upstream_error(e.kind()),
+                        (Ok(_), Some(class)) => meters.upstream_error(class),
+                        (Ok(_), None) => {}
+                    }
+                    return checked.map(|r| (r, attempt));
                 }
                 Err(e) if e.unreachable() && !last => {
+                    meters.upstream_error(e.kind());
+                    meters.failover.increment(1);
                     tracing::warn!(attempt, error = %chain(&e), "upstream unreachable; trying the next endpoint");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    meters.upstream_error(e.kind());
+                    return Err(e);
+                }
             }
         }
     }

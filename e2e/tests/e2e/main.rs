@@ -7,6 +7,7 @@
     reason = "a test fails loudly at the first broken step; its tasks end with its runtime"
 )]
 
+mod admin;
 mod demo;
 mod faults;
 mod paths;

@@ -55,6 +55,13 @@ impl Proc {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The relay's admin listener, from its `admin listening on ADDR` line.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.stdout_rest
+            .iter()
+            .find_map(|l| l.strip_prefix("admin listening on ")?.parse().ok())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
@@ -153,7 +160,8 @@ pub async fn start_mock(api_key: &str) -> Result<Proc> {
     spawn_listening(cmd, "mock", 0).await
 }
 
-/// The relay binary on a free loopback port with `config` (TOML text), extra environment and `RUST_LOG=log`.
+/// The relay binary with `config` (TOML text), extra environment and `RUST_LOG=log`, its public and admin
+/// listeners on free loopback ports.
 pub async fn start_relay(config: &str, env: &[(&str, &str)], log: &str) -> Result<Proc> {
     let dir = temp_dir("relay")?;
     let path = dir.path().join("relay.toml");
@@ -161,10 +169,10 @@ pub async fn start_relay(config: &str, env: &[(&str, &str)], log: &str) -> Resul
     let mut cmd = Command::new(binary("relay", "SSEGATE_RELAY_BIN")?);
     cmd.arg("--config")
         .arg(&path)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .envs(env.iter().copied())
         .env("RUST_LOG", log);
-    spawn_in(cmd, "relay", 0, dir).await
+    spawn_in(cmd, "relay", 1, dir).await
 }
 
 /// Resident memory of `pid` in KiB (`VmRSS` from `/proc/PID/status`), 0 when it is gone.

@@ -50,6 +50,7 @@ fn err(route_extra: &str, top_extra: &str, extra_env: &[(&str, &str)]) -> String
 fn minimal_file_gets_documented_defaults() {
     let c = load("", "", &[]).unwrap();
     assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.admin_listen, "127.0.0.1:9464".parse().unwrap());
     assert_eq!(c.max_request_body_bytes, 1 << 20);
     assert!(c.audit.enabled);
     assert_eq!(c.audit.max_text_bytes, 4096);
@@ -297,4 +298,28 @@ fn workers_default_to_one_per_cpu_and_are_bounded() {
     assert_eq!(from_env.workers, 1);
     assert!(err("", "workers = 5000", &[]).contains("workers"));
     assert!(!load("", "", &[]).unwrap().pin_connections);
+}
+
+#[test]
+fn the_admin_listener_needs_an_address_of_its_own() {
+    let e = err("", "admin_listen = \"localhost:9464\"", &[]);
+    assert!(
+        e.contains("admin_listen") && e.contains("not an IP:port"),
+        "{e}"
+    );
+    let e = err("", "admin_listen = \"127.0.0.1:8080\"", &[]);
+    assert!(
+        e.contains("admin_listen") && e.contains("also `listen`"),
+        "{e}"
+    );
+    let e = err("", "", &[("RELAY_ADMIN_LISTEN", "nowhere")]);
+    assert!(e.contains("admin_listen") && e.contains("nowhere"), "{e}");
+    // Port 0 for both is two free ports, not one.
+    let c = load(
+        "",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.admin_listen.port(), 0);
 }

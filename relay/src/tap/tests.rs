@@ -86,6 +86,7 @@ fn tap(l: Limits) -> Tapped {
         text_max: Some(64),
         drain: drain.clone(),
         trace_id: Arc::from("trace-1"),
+        chunk_gap: None,
         on_end: Recorder(ends.clone()),
     };
     Tapped {

@@ -22,6 +22,17 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A fixed name for metrics: `connect`, `timeout`, `protocol`, `redirect`, `credential`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::ConnectTimeout(_) | UpstreamError::FirstByteTimeout => "timeout",
+            UpstreamError::Protocol(_) => "protocol",
+            UpstreamError::Redirect(_) => "redirect",
+            UpstreamError::Credential(_) => "credential",
+        }
+    }
+
     /// Whether another endpoint may be tried: nothing reached the vendor's application, so nothing was paid for.
     pub fn unreachable(&self) -> bool {
         matches!(

@@ -1,0 +1,88 @@
+//! The admin listener of the real binary: after a complete stream, a vendor reset, a vendor 503 and a rejected
+//! key, `/metrics` counts each of them, on the admin port and never on the public one.
+
+use anyhow::{Context, Result};
+
+use crate::stack::{Front, Options, stack};
+use crate::support::*;
+
+/// The value of the first sample of `name` whose labels include every `label="value"` in `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_streams_did() -> Result<()> {
+    let s = stack(Front::Relay, Options::default())
+        .await?
+        .context("no stack")?;
+    let admin = format!("http://{}", s.relay.admin().context("no admin line")?);
+    let get = |path: &str| client().get(format!("{admin}{path}")).send();
+    assert_eq!(get("/healthz").await?.status(), 200);
+    assert_eq!(get("/readyz").await?.status(), 200);
+
+    let base = s.base();
+    let complete = receive(chat(&base, CLIENT_KEY, &[("x-mock-chunks", "5")])).await?;
+    assert!(String::from_utf8(complete.bytes)?.ends_with("data: [DONE]\n\n"));
+    let reset = [("x-mock-chunks", "5"), ("x-mock-reset-after", "2")];
+    chat(&base, CLIENT_KEY, &reset)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let failing = chat(&base, CLIENT_KEY, &[("x-mock-status", "503")])
+        .send()
+        .await?;
+    assert_eq!(failing.status(), 503);
+    assert_eq!(chat(&base, "wrong", &[]).send().await?.status(), 401);
+
+    let text = get("/metrics").await?.text().await?;
+    // name, labels the sample must carry, value. The vendor's 503 body, relayed to its end, is a complete stream
+    // too (its status says the rest), so it counts in `complete` and in the first-byte histograms.
+    let expect = r#"
+        ssegate_stream_outcomes_total route="/v1/chat/completions" outcome="complete" 2
+        ssegate_stream_outcomes_total route="/v1/chat/completions" outcome="upstream_reset" 1
+        ssegate_rejections_total reason="unauthorized" 1
+        ssegate_requests_total route="/v1/chat/completions" tenant="e2e" status_class="2xx" 2
+        ssegate_requests_total route="/v1/chat/completions" tenant="e2e" status_class="5xx" 1
+        ssegate_requests_total route="/v1/chat/completions" tenant="none" status_class="4xx" 1
+        ssegate_upstream_errors_total route="/v1/chat/completions" kind="status_5xx" 1
+        ssegate_streams_in_flight route="/v1/chat/completions" 0
+        ssegate_client_first_byte_seconds_count route="/v1/chat/completions" 3
+        ssegate_upstream_first_byte_seconds_count route="/v1/chat/completions" 3
+        ssegate_relay_overhead_seconds_count route="/v1/chat/completions" 3
+    "#;
+    for line in expect.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let words: Vec<&str> = line.split(' ').collect();
+        let (name, labels, want) = (words[0], &words[1..words.len() - 1], words[words.len() - 1]);
+        let got = sample(&text, name, labels);
+        assert_eq!(got, Some(want.parse()?), "{line} in:\n{text}");
+    }
+    let positive = [
+        "ssegate_relayed_bytes_total",
+        "ssegate_relayed_events_total",
+        "ssegate_upstream_chunk_gap_seconds_count",
+        "ssegate_stream_duration_seconds_count",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+    ];
+    for name in positive {
+        let route = [r#"route="/v1/chat/completions""#];
+        let labels: &[&str] = if name.starts_with("ssegate_") {
+            &route
+        } else {
+            &[]
+        };
+        let got = sample(&text, name, labels).unwrap_or(0.0);
+        assert!(got > 0.0, "{name} = {got} in:\n{text}");
+    }
+    // The public listener does not serve the admin endpoints.
+    let public = client().get(format!("{base}/metrics")).send().await?;
+    assert_eq!(public.status(), 404);
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Metrics: every name, its labels and its unit, in one place (the dashboards' contract), and the Prometheus
+//! recorder that renders them for the admin listener ([`crate::admin`]).
+//!
+//! Built on the `metrics` facade with `metrics-exporter-prometheus` (no HTTP feature: the admin listener serves the
+//! text) and `metrics-process` for the process's own CPU, memory and file descriptors. Chosen over
+//! `prometheus-client` for the hot path: a `metrics` counter is one atomic add and a histogram sample one lock-free
+//! push into an atomic bucket, where `prometheus-client`'s histogram takes a lock per observation. Handles are
+//! looked up once (per route at startup, [`RouteMeters`]; per stream for tenant-labelled series), never per chunk.
+//! Histogram samples are folded into buckets at each scrape and by a periodic upkeep, so memory stays bounded
+//! whether or not anyone scrapes.
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `ssegate_streams_in_flight` | gauge | route | streams whose body is still being relayed |
+//! | `ssegate_requests_total` | counter | route, tenant, status_class | every answered request (`route="none"` when no route matched, `tenant="none"` before authentication) |
+//! | `ssegate_stream_outcomes_total` | counter | route, outcome | how streams ended: `complete`, `upstream_*`, `stream_total_timeout`, `shutdown`, `client_cancelled_*`, `client_write_timeout` |
+//! | `ssegate_rejections_total` | counter | reason | requests refused before the vendor call: `unauthorized`, `payload_too_large`, `overloaded`, `rate_limited`, `not_found`, `method_not_allowed`, `bad_request_body` |
+//! | `ssegate_upstream_errors_total` | counter | route, kind | vendor trouble: `connect`, `timeout`, `protocol`, `redirect`, `credential`, `status_4xx`, `status_5xx` (every attempt) |
+//! | `ssegate_failover_attempts_total` | counter | route | calls to a route's next endpoint |
+//! | `ssegate_relayed_bytes_total` | counter | route | body bytes handed to clients |
+//! | `ssegate_relayed_events_total` | counter | route | SSE events relayed |
+//! | `ssegate_keepalives_total` | counter | route | `: keep-alive` comments sent |
+//! | `ssegate_relay_overhead_seconds` | histogram | route | request start → vendor request sent (auth, limits, body read) |
+//! | `ssegate_upstream_first_byte_seconds` | histogram | route | vendor request sent → the vendor's first body byte |
+//! | `ssegate_client_first_byte_seconds` | histogram | route | request start → the first body byte handed to the client's connection |
+//! | `ssegate_upstream_chunk_gap_seconds` | histogram | route | time between two vendor frames |
+//! | `ssegate_stream_duration_seconds` | histogram | route, outcome class (`complete`, `failed`, `cancelled`) | request start → end of stream |
+//! | `process_*` | | | CPU seconds, resident memory, open and max file descriptors, threads (`metrics-process`) |
+
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const STREAMS_IN_FLIGHT: &str = "ssegate_streams_in_flight";
+pub const REQUESTS: &str = "ssegate_requests_total";
+pub const OUTCOMES: &str = "ssegate_stream_outcomes_total";
+pub const REJECTIONS: &str = "ssegate_rejections_total";
+pub const UPSTREAM_ERRORS: &str = "ssegate_upstream_errors_total";
+pub const FAILOVER: &str = "ssegate_failover_attempts_total";
+pub const BYTES: &str = "ssegate_relayed_bytes_total";
+pub const EVENTS: &str = "ssegate_relayed_events_total";
+pub const KEEPALIVES: &str = "ssegate_keepalives_total";
+pub const OVERHEAD: &str = "ssegate_relay_overhead_seconds";
+pub const UPSTREAM_TTFB: &str = "ssegate_upstream_first_byte_seconds";
+pub const CLIENT_TTFB: &str = "ssegate_client_first_byte_seconds";
+pub const CHUNK_GAP: &str = "ssegate_upstream_chunk_gap_seconds";
+pub const DURATION: &str = "ssegate_stream_duration_seconds";
+
+/// Bucket bounds for every `_seconds` histogram: 10 µs (a chunk's gap on loopback) to 15 min (a long answer).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0,
+];
+
+/// The process's recorder and its process-metrics collector.
+pub struct Registry {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+/// Why the recorder could not be installed (another one already is, or the bucket list is rejected).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the metrics recorder")]
+pub struct MetricsError(#[source] metrics_exporter_prometheus::BuildError);
+
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+/// Serializes first installs (two relays started at once in one test process).
+static INSTALLING: Mutex<()> = Mutex::new(());
+
+/// Installs the process-wide recorder (once; later calls return the same one).
+pub fn install() -> Result<&'static Registry, MetricsError> {
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(r) = REGISTRY.get() {
+        return Ok(r);
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(MetricsError)?;
+    describe();
+    let process = metrics_process::Collector::default();
+    process.describe();
+    Ok(REGISTRY.get_or_init(|| Registry { handle, process }))
+}
+
+impl Registry {
+    /// The Prometheus text exposition of every metric, process metrics freshly read.
+    pub fn render(&self) -> String {
+        self.process.collect();
+        self.handle.render()
+    }
+
+    /// Folds pending histogram samples into their buckets (bounded memory without scrapes).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        STREAMS_IN_FLIGHT,
+        "Streams whose body is still being relayed"
+    );
+    describe_counter!(
+        REQUESTS,
+        "Answered requests by route, tenant and status class"
+    );
+    describe_counter!(OUTCOMES, "How streams ended, by kind");
+    describe_counter!(
+        REJECTIONS,
+        "Requests refused before any vendor call, by reason"
+    );
+    describe_counter!(UPSTREAM_ERRORS, "Vendor errors by kind, every attempt");
+    describe_counter!(FAILOVER, "Calls to a route's next endpoint");
+    describe_counter!(BYTES, Unit::Bytes, "Body bytes handed to clients");
+    describe_counter!(EVENTS, "SSE events relayed");
+    describe_counter!(KEEPALIVES, "Keep-alive comments sent");
+    describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "Request start to vendor request sent"
+    );
+    describe_histogram!(
+        UPSTREAM_TTFB,
+        Unit::Seconds,
+        "Vendor request sent to its first body byte"
+    );
+    describe_histogram!(
+        CLIENT_TTFB,
+        Unit::Seconds,
+        "Request start to the first body byte relayed"
+    );
+    describe_histogram!(CHUNK_GAP, Unit::Seconds, "Time between two vendor frames");
+    describe_histogram!(DURATION, Unit::Seconds, "Request start to end of stream");
+}
+
+/// A route's handles, looked up once at startup; clones share the same series.
+#[derive(Clone)]
+pub struct RouteMeters {
+    pub route: &'static str,
+    pub in_flight: Gauge,
+    pub bytes: Counter,
+    pub events: Counter,
+    pub keepalives: Counter,
+    pub failover: Counter,
+    pub overhead: Histogram,
+    pub upstream_ttfb: Histogram,
+    pub client_ttfb: Histogram,
+    pub chunk_gap: Histogram,
+}
+
+impl RouteMeters {
+    /// `route` is a configured route's path (bounded: it comes from the configuration, never from a request).
+    pub fn new(route: &str) -> Self {
+        // Leaked once per configured route at startup, so every later label is a `&'static str` (no allocation).
+        let route: &'static str = Box::leak(route.to_owned().into_boxed_str());
+        Self {
+            route,
+            in_flight: gauge!(STREAMS_IN_FLIGHT, "route" => route),
+            bytes: counter!(BYTES, "route" => route),
+            events: counter!(EVENTS, "route" => route),
+            keepalives: counter!(KEEPALIVES, "route" => route),
+            failover: counter!(FAILOVER, "route" => route),
+            overhead: histogram!(OVERHEAD, "route" => route),
+            upstream_ttfb: histogram!(UPSTREAM_TTFB, "route" => route),
+            client_ttfb: histogram!(CLIENT_TTFB, "route" => route),
+            chunk_gap: histogram!(CHUNK_GAP, "route" => route),
+        }
+    }
+
+    /// How a stream ended (`outcome` is a fixed kind string) and how long it took.
+    pub fn stream_ended(&self, outcome: &'static str, class: &'static str, seconds: f64) {
+        counter!(OUTCOMES, "route" => self.route, "outcome" => outcome).increment(1);
+        histogram!(DURATION, "route" => self.route, "outcome" => class).record(seconds);
+    }
+
+    /// A vendor error of `kind` on this route.
+    pub fn upstream_error(&self, kind: &'static str) {
+        counter!(UPSTREAM_ERRORS, "route" => self.route, "kind" => kind).increment(1);
+    }
+}
+
+/// An answered request; `route` and `tenant` come from the configuration (or are `"none"`).
+pub fn request(route: &'static str, tenant: &str, status: u16) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    counter!(REQUESTS, "route" => route, "tenant" => tenant.to_owned(), "status_class" => class)
+        .increment(1);
+}
+
+/// A request refused before any vendor call.
+pub fn rejected(reason: &'static str) {
+    counter!(REJECTIONS, "reason" => reason).increment(1);
+}
