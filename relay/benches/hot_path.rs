@@ -120,6 +120,7 @@ fn tap_forwarding(c: &mut Criterion) {
                     text_max: Some(4096),
                     trace_id,
                     chunk_gap: Some(metrics::histogram!("bench_gap_seconds")),
+                    added_delay: None,
                     on_end: move |end, seen| record.stream_ended(&end, false, &seen),
                     timers: Timers {
                         first_byte_deadline: now + std::time::Duration::from_secs(60),

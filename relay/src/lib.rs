@@ -28,6 +28,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod flushed;
 pub mod headers;
 pub mod limit;
 pub mod metrics;

@@ -24,6 +24,7 @@
 //! | `ssegate_upstream_first_byte_seconds` | histogram | route | vendor request sent → the vendor's first body byte |
 //! | `ssegate_client_first_byte_seconds` | histogram | route | request start → the first body byte handed to the client's connection |
 //! | `ssegate_upstream_chunk_gap_seconds` | histogram | route | time between two vendor frames |
+//! | `ssegate_relay_added_delay_seconds` | histogram | route | per vendor frame: the tap received it → the client's connection wrote it ([`crate::tap::AddedDelay`]) |
 //! | `ssegate_stream_duration_seconds` | histogram | route, outcome class (`complete`, `failed`, `cancelled`) | request start → end of stream |
 //! | `process_*` | | | CPU seconds, resident memory, open and max file descriptors, threads (`metrics-process`) |
 
@@ -45,6 +46,7 @@ pub const OVERHEAD: &str = "ssegate_relay_overhead_seconds";
 pub const UPSTREAM_TTFB: &str = "ssegate_upstream_first_byte_seconds";
 pub const CLIENT_TTFB: &str = "ssegate_client_first_byte_seconds";
 pub const CHUNK_GAP: &str = "ssegate_upstream_chunk_gap_seconds";
+pub const ADDED_DELAY: &str = "ssegate_relay_added_delay_seconds";
 pub const DURATION: &str = "ssegate_stream_duration_seconds";
 
 /// Bucket bounds for every `_seconds` histogram: 10 µs (a chunk's gap on loopback) to 15 min (a long answer).
@@ -133,6 +135,11 @@ fn describe() {
         "Request start to the first body byte relayed"
     );
     describe_histogram!(CHUNK_GAP, Unit::Seconds, "Time between two vendor frames");
+    describe_histogram!(
+        ADDED_DELAY,
+        Unit::Seconds,
+        "Per vendor frame: received by the relay to written to the client's socket"
+    );
     describe_histogram!(DURATION, Unit::Seconds, "Request start to end of stream");
 }
 
@@ -149,6 +156,7 @@ pub struct RouteMeters {
     pub upstream_ttfb: Histogram,
     pub client_ttfb: Histogram,
     pub chunk_gap: Histogram,
+    pub added_delay: Histogram,
 }
 
 impl RouteMeters {
@@ -167,6 +175,7 @@ impl RouteMeters {
             upstream_ttfb: histogram!(UPSTREAM_TTFB, "route" => route),
             client_ttfb: histogram!(CLIENT_TTFB, "route" => route),
             chunk_gap: histogram!(CHUNK_GAP, "route" => route),
+            added_delay: histogram!(ADDED_DELAY, "route" => route),
         }
     }
 

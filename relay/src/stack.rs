@@ -39,7 +39,7 @@ use crate::record::Record;
 use crate::route::{Routed, route};
 use crate::server::{ConnState, Handler};
 use crate::sse::EventScanner;
-use crate::tap::{End, OnEnd, Seen, TapBody, TapParts, Timers};
+use crate::tap::{AddedDelay, End, OnEnd, Seen, TapBody, TapParts, Timers};
 use crate::trace::{TRACE_ID, new_trace_id, upstream_trace_id};
 use crate::upstream::Upstream;
 
@@ -272,6 +272,10 @@ impl Relay {
             drain: self.drain.clone(),
             trace_id: trace_id.clone(),
             chunk_gap: Some(on_end.meters.chunk_gap.clone()),
+            added_delay: Some(AddedDelay::new(
+                on_end.conn.flushed(),
+                on_end.meters.added_delay.clone(),
+            )),
             on_end,
         };
         let mut res = Response::new(Either::Left(TapBody::new(body, tap)));

@@ -39,6 +39,7 @@ pub use crate::outcome::{End, Failure, Seen};
 pub use timers::Timers;
 
 use crate::error::BoxError;
+use crate::flushed::Flushed;
 use crate::sse::EventScanner;
 use crate::text::AuditText;
 use timers::Due;
@@ -56,6 +57,60 @@ impl<F: FnOnce(End, Seen) + Send + Unpin + 'static> OnEnd for F {
     }
 }
 
+/// Frames yielded but not yet known to be written; more (a client that reads nothing) go unmeasured.
+const UNWRITTEN: usize = 16;
+
+/// The relay-added delay of each vendor frame: from the moment the tap received it from the vendor connection to
+/// the moment the client's connection had handed it to the socket (the first [`Flushed`] mark after it). It
+/// includes the relay's own work and any wait for a client socket that accepts nothing (backpressure); it does not
+/// include the vendor's network, nor the client's.
+pub struct AddedDelay {
+    flushed: Arc<Flushed>,
+    histogram: metrics::Histogram,
+    unwritten: [Instant; UNWRITTEN],
+    len: usize,
+}
+
+impl AddedDelay {
+    pub fn new(flushed: Arc<Flushed>, histogram: metrics::Histogram) -> Self {
+        Self {
+            flushed,
+            histogram,
+            unwritten: [Instant::now(); UNWRITTEN],
+            len: 0,
+        }
+    }
+
+    /// A frame received at `at` was handed to the client's connection.
+    fn yielded(&mut self, at: Instant) {
+        self.settle();
+        if self.len == UNWRITTEN {
+            self.unwritten.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.unwritten[self.len] = at;
+        self.len += 1;
+    }
+
+    /// Records the frames the connection has written since.
+    fn settle(&mut self) {
+        let Some(written) = self.flushed.last().filter(|_| self.len > 0) else {
+            return;
+        };
+        // Strictly before: a write that completed at the very instant a frame arrived cannot have carried it.
+        let done = self.unwritten[..self.len]
+            .iter()
+            .take_while(|t| **t < written)
+            .count();
+        for t in &self.unwritten[..done] {
+            self.histogram
+                .record(written.duration_since(*t).as_secs_f64());
+        }
+        self.unwritten.copy_within(done..self.len, 0);
+        self.len -= done;
+    }
+}
+
 /// Everything a tap needs besides the upstream body.
 pub struct TapParts<E> {
     pub timers: Timers,
@@ -69,6 +124,8 @@ pub struct TapParts<E> {
     pub trace_id: Arc<str>,
     /// Records the time between two upstream frames.
     pub chunk_gap: Option<metrics::Histogram>,
+    /// Records the relay-added delay of each frame.
+    pub added_delay: Option<AddedDelay>,
     pub on_end: E,
 }
 
@@ -124,6 +181,7 @@ pub struct TapBody<B, E: OnEnd> {
     /// A keep-alive comment or error event waiting to go out.
     outbox: Option<Bytes>,
     chunk_gap: Option<metrics::Histogram>,
+    added_delay: Option<AddedDelay>,
 }
 
 impl<B, E: OnEnd> TapBody<B, E> {
@@ -144,11 +202,15 @@ impl<B, E: OnEnd> TapBody<B, E> {
             drain: Box::pin(parts.drain.cancelled_owned()),
             outbox: None,
             chunk_gap: parts.chunk_gap,
+            added_delay: parts.added_delay,
         }
     }
 
     /// Reports the end, once.
     fn finish(&mut self, end: End) {
+        if let Some(d) = self.added_delay.as_mut() {
+            d.settle();
+        }
         if let Some((observer, on_end)) = self.live.take() {
             on_end.on_end(end, observer.into_seen());
         }
@@ -190,6 +252,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(d) = this.added_delay.as_mut() {
+            d.settle();
+        }
         loop {
             if let Some(out) = this.outbox.take() {
                 return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -210,6 +275,9 @@ where
                         }
                         this.last_frame = Some(now);
                         this.last_activity = now;
+                        if let Some(d) = this.added_delay.as_mut() {
+                            d.yielded(now);
+                        }
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }

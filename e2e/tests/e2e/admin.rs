@@ -66,6 +66,7 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
         "ssegate_relayed_bytes_total",
         "ssegate_relayed_events_total",
         "ssegate_upstream_chunk_gap_seconds_count",
+        "ssegate_relay_added_delay_seconds_count",
         "ssegate_stream_duration_seconds_count",
         "process_resident_memory_bytes",
         "process_open_fds",
@@ -84,5 +85,52 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
     // The public listener does not serve the admin endpoints.
     let public = client().get(format!("{base}/metrics")).send().await?;
     assert_eq!(public.status(), 404);
+    Ok(())
+}
+
+/// `_sum / _count` of a histogram on the chat route.
+fn mean(text: &str, name: &str) -> Option<f64> {
+    let route = [r#"route="/v1/chat/completions""#];
+    let sum = sample(text, &format!("{name}_sum"), &route)?;
+    let count = sample(text, &format!("{name}_count"), &route)?;
+    (count > 0.0).then(|| sum / count)
+}
+
+#[tokio::test]
+async fn the_relay_added_delay_agrees_with_what_a_client_measures() -> Result<()> {
+    let s = stack(Front::Relay, Options::default())
+        .await?
+        .context("no stack")?;
+    let admin = format!("http://{}", s.relay.admin().context("no admin line")?);
+    let scenario = [("x-mock-chunks", "30"), ("x-mock-interval-ms", "20")];
+    let got = receive(chat(&s.base(), CLIENT_KEY, &scenario)).await?;
+    assert_eq!(got.delays.len(), 30);
+    // Outside: the mock's emission to the client's arrival, which contains the relay's share and more.
+    let outside = got.delays.iter().map(|d| d.as_secs_f64()).sum::<f64>() / 30.0;
+    let text = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let count = sample(
+        &text,
+        "ssegate_relay_added_delay_seconds_count",
+        &[r#"route="/v1/chat/completions""#],
+    );
+    assert!(
+        count.is_some_and(|c| c >= 30.0),
+        "every frame measured: {count:?}"
+    );
+    let inside = mean(&text, "ssegate_relay_added_delay_seconds").context("no added delay")?;
+    eprintln!(
+        "relay-added delay mean {:.1} us, client-measured one-way delay mean {:.1} us",
+        inside * 1e6,
+        outside * 1e6
+    );
+    assert!(
+        inside > 0.0 && inside <= outside,
+        "inside {inside} outside {outside}"
+    );
     Ok(())
 }

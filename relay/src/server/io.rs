@@ -17,15 +17,23 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::flushed::Flushed;
+
 /// What one connection's IO knows that its requests' bodies want to report.
 #[derive(Debug, Default)]
 pub struct ConnState {
     write_timed_out: AtomicBool,
+    flushed: Arc<Flushed>,
 }
 
 impl ConnState {
     pub fn write_timed_out(&self) -> bool {
         self.write_timed_out.load(Ordering::Relaxed)
+    }
+
+    /// When the connection last wrote out everything it had buffered.
+    pub fn flushed(&self) -> Arc<Flushed> {
+        self.flushed.clone()
     }
 }
 
@@ -36,6 +44,8 @@ pub struct WriteTimeout<T> {
     /// Armed while a write is blocked.
     stalled: Option<Pin<Box<Sleep>>>,
     state: Arc<ConnState>,
+    /// Bytes were written since the last completed flush.
+    wrote: bool,
 }
 
 impl<T> WriteTimeout<T> {
@@ -45,6 +55,7 @@ impl<T> WriteTimeout<T> {
             timeout,
             stalled: None,
             state,
+            wrote: false,
         }
     }
 
@@ -66,6 +77,11 @@ impl<T> WriteTimeout<T> {
         self.stalled = None;
         Poll::Ready(r)
     }
+
+    fn written(&mut self, r: io::Result<usize>) -> Poll<io::Result<usize>> {
+        self.wrote |= matches!(r, Ok(n) if n > 0);
+        self.progressed(r)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
@@ -85,7 +101,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => self.progressed(r),
+            Poll::Ready(r) => self.written(r),
             Poll::Pending => self.blocked(cx).map(Err),
         }
     }
@@ -96,7 +112,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => self.progressed(r),
+            Poll::Ready(r) => self.written(r),
             Poll::Pending => self.blocked(cx).map(Err),
         }
     }
@@ -107,7 +123,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Ready(r) => self.progressed(r),
+            Poll::Ready(r) => {
+                // hyper flushes the IO only once its write buffer is empty: every queued frame is now written.
+                if r.is_ok() && std::mem::take(&mut self.wrote) {
+                    self.state.flushed.mark(tokio::time::Instant::now());
+                }
+                self.progressed(r)
+            }
             Poll::Pending => self.blocked(cx).map(Err),
         }
     }

@@ -74,6 +74,10 @@ const LIMITS: Limits = Limits {
 };
 
 fn tap(l: Limits) -> Tapped {
+    tap_with(l, None)
+}
+
+fn tap_with(l: Limits, added_delay: Option<AddedDelay>) -> Tapped {
     let (upstream, rx) = mpsc::unbounded_channel();
     let ends = Ends::default();
     let drain = CancellationToken::new();
@@ -87,6 +91,7 @@ fn tap(l: Limits) -> Tapped {
         drain: drain.clone(),
         trace_id: Arc::from("trace-1"),
         chunk_gap: None,
+        added_delay,
         on_end: Recorder(ends.clone()),
     };
     Tapped {
@@ -379,4 +384,43 @@ async fn a_body_that_is_not_an_event_stream_fails_as_an_error() {
         t.end().0,
         End::Failed(Failure::UpstreamFirstByteTimeout, _)
     ));
+}
+
+/// Histogram samples, as recorded.
+#[derive(Default)]
+struct Samples(Mutex<Vec<f64>>);
+
+impl metrics::HistogramFn for Samples {
+    fn record(&self, value: f64) {
+        self.0.lock().unwrap().push(value);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_added_delay_runs_from_a_frame_s_arrival_to_the_write_that_carried_it() {
+    let flushed = Arc::new(crate::flushed::Flushed::default());
+    let samples = Arc::new(Samples::default());
+    let histogram = metrics::Histogram::from_arc(samples.clone());
+    let mut t = tap_with(LIMITS, Some(AddedDelay::new(flushed.clone(), histogram)));
+    let ms = Duration::from_millis;
+    let written = || flushed.mark(Instant::now());
+
+    t.send("data: a\n\n");
+    t.next_data().await; // a arrives at 0 ms
+    tokio::time::sleep(ms(3)).await;
+    written(); // the connection wrote a at 3 ms
+    tokio::time::sleep(ms(7)).await;
+    t.send("data: b\n\n");
+    t.next_data().await; // b at 10 ms; a is recorded now
+    tokio::time::sleep(ms(1)).await;
+    t.send("data: c\n\n");
+    t.next_data().await; // c at 11 ms; b is not written yet
+    assert_eq!(*samples.0.lock().unwrap(), [0.003]);
+    tokio::time::sleep(ms(4)).await;
+    written(); // b and c written together at 15 ms
+    t.send("data: [DONE]\n\n");
+    t.next_data().await; // the terminal event at 15 ms; never written before the end
+    t.upstream = mpsc::unbounded_channel().0;
+    assert!(t.next().await.is_none());
+    assert_eq!(*samples.0.lock().unwrap(), [0.003, 0.005, 0.004]);
 }
