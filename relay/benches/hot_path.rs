@@ -119,7 +119,7 @@ fn tap_forwarding(c: &mut Criterion) {
                     scanner: Some(scanner),
                     text_max: Some(4096),
                     trace_id,
-                    chunk_gap: Some(metrics::histogram!("bench_gap_seconds")),
+                    chunk_gap: Some(std::sync::Arc::default()),
                     added_delay: None,
                     on_end: move |end, seen| record.stream_ended(&end, false, &seen),
                     timers: Timers {

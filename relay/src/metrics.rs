@@ -6,8 +6,9 @@
 //! `prometheus-client` for the hot path: a `metrics` counter is one atomic add and a histogram sample one lock-free
 //! push into an atomic bucket, where `prometheus-client`'s histogram takes a lock per observation. Handles are
 //! looked up once (per route at startup, [`RouteMeters`]; per stream for tenant-labelled series), never per chunk.
-//! Histogram samples are folded into buckets at each scrape and by a periodic upkeep, so memory stays bounded
-//! whether or not anyone scrapes.
+//! The exporter's histograms (one sample per stream) are folded into buckets at each scrape and by a periodic
+//! upkeep; the two per-frame histograms are fixed-bucket atomics of our own ([`buckets`]), constant memory and a
+//! few relaxed adds per frame, rendered after the exporter's text.
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
@@ -28,10 +29,14 @@
 //! | `ssegate_stream_duration_seconds` | histogram | route, outcome class (`complete`, `failed`, `cancelled`) | request start → end of stream |
 //! | `process_*` | | | CPU seconds, resident memory, open and max file descriptors, threads (`metrics-process`) |
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+pub mod buckets;
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub use buckets::Buckets;
 
 pub const STREAMS_IN_FLIGHT: &str = "ssegate_streams_in_flight";
 pub const REQUESTS: &str = "ssegate_requests_total";
@@ -90,7 +95,9 @@ impl Registry {
     /// The Prometheus text exposition of every metric, process metrics freshly read.
     pub fn render(&self) -> String {
         self.process.collect();
-        self.handle.render()
+        let mut text = self.handle.render();
+        buckets::render(&mut text);
+        text
     }
 
     /// Folds pending histogram samples into their buckets (bounded memory without scrapes).
@@ -134,12 +141,6 @@ fn describe() {
         Unit::Seconds,
         "Request start to the first body byte relayed"
     );
-    describe_histogram!(CHUNK_GAP, Unit::Seconds, "Time between two vendor frames");
-    describe_histogram!(
-        ADDED_DELAY,
-        Unit::Seconds,
-        "Per vendor frame: received by the relay to written to the client's socket"
-    );
     describe_histogram!(DURATION, Unit::Seconds, "Request start to end of stream");
 }
 
@@ -155,8 +156,9 @@ pub struct RouteMeters {
     pub overhead: Histogram,
     pub upstream_ttfb: Histogram,
     pub client_ttfb: Histogram,
-    pub chunk_gap: Histogram,
-    pub added_delay: Histogram,
+    /// Per frame: fixed-bucket histograms ([`buckets`]), not the exporter's.
+    pub chunk_gap: Arc<Buckets>,
+    pub added_delay: Arc<Buckets>,
 }
 
 impl RouteMeters {
@@ -174,8 +176,12 @@ impl RouteMeters {
             overhead: histogram!(OVERHEAD, "route" => route),
             upstream_ttfb: histogram!(UPSTREAM_TTFB, "route" => route),
             client_ttfb: histogram!(CLIENT_TTFB, "route" => route),
-            chunk_gap: histogram!(CHUNK_GAP, "route" => route),
-            added_delay: histogram!(ADDED_DELAY, "route" => route),
+            chunk_gap: buckets::series(CHUNK_GAP, "Time between two vendor frames", route),
+            added_delay: buckets::series(
+                ADDED_DELAY,
+                "Per vendor frame: received by the relay to written to the client's socket",
+                route,
+            ),
         }
     }
 

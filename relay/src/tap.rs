@@ -40,6 +40,7 @@ pub use timers::Timers;
 
 use crate::error::BoxError;
 use crate::flushed::Flushed;
+use crate::metrics::Buckets;
 use crate::sse::EventScanner;
 use crate::text::AuditText;
 use timers::Due;
@@ -66,13 +67,13 @@ const UNWRITTEN: usize = 16;
 /// include the vendor's network, nor the client's.
 pub struct AddedDelay {
     flushed: Arc<Flushed>,
-    histogram: metrics::Histogram,
+    histogram: Arc<Buckets>,
     unwritten: [Instant; UNWRITTEN],
     len: usize,
 }
 
 impl AddedDelay {
-    pub fn new(flushed: Arc<Flushed>, histogram: metrics::Histogram) -> Self {
+    pub fn new(flushed: Arc<Flushed>, histogram: Arc<Buckets>) -> Self {
         Self {
             flushed,
             histogram,
@@ -103,8 +104,7 @@ impl AddedDelay {
             .take_while(|t| **t < written)
             .count();
         for t in &self.unwritten[..done] {
-            self.histogram
-                .record(written.duration_since(*t).as_secs_f64());
+            self.histogram.record(written.duration_since(*t));
         }
         self.unwritten.copy_within(done..self.len, 0);
         self.len -= done;
@@ -123,7 +123,7 @@ pub struct TapParts<E> {
     /// Named in error events.
     pub trace_id: Arc<str>,
     /// Records the time between two upstream frames.
-    pub chunk_gap: Option<metrics::Histogram>,
+    pub chunk_gap: Option<Arc<Buckets>>,
     /// Records the relay-added delay of each frame.
     pub added_delay: Option<AddedDelay>,
     pub on_end: E,
@@ -180,7 +180,7 @@ pub struct TapBody<B, E: OnEnd> {
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     /// A keep-alive comment or error event waiting to go out.
     outbox: Option<Bytes>,
-    chunk_gap: Option<metrics::Histogram>,
+    chunk_gap: Option<Arc<Buckets>>,
     added_delay: Option<AddedDelay>,
 }
 
@@ -271,7 +271,7 @@ where
                             return this.fail(Failure::UpstreamProtocol, e.to_string());
                         }
                         if let (Some(gap), Some(last)) = (&this.chunk_gap, this.last_frame) {
-                            gap.record(now.duration_since(last).as_secs_f64());
+                            gap.record(now.duration_since(last));
                         }
                         this.last_frame = Some(now);
                         this.last_activity = now;

@@ -386,22 +386,19 @@ async fn a_body_that_is_not_an_event_stream_fails_as_an_error() {
     ));
 }
 
-/// Histogram samples, as recorded.
-#[derive(Default)]
-struct Samples(Mutex<Vec<f64>>);
-
-impl metrics::HistogramFn for Samples {
-    fn record(&self, value: f64) {
-        self.0.lock().unwrap().push(value);
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn the_added_delay_runs_from_a_frame_s_arrival_to_the_write_that_carried_it() {
     let flushed = Arc::new(crate::flushed::Flushed::default());
-    let samples = Arc::new(Samples::default());
-    let histogram = metrics::Histogram::from_arc(samples.clone());
-    let mut t = tap_with(LIMITS, Some(AddedDelay::new(flushed.clone(), histogram)));
+    let histogram = Arc::new(crate::metrics::Buckets::default());
+    let mut t = tap_with(
+        LIMITS,
+        Some(AddedDelay::new(flushed.clone(), histogram.clone())),
+    );
+    // (count, sum in ms) so far.
+    let recorded = || {
+        let (cumulative, sum) = histogram.snapshot();
+        (*cumulative.last().unwrap(), (sum * 1e3).round() as u64)
+    };
     let ms = Duration::from_millis;
     let written = || flushed.mark(Instant::now());
 
@@ -415,12 +412,18 @@ async fn the_added_delay_runs_from_a_frame_s_arrival_to_the_write_that_carried_i
     tokio::time::sleep(ms(1)).await;
     t.send("data: c\n\n");
     t.next_data().await; // c at 11 ms; b is not written yet
-    assert_eq!(*samples.0.lock().unwrap(), [0.003]);
+    assert_eq!(recorded(), (1, 3));
     tokio::time::sleep(ms(4)).await;
-    written(); // b and c written together at 15 ms
+    written(); // b and c written together at 15 ms: 5 and 4 ms
     t.send("data: [DONE]\n\n");
     t.next_data().await; // the terminal event at 15 ms; never written before the end
     t.upstream = mpsc::unbounded_channel().0;
     assert!(t.next().await.is_none());
-    assert_eq!(*samples.0.lock().unwrap(), [0.003, 0.005, 0.004]);
+    assert_eq!(recorded(), (3, 3 + 5 + 4));
+    let cumulative = histogram.snapshot().0;
+    assert_eq!(
+        (cumulative[7], cumulative[8]),
+        (0, 3),
+        "none under 2.5 ms, all three under 5 ms"
+    );
 }
