@@ -6,6 +6,7 @@
 //! - [`nginx`]: a real nginx from `deploy/nginx/ssegate.conf` (only the two ports changed), stopped with its
 //!   workers when dropped.
 //! - [`client`]: a streaming chat request to the mock, the relay or nginx, and the mock's inspection endpoints.
+//! - [`prometheus`]: a real Prometheus scraping the relay's admin listener, queried through its API.
 //! - [`sse`]: read an event stream, timing each event's one-way delay from the mock's `ts=` stamp
 //!   ([`crate::dialect::event_ts`]).
 //!
@@ -14,4 +15,5 @@
 pub mod client;
 pub mod nginx;
 pub mod proc;
+pub mod prometheus;
 pub mod sse;

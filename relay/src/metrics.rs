@@ -13,6 +13,7 @@
 //! | name | type | labels | what |
 //! |---|---|---|---|
 //! | `ssegate_streams_in_flight` | gauge | route | streams whose body is still being relayed |
+//! | `ssegate_max_streams` | gauge | | the configured `max_streams` (alerts compare in-flight streams with it) |
 //! | `ssegate_requests_total` | counter | route, tenant, status_class | every answered request (`route="none"` when no route matched, `tenant="none"` before authentication) |
 //! | `ssegate_stream_outcomes_total` | counter | route, outcome | how streams ended: `complete`, `upstream_*`, `stream_total_timeout`, `shutdown`, `client_cancelled_*`, `client_write_timeout` |
 //! | `ssegate_rejections_total` | counter | reason | requests refused before the vendor call: `unauthorized`, `payload_too_large`, `overloaded`, `rate_limited`, `not_found`, `method_not_allowed`, `bad_request_body` |
@@ -39,6 +40,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub use buckets::Buckets;
 
 pub const STREAMS_IN_FLIGHT: &str = "ssegate_streams_in_flight";
+pub const MAX_STREAMS: &str = "ssegate_max_streams";
 pub const REQUESTS: &str = "ssegate_requests_total";
 pub const OUTCOMES: &str = "ssegate_stream_outcomes_total";
 pub const REJECTIONS: &str = "ssegate_rejections_total";
@@ -208,6 +210,11 @@ pub fn request(route: &'static str, tenant: &str, status: u16) {
     };
     counter!(REQUESTS, "route" => route, "tenant" => tenant.to_owned(), "status_class" => class)
         .increment(1);
+}
+
+/// The configured limits, for alerts that compare against them.
+pub fn limits(max_streams: u32) {
+    gauge!(MAX_STREAMS).set(f64::from(max_streams));
 }
 
 /// A request refused before any vendor call.

@@ -11,5 +11,6 @@ mod admin;
 mod demo;
 mod faults;
 mod paths;
+mod prometheus;
 mod stack;
 mod support;
