@@ -45,6 +45,7 @@ pub mod tap;
 pub mod text;
 pub mod trace;
 pub mod upstream;
+pub mod usage;
 
 use std::sync::Arc;
 

@@ -22,6 +22,7 @@
 //! | `ssegate_relayed_bytes_total` | counter | route | body bytes handed to clients |
 //! | `ssegate_relayed_events_total` | counter | route | SSE events relayed |
 //! | `ssegate_keepalives_total` | counter | route | `: keep-alive` comments sent |
+//! | `ssegate_tokens_total` | counter | route, tenant, type (`prompt`, `completion`) | tokens a stream's `usage` object reported |
 //! | `ssegate_relay_overhead_seconds` | histogram | route | request start → vendor request sent (auth, limits, body read) |
 //! | `ssegate_upstream_first_byte_seconds` | histogram | route | vendor request sent → the vendor's first body byte |
 //! | `ssegate_client_first_byte_seconds` | histogram | route | request start → the first body byte handed to the client's connection |
@@ -49,6 +50,7 @@ pub const FAILOVER: &str = "ssegate_failover_attempts_total";
 pub const BYTES: &str = "ssegate_relayed_bytes_total";
 pub const EVENTS: &str = "ssegate_relayed_events_total";
 pub const KEEPALIVES: &str = "ssegate_keepalives_total";
+pub const TOKENS: &str = "ssegate_tokens_total";
 pub const OVERHEAD: &str = "ssegate_relay_overhead_seconds";
 pub const UPSTREAM_TTFB: &str = "ssegate_upstream_first_byte_seconds";
 pub const CLIENT_TTFB: &str = "ssegate_client_first_byte_seconds";
@@ -128,6 +130,7 @@ fn describe() {
     describe_counter!(BYTES, Unit::Bytes, "Body bytes handed to clients");
     describe_counter!(EVENTS, "SSE events relayed");
     describe_counter!(KEEPALIVES, "Keep-alive comments sent");
+    describe_counter!(TOKENS, "Tokens reported by the vendor's usage object");
     describe_histogram!(
         OVERHEAD,
         Unit::Seconds,
@@ -191,6 +194,15 @@ impl RouteMeters {
     pub fn stream_ended(&self, outcome: &'static str, class: &'static str, seconds: f64) {
         counter!(OUTCOMES, "route" => self.route, "outcome" => outcome).increment(1);
         histogram!(DURATION, "route" => self.route, "outcome" => class).record(seconds);
+    }
+
+    /// The tokens a stream of `tenant` reported.
+    pub fn tokens(&self, tenant: &str, prompt: u64, completion: u64) {
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            let tenant = tenant.to_owned();
+            counter!(TOKENS, "route" => self.route, "tenant" => tenant, "type" => kind)
+                .increment(n);
+        }
     }
 
     /// A vendor error of `kind` on this route.

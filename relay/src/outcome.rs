@@ -93,4 +93,6 @@ pub struct Seen {
     pub pings: u64,
     /// The audit text and whether it was cut at its cap (when the audit text is on).
     pub text: Option<(String, bool)>,
+    /// Token counts the stream reported in an OpenAI-style `usage` object.
+    pub tokens: Option<crate::usage::Tokens>,
 }

@@ -43,6 +43,7 @@ use crate::flushed::Flushed;
 use crate::metrics::Buckets;
 use crate::sse::EventScanner;
 use crate::text::AuditText;
+use crate::usage::UsageScanner;
 use timers::Due;
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -135,6 +136,8 @@ struct Observer {
     seen: Seen,
     text: Option<AuditText>,
     scanner: Option<EventScanner>,
+    /// Event streams only.
+    usage: Option<UsageScanner>,
 }
 
 impl Observer {
@@ -147,6 +150,9 @@ impl Observer {
         seen.frames += 1;
         if let Some(t) = self.text.as_mut() {
             t.push(data);
+        }
+        if let Some(u) = self.usage.as_mut() {
+            u.feed(data);
         }
         match self.scanner.as_mut() {
             Some(s) => s.feed(data),
@@ -162,6 +168,7 @@ impl Observer {
         let mut seen = self.seen;
         seen.events = self.scanner.as_ref().map(EventScanner::events);
         seen.text = self.text.map(AuditText::finish);
+        seen.tokens = self.usage.as_ref().and_then(UsageScanner::tokens);
         seen
     }
 }
@@ -189,6 +196,7 @@ impl<B, E: OnEnd> TapBody<B, E> {
         let observer = Observer {
             seen: Seen::default(),
             text: parts.text_max.map(AuditText::new),
+            usage: parts.scanner.is_some().then(UsageScanner::default),
             scanner: parts.scanner,
         };
         Self {

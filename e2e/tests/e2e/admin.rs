@@ -1,5 +1,6 @@
 //! The admin listener of the real binary: after a complete stream, a vendor reset, a vendor 503 and a rejected
-//! key, `/metrics` counts each of them, on the admin port and never on the public one.
+//! key, `/metrics` counts each of them (and the tokens the complete one reported), on the admin port and never on
+//! the public one.
 
 use anyhow::{Context, Result};
 
@@ -26,7 +27,15 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
     assert_eq!(get("/readyz").await?.status(), 200);
 
     let base = s.base();
-    let complete = receive(chat(&base, CLIENT_KEY, &[("x-mock-chunks", "5")])).await?;
+    let with_usage =
+        r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let rb = mock_upstream::testkit::client::chat_with(
+        &base,
+        CLIENT_KEY,
+        with_usage,
+        &[("x-mock-chunks", "5")],
+    );
+    let complete = receive(rb).await?;
     assert!(String::from_utf8(complete.bytes)?.ends_with("data: [DONE]\n\n"));
     let reset = [("x-mock-chunks", "5"), ("x-mock-reset-after", "2")];
     chat(&base, CLIENT_KEY, &reset)
@@ -55,6 +64,8 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
         ssegate_client_first_byte_seconds_count route="/v1/chat/completions" 3
         ssegate_upstream_first_byte_seconds_count route="/v1/chat/completions" 3
         ssegate_relay_overhead_seconds_count route="/v1/chat/completions" 3
+        ssegate_tokens_total route="/v1/chat/completions" tenant="e2e" type="prompt" 9
+        ssegate_tokens_total route="/v1/chat/completions" tenant="e2e" type="completion" 5
     "#;
     for line in expect.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let words: Vec<&str> = line.split(' ').collect();

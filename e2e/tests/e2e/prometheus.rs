@@ -90,13 +90,13 @@ fn promtool(args: &[&str]) -> Result<()> {
 /// One of each: complete streams, a vendor reset, a vendor 503 and 429, a client that leaves mid-stream, a bad key.
 async fn traffic(s: &crate::stack::Stack) -> Result<()> {
     let base = s.base();
+    let with_usage =
+        r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let scenario = [("x-mock-chunks", "10"), ("x-mock-interval-ms", "5")];
     for _ in 0..3 {
-        receive(chat(
-            &base,
-            CLIENT_KEY,
-            &[("x-mock-chunks", "10"), ("x-mock-interval-ms", "5")],
-        ))
-        .await?;
+        let rb =
+            mock_upstream::testkit::client::chat_with(&base, CLIENT_KEY, with_usage, &scenario);
+        receive(rb).await?;
     }
     let reset = [("x-mock-chunks", "5"), ("x-mock-reset-after", "2")];
     chat(&base, CLIENT_KEY, &reset)
@@ -170,6 +170,12 @@ async fn every_dashboard_and_alert_expression_returns_series_from_a_real_prometh
     assert_eq!(
         prom.value(&count("client_cancelled_mid_stream")).await?,
         2.0
+    );
+    let completion = r#"sum(ssegate_tokens_total{tenant="e2e",type="completion"})"#;
+    assert_eq!(
+        prom.value(completion).await?,
+        60.0,
+        "3 streams of 10 chunks, twice"
     );
     let rejected = r#"sum(ssegate_rejections_total{reason="unauthorized"})"#;
     assert_eq!(prom.value(rejected).await?, 2.0);
