@@ -134,6 +134,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub audit: RawAudit,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub clients: Vec<RawClient>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -203,6 +205,21 @@ fn default_audit_text() -> usize {
     4096
 }
 
+/// `[metrics]`: whether the request path records metrics at all (the admin listener serves process metrics either
+/// way). Off exists to measure what metrics cost: `perf.sh` runs a relay with each setting side by side.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawClient {
@@ -256,6 +273,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub limits: ServerLimits,
     pub audit: AuditConfig,
+    /// Whether the request path records metrics ([`crate::metrics`]).
+    pub metrics: bool,
     pub clients: Vec<ClientKey>,
     pub routes: Vec<Route>,
 }
@@ -352,6 +371,7 @@ impl Config {
             log_format: raw.log_format,
             limits: server_limits(&raw)?,
             audit,
+            metrics: raw.metrics.enabled,
             clients,
             routes,
         })

@@ -203,6 +203,7 @@ pub async fn serve<H: Handler>(
     let Prepared { config, tls } = prepared;
     // Before any handle is looked up: handles taken earlier would record nowhere.
     let registry = metrics::install()?;
+    metrics::set_enabled(config.metrics);
     metrics::limits(config.limits.max_streams);
     let shutdown = Shutdown {
         stop: stop.clone(),

@@ -33,6 +33,7 @@
 
 pub mod buckets;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -78,6 +79,18 @@ pub struct MetricsError(#[source] metrics_exporter_prometheus::BuildError);
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 /// Serializes first installs (two relays started at once in one test process).
 static INSTALLING: Mutex<()> = Mutex::new(());
+
+/// Whether the request path records (`[metrics] enabled`); process metrics are served either way.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the request path's metrics on or off for this process (before the first [`RouteMeters`]).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// Installs the process-wide recorder (once; later calls return the same one).
 pub fn install() -> Result<&'static Registry, MetricsError> {
@@ -149,10 +162,12 @@ fn describe() {
     describe_histogram!(DURATION, Unit::Seconds, "Request start to end of stream");
 }
 
-/// A route's handles, looked up once at startup; clones share the same series.
+/// A route's handles, looked up once at startup; clones share the same series. With metrics off the handles
+/// record nothing and the per-frame histograms are absent.
 #[derive(Clone)]
 pub struct RouteMeters {
     pub route: &'static str,
+    pub enabled: bool,
     pub in_flight: Gauge,
     pub bytes: Counter,
     pub events: Counter,
@@ -171,8 +186,12 @@ impl RouteMeters {
     pub fn new(route: &str) -> Self {
         // Leaked once per configured route at startup, so every later label is a `&'static str` (no allocation).
         let route: &'static str = Box::leak(route.to_owned().into_boxed_str());
+        if !enabled() {
+            return Self::off(route);
+        }
         Self {
             route,
+            enabled: true,
             in_flight: gauge!(STREAMS_IN_FLIGHT, "route" => route),
             bytes: counter!(BYTES, "route" => route),
             events: counter!(EVENTS, "route" => route),
@@ -190,14 +209,37 @@ impl RouteMeters {
         }
     }
 
+    fn off(route: &'static str) -> Self {
+        Self {
+            route,
+            enabled: false,
+            in_flight: Gauge::noop(),
+            bytes: Counter::noop(),
+            events: Counter::noop(),
+            keepalives: Counter::noop(),
+            failover: Counter::noop(),
+            overhead: Histogram::noop(),
+            upstream_ttfb: Histogram::noop(),
+            client_ttfb: Histogram::noop(),
+            chunk_gap: Arc::default(),
+            added_delay: Arc::default(),
+        }
+    }
+
     /// How a stream ended (`outcome` is a fixed kind string) and how long it took.
     pub fn stream_ended(&self, outcome: &'static str, class: &'static str, seconds: f64) {
+        if !self.enabled {
+            return;
+        }
         counter!(OUTCOMES, "route" => self.route, "outcome" => outcome).increment(1);
         histogram!(DURATION, "route" => self.route, "outcome" => class).record(seconds);
     }
 
     /// The tokens a stream of `tenant` reported.
     pub fn tokens(&self, tenant: &str, prompt: u64, completion: u64) {
+        if !self.enabled {
+            return;
+        }
         for (kind, n) in [("prompt", prompt), ("completion", completion)] {
             let tenant = tenant.to_owned();
             counter!(TOKENS, "route" => self.route, "tenant" => tenant, "type" => kind)
@@ -207,12 +249,18 @@ impl RouteMeters {
 
     /// A vendor error of `kind` on this route.
     pub fn upstream_error(&self, kind: &'static str) {
+        if !self.enabled {
+            return;
+        }
         counter!(UPSTREAM_ERRORS, "route" => self.route, "kind" => kind).increment(1);
     }
 }
 
 /// An answered request; `route` and `tenant` come from the configuration (or are `"none"`).
 pub fn request(route: &'static str, tenant: &str, status: u16) {
+    if !enabled() {
+        return;
+    }
     let class = match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -231,5 +279,8 @@ pub fn limits(max_streams: u32) {
 
 /// A request refused before any vendor call.
 pub fn rejected(reason: &'static str) {
+    if !enabled() {
+        return;
+    }
     counter!(REJECTIONS, "reason" => reason).increment(1);
 }

@@ -277,11 +277,14 @@ impl Relay {
             text_max: audit.enabled.then_some(audit.max_text_bytes),
             drain: self.drain.clone(),
             trace_id: trace_id.clone(),
-            chunk_gap: Some(on_end.meters.chunk_gap.clone()),
-            added_delay: Some(AddedDelay::new(
-                on_end.conn.flushed(),
-                on_end.meters.added_delay.clone(),
-            )),
+            chunk_gap: on_end
+                .meters
+                .enabled
+                .then(|| on_end.meters.chunk_gap.clone()),
+            added_delay: on_end
+                .meters
+                .enabled
+                .then(|| AddedDelay::new(on_end.conn.flushed(), on_end.meters.added_delay.clone())),
             on_end,
         };
         let mut res = Response::new(Either::Left(TapBody::new(body, tap)));

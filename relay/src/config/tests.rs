@@ -51,6 +51,8 @@ fn minimal_file_gets_documented_defaults() {
     let c = load("", "", &[]).unwrap();
     assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(c.admin_listen, "127.0.0.1:9464".parse().unwrap());
+    assert!(c.metrics, "metrics on unless switched off");
+    assert!(!load("", "[metrics]\nenabled = false", &[]).unwrap().metrics);
     assert_eq!(c.max_request_body_bytes, 1 << 20);
     assert!(c.audit.enabled);
     assert_eq!(c.audit.max_text_bytes, 4096);

@@ -1,6 +1,6 @@
 //! `perf`: the side-by-side run. Starts mock-upstream, the relay (release, auth and audit log on) and nginx from
-//! `deploy/nginx/ssegate.conf`, runs the goose load test against four targets (mock directly, nginx → mock,
-//! relay → mock, nginx → relay → mock) at each concurrency, and prints one Markdown table. Everything binds
+//! `deploy/nginx/ssegate.conf`, runs the goose load test against five targets (mock directly, nginx → mock,
+//! relay → mock, the same relay with `[metrics] enabled = false`, nginx → relay → mock) at each concurrency, and prints one Markdown table. Everything binds
 //! 127.0.0.1 and is stopped by its PID (processes and nginx from the workspace's test kit). `--gate` runs the short
 //! CI variant and compares same-run ratios with `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which
 //! builds the release binaries first.
@@ -164,9 +164,11 @@ async fn main() -> Result<()> {
         secret_env: VENDOR_KEY_VAR,
         route: "",
     });
-    let relay =
-        mock_upstream::testkit::proc::start_relay(&config, &[(VENDOR_KEY_VAR, VENDOR_KEY)], "info")
-            .await?;
+    let env = [(VENDOR_KEY_VAR, VENDOR_KEY)];
+    let relay = mock_upstream::testkit::proc::start_relay(&config, &env, "info").await?;
+    // The same relay with its request-path metrics off: what metrics cost, measured in the same run.
+    let off = config.replacen("[audit]", "[metrics]\nenabled = false\n[audit]", 1);
+    let relay_off = mock_upstream::testkit::proc::start_relay(&off, &env, "info").await?;
     let nginx_bin =
         nginx::available().context("nginx is not installed (apt-get install nginx-light)")?;
     let opts = nginx::Options {
@@ -189,6 +191,12 @@ async fn main() -> Result<()> {
         ),
         ("relay → mock", url(relay.addr), CLIENT_KEY, vec![&relay]),
         (
+            "relay, metrics off → mock",
+            url(relay_off.addr),
+            CLIENT_KEY,
+            vec![&relay_off],
+        ),
+        (
             "nginx → relay → mock",
             nginx_relay.base(),
             CLIENT_KEY,
@@ -196,14 +204,14 @@ async fn main() -> Result<()> {
         ),
     ];
     if a.gate {
-        targets.truncate(3);
+        targets.truncate(4);
     }
     let mut results = Vec::new();
     for &users in &a.levels {
         for (name, base, key, proxies) in &targets {
             let out = dir
                 .path()
-                .join(format!("{}-{users}", name.replace([' ', '→'], "")));
+                .join(format!("{}-{users}", name.replace([' ', '→', ','], "")));
             let m = run_load(base, key, users, &a, proxies, &out).await?;
             eprintln!("perf: {users:>5} streams, {name}: {}", m.summary);
             results.push((users, *name, m));
@@ -298,14 +306,16 @@ fn ratios(results: &[(usize, &str, Measured)]) -> Value {
                 - f(&d.summary, &format!("/chunk_delay_ms/{q}"))
         };
         let cpu = |m: &Measured| m.cpu_ns as f64 / f(&m.summary, "/chunks");
-        out.insert(
-            users.to_string(),
-            json!({
-                "added_p50_ratio": added(r, "p50") / added(ng, "p50"),
-                "added_p99_ratio": added(r, "p99") / added(ng, "p99"),
-                "cpu_per_chunk_ratio": cpu(r) / cpu(ng),
-            }),
-        );
+        let mut level = json!({
+            "added_p50_ratio": added(r, "p50") / added(ng, "p50"),
+            "added_p99_ratio": added(r, "p99") / added(ng, "p99"),
+            "cpu_per_chunk_ratio": cpu(r) / cpu(ng),
+        });
+        // Metrics on over metrics off: what the request path's metrics cost per chunk.
+        if let Some(off) = get("relay, metrics off → mock") {
+            level["metrics_cpu_ratio"] = json!(cpu(r) / cpu(off));
+        }
+        out.insert(users.to_string(), level);
     }
     Value::Object(out)
 }
