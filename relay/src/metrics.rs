@@ -33,6 +33,7 @@
 
 pub mod buckets;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -179,11 +180,79 @@ pub struct RouteMeters {
     /// Per frame: fixed-bucket histograms ([`buckets`]), not the exporter's.
     pub chunk_gap: Arc<Buckets>,
     pub added_delay: Arc<Buckets>,
+    /// Series whose label values are all known at startup, looked up by value (no registry lookup, no
+    /// allocation per stream), and present at 0 before their first event.
+    outcomes: Known,
+    errors: Known,
+    durations: [Histogram; 3],
+    tenants: Arc<HashMap<Arc<str>, TenantMeters>>,
+}
+
+/// Every outcome a stream can end with ([`crate::outcome::End::kind`]).
+const OUTCOME_KINDS: &[&str] = &[
+    "complete",
+    "upstream_reset",
+    "upstream_truncated",
+    "upstream_first_byte_timeout",
+    "upstream_idle_timeout",
+    "stream_total_timeout",
+    "upstream_protocol",
+    "shutdown",
+    "client_write_timeout",
+    "client_cancelled_before_first_byte",
+    "client_cancelled_mid_stream",
+];
+const ERROR_KINDS: &[&str] = &[
+    "connect",
+    "timeout",
+    "protocol",
+    "redirect",
+    "credential",
+    "status_4xx",
+    "status_5xx",
+];
+const REJECTION_REASONS: &[&str] = &[
+    "unauthorized",
+    "payload_too_large",
+    "overloaded",
+    "rate_limited",
+    "not_found",
+    "method_not_allowed",
+    "bad_request_body",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const DURATION_CLASSES: [&str; 3] = ["complete", "failed", "cancelled"];
+
+/// Counters of one metric, one per known value of one label.
+#[derive(Clone, Default)]
+struct Known(Arc<[(&'static str, Counter)]>);
+
+impl Known {
+    fn new(make: impl Fn(&'static str) -> Counter, values: &[&'static str]) -> Self {
+        Self(values.iter().map(|v| (*v, make(v))).collect())
+    }
+
+    fn get(&self, value: &str) -> Option<&Counter> {
+        self.0.iter().find(|(v, _)| *v == value).map(|(_, c)| c)
+    }
+}
+
+/// One tenant's series on one route.
+#[derive(Clone)]
+struct TenantMeters {
+    requests: [Counter; 5],
+    prompt: Counter,
+    completion: Counter,
+}
+
+fn class_index(status: u16) -> usize {
+    usize::from((status / 100).clamp(1, 5) - 1)
 }
 
 impl RouteMeters {
-    /// `route` is a configured route's path (bounded: it comes from the configuration, never from a request).
-    pub fn new(route: &str) -> Self {
+    /// `route` is a configured route's path and `tenants` the configured tenants (bounded: both come from the
+    /// configuration, never from a request).
+    pub fn new<'a>(route: &str, tenants: impl IntoIterator<Item = &'a Arc<str>>) -> Self {
         // Leaked once per configured route at startup, so every later label is a `&'static str` (no allocation).
         let route: &'static str = Box::leak(route.to_owned().into_boxed_str());
         if !enabled() {
@@ -206,6 +275,27 @@ impl RouteMeters {
                 "Per vendor frame: received by the relay to written to the client's socket",
                 route,
             ),
+            outcomes: Known::new(
+                |o| counter!(OUTCOMES, "route" => route, "outcome" => o),
+                OUTCOME_KINDS,
+            ),
+            errors: Known::new(
+                |k| counter!(UPSTREAM_ERRORS, "route" => route, "kind" => k),
+                ERROR_KINDS,
+            ),
+            durations: DURATION_CLASSES
+                .map(|c| histogram!(DURATION, "route" => route, "outcome" => c)),
+            tenants: Arc::new(
+                tenants
+                    .into_iter()
+                    .cloned()
+                    .chain([Arc::from("none")])
+                    .map(|t| {
+                        let meters = TenantMeters::new(route, &t);
+                        (t, meters)
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -223,6 +313,10 @@ impl RouteMeters {
             client_ttfb: Histogram::noop(),
             chunk_gap: Arc::default(),
             added_delay: Arc::default(),
+            outcomes: Known::default(),
+            errors: Known::default(),
+            durations: [Histogram::noop(), Histogram::noop(), Histogram::noop()],
+            tenants: Arc::default(),
         }
     }
 
@@ -231,8 +325,26 @@ impl RouteMeters {
         if !self.enabled {
             return;
         }
-        counter!(OUTCOMES, "route" => self.route, "outcome" => outcome).increment(1);
-        histogram!(DURATION, "route" => self.route, "outcome" => class).record(seconds);
+        match self.outcomes.get(outcome) {
+            Some(c) => c.increment(1),
+            None => counter!(OUTCOMES, "route" => self.route, "outcome" => outcome).increment(1),
+        }
+        let at = DURATION_CLASSES
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(1);
+        self.durations[at].record(seconds);
+    }
+
+    /// An answered request on this route; `tenant` is a configured tenant or `"none"`.
+    pub fn request(&self, tenant: &str, status: u16) {
+        if !self.enabled {
+            return;
+        }
+        match self.tenants.get(tenant) {
+            Some(t) => t.requests[class_index(status)].increment(1),
+            None => request(self.route, tenant, status),
+        }
     }
 
     /// The tokens a stream of `tenant` reported.
@@ -240,10 +352,9 @@ impl RouteMeters {
         if !self.enabled {
             return;
         }
-        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
-            let tenant = tenant.to_owned();
-            counter!(TOKENS, "route" => self.route, "tenant" => tenant, "type" => kind)
-                .increment(n);
+        if let Some(t) = self.tenants.get(tenant) {
+            t.prompt.increment(prompt);
+            t.completion.increment(completion);
         }
     }
 
@@ -252,7 +363,24 @@ impl RouteMeters {
         if !self.enabled {
             return;
         }
-        counter!(UPSTREAM_ERRORS, "route" => self.route, "kind" => kind).increment(1);
+        match self.errors.get(kind) {
+            Some(c) => c.increment(1),
+            None => counter!(UPSTREAM_ERRORS, "route" => self.route, "kind" => kind).increment(1),
+        }
+    }
+}
+
+impl TenantMeters {
+    fn new(route: &'static str, tenant: &Arc<str>) -> Self {
+        let tenant = tenant.to_string();
+        let token = |kind: &'static str| counter!(TOKENS, "route" => route, "tenant" => tenant.clone(), "type" => kind);
+        Self {
+            requests: STATUS_CLASSES.map(|class| {
+                counter!(REQUESTS, "route" => route, "tenant" => tenant.clone(), "status_class" => class)
+            }),
+            prompt: token("prompt"),
+            completion: token("completion"),
+        }
     }
 }
 
@@ -282,5 +410,11 @@ pub fn rejected(reason: &'static str) {
     if !enabled() {
         return;
     }
-    counter!(REJECTIONS, "reason" => reason).increment(1);
+    static KNOWN: OnceLock<Known> = OnceLock::new();
+    let known = KNOWN
+        .get_or_init(|| Known::new(|r| counter!(REJECTIONS, "reason" => r), REJECTION_REASONS));
+    match known.get(reason) {
+        Some(c) => c.increment(1),
+        None => counter!(REJECTIONS, "reason" => reason).increment(1),
+    }
 }

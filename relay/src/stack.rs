@@ -124,10 +124,11 @@ impl Relay {
             .iter()
             .map(|r| Arc::from(r.path.as_str()))
             .collect();
+        let tenants: Vec<Arc<str>> = config.clients.iter().map(|c| c.tenant.clone()).collect();
         let meters = config
             .routes
             .iter()
-            .map(|r| RouteMeters::new(&r.path))
+            .map(|r| RouteMeters::new(&r.path, &tenants))
             .collect();
         let limits = &config.limits;
         let tenants = config.clients.iter().map(|c| &c.tenant);
@@ -178,17 +179,20 @@ impl Relay {
         async {
             let routed = route(req.method(), req.uri().path(), &self.config.routes);
             let mut tenant = None;
-            let (label, result) = match routed {
+            let (meters, result) = match routed {
                 Ok(Routed::Health) => return complete(json_ok()),
                 Ok(Routed::Route(index)) => {
                     let forwarded = self.forward(index, req, &trace_id, conn, &mut tenant);
-                    (self.meters[index].route, forwarded.await)
+                    (Some(&self.meters[index]), forwarded.await)
                 }
-                Err(e) => ("none", Err(e.into())),
+                Err(e) => (None, Err(e.into())),
             };
             let res = result.unwrap_or_else(|e| complete(respond(&e, &trace_id)));
-            let tenant = tenant.as_deref().unwrap_or("none");
-            crate::metrics::request(label, tenant, res.status().as_u16());
+            let (tenant, status) = (tenant.as_deref().unwrap_or("none"), res.status().as_u16());
+            match meters {
+                Some(m) => m.request(tenant, status),
+                None => crate::metrics::request("none", tenant, status),
+            }
             res
         }
         .instrument(span)

@@ -1,11 +1,11 @@
-//! A fixed-bucket histogram for the per-frame measurements (chunk gap, relay-added delay): a few relaxed atomic
-//! adds per sample, constant memory, no buffering. The `metrics` exporter's histograms keep every sample until the
+//! A fixed-bucket histogram for the per-frame measurements (chunk gap, relay-added delay): two relaxed atomic adds
+//! per sample on the recording thread's own shard, constant memory, no buffering. The `metrics` exporter's histograms keep every sample until the
 //! next scrape or upkeep (8 bytes each, plus blocks), which at thousands of frames per second is both the largest
 //! per-frame cost and memory that grows with traffic; these do not.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,34 +38,61 @@ const BOUNDS_NS: [u64; 25] = [
     900_000_000_000,
 ];
 
+/// Shards per series: each thread adds to its own (cache-line aligned), so the relay's worker threads never
+/// contend for one line on every frame; a scrape adds the shards up.
+const SHARDS: usize = 8;
+
+/// One shard: counts per bucket (not cumulative; the last is `+Inf`) and the sum.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    counts: [AtomicU64; BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
 /// One histogram series.
 #[derive(Debug, Default)]
 pub struct Buckets {
-    /// Per bucket (not cumulative); the last one is `+Inf`.
-    counts: [AtomicU64; BOUNDS_NS.len() + 1],
-    sum_ns: AtomicU64,
+    shards: [Shard; SHARDS],
+}
+
+/// This thread's shard.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
 }
 
 impl Buckets {
     pub fn record(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let at = BOUNDS_NS.partition_point(|b| *b < ns);
-        self.counts[at].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        let shard = &self.shards[shard()];
+        shard.counts[at].fetch_add(1, Ordering::Relaxed);
+        shard.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// Cumulative counts per bound (the last is `+Inf`, the total) and the sum in seconds.
     pub fn snapshot(&self) -> (Vec<u64>, f64) {
         let mut total = 0;
-        let cumulative = self
-            .counts
-            .iter()
-            .map(|c| {
-                total += c.load(Ordering::Relaxed);
+        let cumulative = (0..=BOUNDS_NS.len())
+            .map(|i| {
+                total += self
+                    .shards
+                    .iter()
+                    .map(|s| s.counts[i].load(Ordering::Relaxed))
+                    .sum::<u64>();
                 total
             })
             .collect();
-        (cumulative, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+        let sum: u64 = self
+            .shards
+            .iter()
+            .map(|s| s.sum_ns.load(Ordering::Relaxed))
+            .sum();
+        (cumulative, sum as f64 / 1e9)
     }
 }
 
