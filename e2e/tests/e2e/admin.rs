@@ -27,22 +27,10 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
     assert_eq!(get("/readyz").await?.status(), 200);
 
     let base = s.base();
-    let with_usage =
-        r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
-    let rb = mock_upstream::testkit::client::chat_with(
-        &base,
-        CLIENT_KEY,
-        with_usage,
-        &[("x-mock-chunks", "5")],
-    );
-    let complete = receive(rb).await?;
+    let complete = receive(chat_with_usage(&base, &[("x-mock-chunks", "5")])).await?;
     assert!(String::from_utf8(complete.bytes)?.ends_with("data: [DONE]\n\n"));
     let reset = [("x-mock-chunks", "5"), ("x-mock-reset-after", "2")];
-    chat(&base, CLIENT_KEY, &reset)
-        .send()
-        .await?
-        .bytes()
-        .await?;
+    drain(chat(&base, CLIENT_KEY, &reset)).await?;
     let failing = chat(&base, CLIENT_KEY, &[("x-mock-status", "503")])
         .send()
         .await?;

@@ -90,26 +90,14 @@ fn promtool(args: &[&str]) -> Result<()> {
 /// One of each: complete streams, a vendor reset, a vendor 503 and 429, a client that leaves mid-stream, a bad key.
 async fn traffic(s: &crate::stack::Stack) -> Result<()> {
     let base = s.base();
-    let with_usage =
-        r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
     let scenario = [("x-mock-chunks", "10"), ("x-mock-interval-ms", "5")];
     for _ in 0..3 {
-        let rb =
-            mock_upstream::testkit::client::chat_with(&base, CLIENT_KEY, with_usage, &scenario);
-        receive(rb).await?;
+        receive(chat_with_usage(&base, &scenario)).await?;
     }
     let reset = [("x-mock-chunks", "5"), ("x-mock-reset-after", "2")];
-    chat(&base, CLIENT_KEY, &reset)
-        .send()
-        .await?
-        .bytes()
-        .await?;
+    drain(chat(&base, CLIENT_KEY, &reset)).await?;
     for status in ["503", "429"] {
-        chat(&base, CLIENT_KEY, &[("x-mock-status", status)])
-            .send()
-            .await?
-            .bytes()
-            .await?;
+        drain(chat(&base, CLIENT_KEY, &[("x-mock-status", status)])).await?;
     }
     let cancelled_before = mock_stats(&s.mock).await?["streams_cancelled"]
         .as_u64()

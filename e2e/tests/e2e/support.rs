@@ -32,6 +32,20 @@ pub async fn start_relay(mock: SocketAddr, top: &str, route: &str, log: &str) ->
     mock_upstream::testkit::proc::start_relay(&config, &[(VENDOR_KEY_VAR, VENDOR_KEY)], log).await
 }
 
+/// Sends `rb` and reads the response to its end; its status.
+pub async fn drain(rb: reqwest::RequestBuilder) -> Result<u16> {
+    let res = rb.send().await?;
+    let status = res.status().as_u16();
+    res.bytes().await?;
+    Ok(status)
+}
+
+/// A streaming chat request that asks for the closing `usage` chunk.
+pub fn chat_with_usage(base: &str, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    use mock_upstream::testkit::client::{CHAT_BODY_WITH_USAGE, chat_with};
+    chat_with(base, CLIENT_KEY, CHAT_BODY_WITH_USAGE, scenario)
+}
+
 /// The mock's record of a stream (`GET /streams/{trace_id}`).
 pub async fn mock_record(mock: &Proc, trace_id: &str) -> Result<serde_json::Value> {
     client::stream_record(&mock.url(""), trace_id).await

@@ -7,6 +7,10 @@ use anyhow::Result;
 pub const CHAT_BODY: &str =
     r#"{"model":"mock-1","stream":true,"messages":[{"role":"user","content":"你好"}]}"#;
 
+/// As [`CHAT_BODY`], asking for the closing `usage` chunk (`stream_options.include_usage`).
+pub const CHAT_BODY_WITH_USAGE: &str =
+    r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+
 /// A client that never uses a proxy from the environment (everything here is on loopback).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
