@@ -145,16 +145,13 @@ impl Listeners {
     /// What `main` prints once every worker serves: `listening on ADDR`, then `admin listening on ADDR`, then,
     /// for `--demo`, what to paste into a terminal.
     pub fn announcement(&self, demo: bool) -> String {
-        let mut text = format!(
-            "listening on {}",
-            self.public
-                .local_addr()
-                .map_or_else(|e| e.to_string(), |a| a.to_string())
-        );
+        let public = self.public_addr();
+        let mut text =
+            public.map_or_else(|| "listening".to_owned(), |a| format!("listening on {a}"));
         if let Some(admin) = self.admin.as_ref().and_then(|a| a.local_addr().ok()) {
             text.push_str(&format!("\nadmin listening on {admin}"));
         }
-        if let (true, Some(addr)) = (demo, self.public_addr()) {
+        if let (true, Some(addr)) = (demo, public) {
             text.push('\n');
             text.push_str(&demo::instructions(addr));
         }

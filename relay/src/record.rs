@@ -44,6 +44,11 @@ impl Record {
         self.trace_id = trace_id;
     }
 
+    /// Whose request this is.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     /// The request ended with an error response before any stream; that response's log line is the record.
     pub fn refused(mut self) {
         self.written = true;

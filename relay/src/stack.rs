@@ -84,7 +84,6 @@ pub struct StreamEnd {
     record: Record,
     conn: Arc<ConnState>,
     meters: RouteMeters,
-    tenant: Arc<str>,
     /// When the request started and when the vendor request was sent.
     started: Instant,
     called: Instant,
@@ -100,7 +99,7 @@ impl OnEnd for StreamEnd {
         m.events.increment(seen.events.unwrap_or(0));
         m.keepalives.increment(seen.pings);
         if let Some(t) = seen.tokens {
-            m.tokens(&self.tenant, t.prompt, t.completion);
+            m.tokens(self.record.tenant(), t.prompt, t.completion);
         }
         if let Some(first) = seen.first_byte {
             m.upstream_ttfb
@@ -220,8 +219,7 @@ impl Relay {
         let (parts, body) = req.into_parts();
         let body = read_body(&parts.headers, body, self.config.max_request_body_bytes).await?;
         let name = self.route_names[index].clone();
-        let tenant = principal.tenant;
-        let mut record = Record::open(tenant.clone(), name, Arc::from(trace_id), started);
+        let mut record = Record::open(principal.tenant, name, Arc::from(trace_id), started);
         let deadline = started + route.first_byte_timeout;
         let meters = &self.meters[index];
         let called = Instant::now();
@@ -247,7 +245,6 @@ impl Relay {
             record,
             conn,
             meters: meters.clone(),
-            tenant,
             started,
             called,
             _permit: permit,

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::stack::{Front, Options, stack};
+use crate::stack::{Front, Options, Stack, stack};
 use crate::support::*;
 
 /// The value of the first sample of `name` whose labels include every `label="value"` in `labels`.
@@ -21,12 +21,18 @@ fn samples<'a>(text: &'a str, name: &'a str, labels: &'a [&str]) -> impl Iterato
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[tokio::test]
-async fn metrics_count_what_the_streams_did() -> Result<()> {
+/// A stack with the relay in front, and the base URL of the relay's admin listener.
+async fn relay_with_admin() -> Result<(Stack, String)> {
     let s = stack(Front::Relay, Options::default())
         .await?
         .context("no stack")?;
     let admin = format!("http://{}", s.relay.admin().context("no admin line")?);
+    Ok((s, admin))
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_streams_did() -> Result<()> {
+    let (s, admin) = relay_with_admin().await?;
     let get = |path: &str| client().get(format!("{admin}{path}")).send();
     assert_eq!(get("/healthz").await?.status(), 200);
     assert_eq!(get("/readyz").await?.status(), 200);
@@ -103,10 +109,7 @@ fn mean(text: &str, name: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn the_relay_added_delay_agrees_with_what_a_client_measures() -> Result<()> {
-    let s = stack(Front::Relay, Options::default())
-        .await?
-        .context("no stack")?;
-    let admin = format!("http://{}", s.relay.admin().context("no admin line")?);
+    let (s, admin) = relay_with_admin().await?;
     let scenario = [("x-mock-chunks", "30"), ("x-mock-interval-ms", "20")];
     let got = receive(chat(&s.base(), CLIENT_KEY, &scenario)).await?;
     assert_eq!(got.delays.len(), 30);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::proc::{children, cpu_ns, kill, rss_kib};
+use super::proc::{children, cpu_ns, kill, rss_kib, terminate};
 
 /// The shipped site config.
 pub fn site_path() -> PathBuf {
@@ -89,13 +89,8 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // TERM to the master: it stops its workers, then exits. Killing only the master would orphan them.
-        let master = self.child.id();
-        let _ = kill("TERM", master);
-        for _ in 0..500 {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if terminate(&mut self.child) {
+            return;
         }
         for pid in self.pids() {
             let _ = kill("KILL", pid);
@@ -106,19 +101,7 @@ impl Drop for Nginx {
 
 /// nginx if installed; `None` (skip) when it is not and `SSEGATE_REQUIRE_NGINX` is unset.
 pub fn available() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("SSEGATE_REQUIRE_NGINX").as_deref() != Ok("1"),
-            "nginx is required (SSEGATE_REQUIRE_NGINX=1) but not on PATH: apt-get install -y nginx-light"
-        );
-        eprintln!("skipping: nginx is not installed");
-    }
-    found
+    super::proc::installed("nginx", "SSEGATE_REQUIRE_NGINX", "nginx-light")
 }
 
 /// The production site config with the upstream's and nginx's loopback ports filled in.

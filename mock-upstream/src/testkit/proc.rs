@@ -91,6 +91,37 @@ impl Proc {
     }
 }
 
+/// A system binary a test needs (`name` on `PATH` or in `/usr/sbin`), or `None` to skip the test; when the
+/// environment variable `require` is `1` (`.ci/run` sets it) a missing one fails instead, naming the `package`.
+pub fn installed(name: &str, require: &str, package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var(require).as_deref() != Ok("1"),
+            "{name} is required ({require}=1) but not installed: apt-get install -y {package}"
+        );
+        eprintln!("skipping: {name} is not installed");
+    }
+    found
+}
+
+/// Sends TERM to `child` and waits up to 5 s for it to exit; false when it is still running (the caller kills).
+/// A cleanup step of a test's drop, so it polls: a std `Child` offers no wait with a deadline.
+pub(crate) fn terminate(child: &mut std::process::Child) -> bool {
+    let _ = kill("TERM", child.id());
+    for _ in 0..500 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 pub(crate) fn kill(signal: &str, pid: u32) -> Result<()> {
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))

@@ -12,22 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::client::client;
-use super::proc::kill;
+use super::proc::terminate;
 
 /// `prometheus` if installed; `None` (skip) when it is not and `SSEGATE_REQUIRE_PROMETHEUS` is unset.
 pub fn available() -> Option<PathBuf> {
-    let found = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("SSEGATE_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
-            "prometheus is required (SSEGATE_REQUIRE_PROMETHEUS=1) but not installed: apt-get install -y prometheus"
-        );
-        eprintln!("skipping: prometheus is not installed");
-    }
-    found
+    super::proc::installed("prometheus", "SSEGATE_REQUIRE_PROMETHEUS", "prometheus")
 }
 
 /// A running Prometheus.
@@ -39,12 +28,8 @@ pub struct Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = kill("TERM", self.child.id());
-        for _ in 0..500 {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if terminate(&mut self.child) {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
