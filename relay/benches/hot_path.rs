@@ -113,7 +113,7 @@ fn tap_forwarding(c: &mut Criterion) {
                 let trace_id: Arc<str> = Arc::from("bench");
                 let route = Arc::from("/v1/chat/completions");
                 let mut record = Record::open(Arc::from("bench"), route, trace_id.clone(), now);
-                record.answered(200, 1, trace_id.clone());
+                record.answered(200, 1, None);
                 let scanner = EventScanner::new(Some("data: [DONE]"), 8 << 20);
                 let parts = TapParts {
                     scanner: Some(scanner),

@@ -18,6 +18,7 @@
 //! belong to. Durations are `_ms` integer fields throughout, one convention, each checked to lie between 1 ms and
 //! a day.
 
+mod otel;
 mod route;
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use otel::{OtelConfig, RawOtel};
 pub use route::{RawRoute, RawTarget, Route, Secret, Target, UpstreamAuth};
 use route::{timeout, validate_route};
 
@@ -135,6 +137,8 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Traces ([`otel`]): off unless this section or the standard `OTEL_*` variables name a collector.
+    pub otel: Option<RawOtel>,
     #[serde(default)]
     pub clients: Vec<RawClient>,
     #[serde(default)]
@@ -275,6 +279,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Whether the request path records metrics ([`crate::metrics`]).
     pub metrics: bool,
+    /// Where spans are exported ([`crate::otel`]); `None`: traces off.
+    pub otel: Option<OtelConfig>,
     pub clients: Vec<ClientKey>,
     pub routes: Vec<Route>,
 }
@@ -372,6 +378,7 @@ impl Config {
             limits: server_limits(&raw)?,
             audit,
             metrics: raw.metrics.enabled,
+            otel: otel::validate(raw.otel.as_ref(), env)?,
             clients,
             routes,
         })

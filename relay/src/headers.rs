@@ -39,6 +39,9 @@ pub const NEVER_FORWARD: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
+    // W3C trace context: a route's `propagate_trace` decides, and the relay writes its own.
+    "traceparent",
+    "tracestate",
 ];
 
 /// Vendor response headers passed to the client (besides the ones the relay sets itself).

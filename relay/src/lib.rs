@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! server.rs   accept, HTTP/1.1 connection, head timeout, write timeout, drain (server/io.rs, server/workers.rs)
-//! trace.rs    trace id: fresh, or the vendor's once it answers; the x-trace-id header
 //! route.rs    method + path → /healthz, a configured route, or 404/405
+//! trace.rs    trace id (the client's traceparent's, or fresh), the request span and the vendor call's span
 //! auth.rs     client key → tenant, or 401
 //! limit.rs    concurrent streams, in all and per tenant → a permit, or 503/429
 //! body.rs     the request body, bounded → 413
@@ -21,8 +21,9 @@
 //! one response function), and leaves every stage may use: [`headers`] (header policy both ways), [`sse`] (event
 //! boundaries), [`text`] (bounded UTF-8 audit text), [`outcome`] (how a stream ended, as the tap reports it),
 //! [`flushed`] (when a connection last wrote out its buffer), [`metrics`] (every metric's name and labels).
-//! [`admin`] serves `/metrics`, `/healthz` and `/readyz` on its own listener. [`shutdown`] watches signals;
-//! [`demo`] wraps the handler with the demo page (its in-process mock vendor only with the cargo feature `demo`).
+//! [`admin`] serves `/metrics`, `/healthz` and `/readyz` on its own listener; [`otel`] exports spans when
+//! configured. [`shutdown`] watches signals; [`demo`] wraps the handler with the demo page (its in-process mock
+//! vendor only with the cargo feature `demo`).
 
 pub mod admin;
 pub mod auth;
@@ -34,6 +35,7 @@ pub mod flushed;
 pub mod headers;
 pub mod limit;
 pub mod metrics;
+pub mod otel;
 pub mod outcome;
 pub mod record;
 pub mod route;
@@ -226,15 +228,28 @@ pub async fn serve<H: Handler>(
     Ok(served?)
 }
 
-/// Installs the global log subscriber (stderr; `RUST_LOG` filters, default `info`).
-pub fn init_tracing(format: config::LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// Installs the global subscriber: log lines to stderr (`RUST_LOG` filters, default `info`) and, when `otel` names a
+/// collector, the trace layer ([`otel`]), which `RUST_LOG` does not filter. The returned [`otel::Traces`] must be
+/// shut down before exit, or the last spans are lost.
+pub fn init_tracing(
+    format: config::LogFormat,
+    otel: Option<&config::OtelConfig>,
+) -> Result<Option<otel::Traces>, otel::OtelError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        config::LogFormat::Text => builder.with_ansi(false).try_init(),
+    let logs = fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        config::LogFormat::Json => logs.json().flatten_event(true).with_filter(filter).boxed(),
+        config::LogFormat::Text => logs.with_ansi(false).with_filter(filter).boxed(),
     };
+    let traces = otel.map(otel::Traces::start).transpose()?;
+    let layer = traces.as_ref().map(otel::Traces::layer);
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(layer)
+        .try_init();
+    trace::set_exporting(installed.is_ok() && traces.is_some());
+    Ok(traces)
 }

@@ -76,7 +76,7 @@ async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
     if cli.check_config {
         return Ok(fail(&prepared.summary(), 0));
     }
-    relay::init_tracing(c.log_format);
+    let traces = relay::init_tracing(c.log_format, c.otel.as_ref()).map_err(|e| usage(&e))?;
     let listeners = relay::Listeners::bind(c)
         .await
         .map_err(|e| fail(&chain(&e), 1))?;
@@ -95,5 +95,6 @@ async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
     stop.cancel();
     tracker.close();
     tracker.wait().await;
+    relay::otel::finish(traces).await;
     Ok(ExitCode::SUCCESS)
 }

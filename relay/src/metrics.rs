@@ -29,6 +29,7 @@
 //! | `ssegate_upstream_chunk_gap_seconds` | histogram | route | time between two vendor frames |
 //! | `ssegate_relay_added_delay_seconds` | histogram | route | per vendor frame: the tap received it → the client's connection wrote it ([`crate::tap::AddedDelay`]) |
 //! | `ssegate_stream_duration_seconds` | histogram | route, outcome class (`complete`, `failed`, `cancelled`) | request start → end of stream |
+//! | `ssegate_trace_spans_total` | counter | result (`ended`, `exported`, `export_failed`) | spans handed to the trace exporter and what became of them; `ended` minus the others is what a full queue dropped (traces on only, [`crate::otel`]) |
 //! | `process_*` | | | CPU seconds, resident memory, open and max file descriptors, threads (`metrics-process`) |
 
 pub mod buckets;
@@ -53,6 +54,7 @@ pub const BYTES: &str = "ssegate_relayed_bytes_total";
 pub const EVENTS: &str = "ssegate_relayed_events_total";
 pub const KEEPALIVES: &str = "ssegate_keepalives_total";
 pub const TOKENS: &str = "ssegate_tokens_total";
+pub const TRACE_SPANS: &str = "ssegate_trace_spans_total";
 pub const OVERHEAD: &str = "ssegate_relay_overhead_seconds";
 pub const UPSTREAM_TTFB: &str = "ssegate_upstream_first_byte_seconds";
 pub const CLIENT_TTFB: &str = "ssegate_client_first_byte_seconds";
@@ -145,6 +147,10 @@ fn describe() {
     describe_counter!(EVENTS, "SSE events relayed");
     describe_counter!(KEEPALIVES, "Keep-alive comments sent");
     describe_counter!(TOKENS, "Tokens reported by the vendor's usage object");
+    describe_counter!(
+        TRACE_SPANS,
+        "Spans ended, exported and failed to export (traces on only)"
+    );
     describe_histogram!(
         OVERHEAD,
         Unit::Seconds,

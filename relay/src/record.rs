@@ -19,6 +19,8 @@ pub struct Record {
     tenant: Arc<str>,
     route: Arc<str>,
     trace_id: Arc<str>,
+    /// The vendor's own id for the stream (its `x-trace-id`), when it sent one.
+    vendor_trace_id: Option<Arc<str>>,
     started: Instant,
     /// The vendor's status and the attempts it took, once it answered.
     answer: Option<(u16, usize)>,
@@ -32,16 +34,17 @@ impl Record {
             tenant,
             route,
             trace_id,
+            vendor_trace_id: None,
             started,
             answer: None,
             written: false,
         }
     }
 
-    /// The vendor answered: its status, the attempts it took, and the trace id the stream goes by from now on.
-    pub fn answered(&mut self, status: u16, attempts: usize, trace_id: Arc<str>) {
+    /// The vendor answered: its status, the attempts it took, and its own id for the stream, if any.
+    pub fn answered(&mut self, status: u16, attempts: usize, vendor_trace_id: Option<Arc<str>>) {
         self.answer = Some((status, attempts));
-        self.trace_id = trace_id;
+        self.vendor_trace_id = vendor_trace_id;
     }
 
     /// Whose request this is.
@@ -82,6 +85,7 @@ impl Record {
                     tenant = %self.tenant,
                     route = %self.route,
                     trace_id = %self.trace_id,
+                    vendor_trace_id = self.vendor_trace_id.as_deref().map(tracing::field::display),
                     status,
                     outcome,
                     error,

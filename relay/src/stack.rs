@@ -1,8 +1,9 @@
 //! The composition root: the request path's stages, in order, each in its own module. Nothing imports this module
 //! but the crate root; it imports them all.
 //!
-//! 1. trace id ([`crate::trace`]): a fresh id names the request in every log line and the `x-trace-id` header;
-//! 2. route ([`crate::route`]): `GET /healthz`, a configured route (`POST`), or 404/405;
+//! 1. route ([`crate::route`]): `GET /healthz`, a configured route (`POST`), or 404/405;
+//! 2. trace ([`crate::trace`]): the trace id (the client's `traceparent`'s, or fresh) names the request in every
+//!    log line; the request span (named after the route) and, once the body is read, the vendor call's span;
 //! 3. authenticate ([`crate::auth`]) → the tenant, or 401;
 //! 4. limits ([`crate::limit`]) → a permit held until the stream ends, or 503/429;
 //! 5. read the request body, bounded ([`crate::body`]) → 413 before reading when `Content-Length` says so;
@@ -21,7 +22,7 @@ mod tests;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -40,7 +41,9 @@ use crate::route::{Routed, route};
 use crate::server::{ConnState, Handler};
 use crate::sse::EventScanner;
 use crate::tap::{AddedDelay, End, OnEnd, Seen, TapBody, TapParts, Timers};
-use crate::trace::{TRACE_ID, new_trace_id, upstream_trace_id};
+use crate::trace::{
+    RequestTrace, StreamSpans, TRACE_ID, exporting, new_trace_id, request_model, upstream_trace_id,
+};
 use crate::upstream::Upstream;
 
 /// Body of every relay response: a tapped upstream body or a small complete one.
@@ -82,6 +85,8 @@ impl Handler for Relay {
 /// slots.
 pub struct StreamEnd {
     record: Record,
+    /// The request's and the vendor call's spans, when traces are on: they end with the stream.
+    spans: Option<StreamSpans>,
     conn: Arc<ConnState>,
     meters: RouteMeters,
     /// When the request started and when the vendor request was sent.
@@ -109,6 +114,9 @@ impl OnEnd for StreamEnd {
         }
         let kind = end.kind(write_timed_out, seen.first_byte.is_some());
         m.stream_ended(kind, end.class(), self.started.elapsed().as_secs_f64());
+        if let Some(spans) = self.spans {
+            spans.ended(&end, kind, &seen);
+        }
         self.record.stream_ended(&end, write_timed_out, &seen);
     }
 }
@@ -167,27 +175,26 @@ impl Relay {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let trace_id = new_trace_id();
-        let span = tracing::info_span!(
-            "request",
-            trace_id = %trace_id,
-            tenant = tracing::field::Empty,
-            method = %req.method(),
-            path = req.uri().path()
-        );
+        let routed = route(req.method(), req.uri().path(), &self.config.routes);
+        let route_name = match routed {
+            Ok(Routed::Route(index)) => Some(&*self.route_names[index]),
+            _ => None,
+        };
+        let trace = RequestTrace::start(req.method(), route_name, req.uri().path(), req.headers());
+        let span = trace.span.clone();
         async {
-            let routed = route(req.method(), req.uri().path(), &self.config.routes);
             let mut tenant = None;
             let (meters, result) = match routed {
                 Ok(Routed::Health) => return complete(json_ok()),
                 Ok(Routed::Route(index)) => {
-                    let forwarded = self.forward(index, req, &trace_id, conn, &mut tenant);
+                    let forwarded = self.forward(index, req, &trace, conn, &mut tenant);
                     (Some(&self.meters[index]), forwarded.await)
                 }
                 Err(e) => (None, Err(e.into())),
             };
-            let res = result.unwrap_or_else(|e| complete(respond(&e, &trace_id)));
+            let res = result.unwrap_or_else(|e| complete(respond(&e, &trace.id)));
             let (tenant, status) = (tenant.as_deref().unwrap_or("none"), res.status().as_u16());
+            trace.responded(status);
             match meters {
                 Some(m) => m.request(tenant, status),
                 None => crate::metrics::request("none", tenant, status),
@@ -202,7 +209,7 @@ impl Relay {
         &self,
         index: usize,
         req: Request<B>,
-        trace_id: &str,
+        trace: &RequestTrace,
         conn: Arc<ConnState>,
         tenant: &mut Option<Arc<str>>,
     ) -> Result<Response<RelayBody>, RelayError>
@@ -213,13 +220,21 @@ impl Relay {
         let started = Instant::now();
         let route = &self.config.routes[index];
         let principal = authenticate(req.headers(), &self.config.clients)?;
-        tracing::Span::current().record("tenant", &*principal.tenant);
+        trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
         let permit = self.limiter.acquire(&principal.tenant)?;
         let (parts, body) = req.into_parts();
         let body = read_body(&parts.headers, body, self.config.max_request_body_bytes).await?;
+        let model = exporting().then(|| request_model(&body)).flatten();
+        let system = &route.gen_ai_system;
+        trace.gen_ai(system, model.as_deref());
         let name = self.route_names[index].clone();
-        let mut record = Record::open(principal.tenant, name, Arc::from(trace_id), started);
+        let mut record = Record::open(principal.tenant, name, trace.id.clone(), started);
+        let vendor = trace.vendor_span(system, model.as_deref(), &route.targets[0].upstream);
+        let mut extra = HeaderMap::new();
+        if route.propagate_trace {
+            trace.propagate(&vendor, &mut extra);
+        }
         let deadline = started + route.first_byte_timeout;
         let meters = &self.meters[index];
         let called = Instant::now();
@@ -227,29 +242,34 @@ impl Relay {
             .overhead
             .record(called.duration_since(started).as_secs_f64());
         let answer = self.upstreams[index]
-            .call(route, meters, &parts.headers, body, deadline)
+            .call(route, meters, &parts.headers, &extra, body, deadline)
+            .instrument(vendor.clone())
             .await;
         let (upstream, attempts) = match answer {
             Ok(answer) => answer,
             Err(e) => {
+                RequestTrace::refused(&vendor, e.kind());
                 record.refused();
                 return Err(e.into());
             }
         };
-        let trace_id: Arc<str> =
-            upstream_trace_id(upstream.headers()).map_or_else(|| Arc::from(trace_id), Arc::from);
-        tracing::Span::current().record("trace_id", &*trace_id);
-        record.answered(upstream.status().as_u16(), attempts, trace_id.clone());
+        let status = upstream.status().as_u16();
+        let vendor_id = upstream_trace_id(upstream.headers()).map(Arc::<str>::from);
+        trace.answered(&vendor, status, attempts, vendor_id.as_deref());
+        record.answered(status, attempts, vendor_id.clone());
+        // The client sees the vendor's id when there is one: the id the vendor's support knows the stream by.
+        let shown_id = vendor_id.unwrap_or_else(|| trace.id.clone());
         meters.in_flight.increment(1.0);
         let on_end = StreamEnd {
             record,
+            spans: StreamSpans::new(trace, vendor),
             conn,
             meters: meters.clone(),
             started,
             called,
             _permit: permit,
         };
-        Ok(self.stream_back(route, upstream, started, trace_id, on_end))
+        Ok(self.stream_back(route, upstream, started, shown_id, on_end))
     }
 
     /// Stage 7: the vendor's status and allowed headers, and its body behind the tap.

@@ -114,11 +114,13 @@ impl Upstream {
     /// Calls the route's endpoints in order until one answers with something other than a connect error, 429 or
     /// 5xx, or the attempts run out (the last answer is then passed on). A head timeout is not retried: that vendor
     /// may still be generating, and a second call would be paid twice. Returns the answer and the attempts it took.
+    /// `trace`: the trace context headers the route sends (empty unless `propagate_trace`).
     pub async fn call(
         &self,
         route: &Route,
         meters: &RouteMeters,
         inbound: &HeaderMap,
+        trace: &HeaderMap,
         body: Bytes,
         deadline: Instant,
     ) -> Result<(Response<Incoming>, usize), UpstreamError> {
@@ -127,7 +129,10 @@ impl Upstream {
             let target = &route.targets[attempt];
             attempt += 1;
             let last = attempt >= route.max_attempts;
-            let req = build_request(route, target, inbound, body.clone());
+            let mut req = build_request(route, target, inbound, body.clone());
+            for (name, value) in trace {
+                req.headers_mut().insert(name.clone(), value.clone());
+            }
             match self.send(req, deadline).await {
                 Ok(res) => {
                     let status = res.status();

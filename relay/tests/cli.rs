@@ -113,6 +113,21 @@ fn invalid_config_exits_64_naming_the_field() {
             "routes[0].secret",
         ),
         ("syntax", "listen = ".to_owned(), "TOML"),
+        (
+            "adminparse",
+            valid("admin_listen = \"nowhere\""),
+            "admin_listen",
+        ),
+        (
+            "adminsame",
+            valid("admin_listen = \"127.0.0.1:8080\""),
+            "admin_listen",
+        ),
+        (
+            "otlp",
+            valid("[otel]\nendpoint = \"collector:4318\""),
+            "otel.endpoint",
+        ),
     ];
     for (name, body, expect) in cases {
         let (_dir, path) = write_config(&body);
@@ -136,6 +151,21 @@ fn environment_override_errors_exit_64_too() {
     let (out, stderr) = run(&mut cmd);
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr.contains("RELAY_MAX_REQUEST_BODY_BYTES"), "{stderr}");
+}
+
+#[test]
+fn an_otlp_endpoint_from_the_environment_that_is_not_a_url_exits_64() {
+    let (_dir, path) = write_config(&valid(""));
+    let mut cmd = relay();
+    cmd.arg("--config")
+        .arg(&path)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318");
+    let (out, stderr) = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && stderr.contains("otel.endpoint"),
+        "{stderr}"
+    );
 }
 
 #[test]

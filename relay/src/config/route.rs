@@ -44,6 +44,13 @@ pub struct RawRoute {
     /// Request headers to forward besides the defaults; a trailing `*` matches a prefix (`x-mock-*`).
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// Send the vendor a W3C `traceparent` (and `tracestate`) naming the relay's span. Off by default: a
+    /// third-party vendor has no use for your trace ids.
+    #[serde(default)]
+    pub propagate_trace: bool,
+    /// The vendor's name in traces (`gen_ai.system`): `openai`, `anthropic`, `az.ai.openai`, ...
+    #[serde(default = "default_gen_ai_system")]
+    pub gen_ai_system: String,
 }
 
 /// A `[[routes.failover]]` entry: another endpoint, with its own key.
@@ -69,6 +76,9 @@ fn default_total_ms() -> u64 {
 }
 fn default_keepalive_ms() -> u64 {
     15_000
+}
+fn default_gen_ai_system() -> String {
+    "openai".into()
 }
 fn default_max_event() -> usize {
     8 << 20
@@ -127,6 +137,9 @@ pub struct Route {
     pub max_event_bytes: usize,
     /// Lower-case extra header names or `prefix*` patterns allowed upstream.
     pub forward_headers: Vec<String>,
+    /// Whether the vendor request carries `traceparent`/`tracestate`.
+    pub propagate_trace: bool,
+    pub gen_ai_system: String,
 }
 
 pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
@@ -175,6 +188,14 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
             ));
         }
     }
+    let system = &r.gen_ai_system;
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if system.is_empty() || system.len() > 64 || !system.chars().all(name_char) {
+        return Err(field(
+            at("gen_ai_system"),
+            "must be 1 to 64 letters, digits, `.`, `_` or `-` (`openai`, `anthropic`, ...)",
+        ));
+    }
     if r.max_event_bytes < 1024 {
         return Err(field(at("max_event_bytes"), "must be at least 1024"));
     }
@@ -190,6 +211,8 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
         terminal_event: r.terminal_event.clone(),
         max_event_bytes: r.max_event_bytes,
         forward_headers: validate_forward(&at("forward_headers"), &r.forward_headers)?,
+        propagate_trace: r.propagate_trace,
+        gen_ai_system: r.gen_ai_system.clone(),
     })
 }
 
