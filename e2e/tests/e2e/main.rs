@@ -14,3 +14,4 @@ mod paths;
 mod prometheus;
 mod stack;
 mod support;
+mod traces;

@@ -54,6 +54,15 @@ impl Stack {
 
 /// mock + relay (+ nginx); `None` when nginx is wanted but not installed (and not required).
 pub async fn stack(front: Front, options: Options) -> Result<Option<Stack>> {
+    stack_env(front, options, &[]).await
+}
+
+/// As [`stack`], with more environment variables for the relay.
+pub async fn stack_env(
+    front: Front,
+    options: Options,
+    env: &[(&str, &str)],
+) -> Result<Option<Stack>> {
     let nginx_bin = match front {
         Front::Nginx => match nginx::available() {
             Some(b) => Some(b),
@@ -63,7 +72,7 @@ pub async fn stack(front: Front, options: Options) -> Result<Option<Stack>> {
     };
     let mock = start_mock().await?;
     let (top, route) = (options.relay_top, options.relay_route);
-    let relay = start_relay(mock.addr, top, route, options.relay_log).await?;
+    let relay = start_relay_env(mock.addr, top, route, options.relay_log, env).await?;
     let nginx = match nginx_bin {
         Some(bin) => {
             let opts = nginx::Options {

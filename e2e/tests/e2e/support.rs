@@ -18,8 +18,15 @@ pub async fn start_mock() -> Result<Proc> {
     mock_upstream::testkit::proc::start_mock(VENDOR_KEY).await
 }
 
-/// The relay binary for a mock at `mock`, with extra `top` and `route` config lines and `RUST_LOG` set to `log`.
-pub async fn start_relay(mock: SocketAddr, top: &str, route: &str, log: &str) -> Result<Proc> {
+/// The relay binary for a mock at `mock`, with extra `top` and `route` config lines, `RUST_LOG` set to `log` and
+/// more environment variables.
+pub async fn start_relay_env(
+    mock: SocketAddr,
+    top: &str,
+    route: &str,
+    log: &str,
+    env: &[(&str, &str)],
+) -> Result<Proc> {
     let top = format!("{top}\n[audit]\nenabled = true\nmax_text_bytes = 65536");
     let config = mock_upstream::relay_config(&mock_upstream::RelayToml {
         mock,
@@ -29,7 +36,8 @@ pub async fn start_relay(mock: SocketAddr, top: &str, route: &str, log: &str) ->
         secret_env: VENDOR_KEY_VAR,
         route,
     });
-    mock_upstream::testkit::proc::start_relay(&config, &[(VENDOR_KEY_VAR, VENDOR_KEY)], log).await
+    let env = [&[(VENDOR_KEY_VAR, VENDOR_KEY)], env].concat();
+    mock_upstream::testkit::proc::start_relay(&config, &env, log).await
 }
 
 /// Sends `rb` and reads the response to its end; its status.
