@@ -1,4 +1,5 @@
-//! The two vendor wire formats the mock speaks: OpenAI chat completions and the blog post's `send-message` API.
+//! The vendor wire formats the mock speaks: OpenAI chat completions, OpenAI's Responses API, and the blog post's
+//! `send-message` API.
 //!
 //! A dialect only formats bytes; timing, splitting and faults live in [`crate::stream`].
 
@@ -17,6 +18,9 @@ pub enum Dialect {
     OpenAi { include_usage: bool },
     /// `POST /api/send-message`: `data: {"type":"delta","text":…}` events, then `event: done`.
     SendMessage,
+    /// `POST /v1/responses`: typed events (`response.created`, `response.output_text.delta`, …), ending with
+    /// `event: response.completed` (which carries the usage).
+    Responses,
 }
 
 /// Wall-clock nanoseconds since the Unix epoch, the clock both ends of a one-way delay measurement share.
@@ -81,6 +85,19 @@ impl Dialect {
                 )
             }
             Dialect::SendMessage => format!("data: {}\n\n", json!({"type": "delta", "text": text})),
+            Dialect::Responses => {
+                let mut out = String::new();
+                if index == 0 {
+                    let created = json!({"type": "response.created", "sequence_number": 0,
+                                         "response": response(id, "in_progress", None, None)});
+                    out.push_str(&typed_event(&created));
+                }
+                let delta = json!({"type": "response.output_text.delta", "sequence_number": index + 1,
+                                   "item_id": format!("msg_{id}"), "output_index": 0, "content_index": 0,
+                                   "delta": text, "logprobs": []});
+                out.push_str(&typed_event(&delta));
+                out
+            }
         }
     }
 
@@ -100,8 +117,41 @@ impl Dialect {
                 out
             }
             Dialect::SendMessage => "event: done\ndata: {\"type\":\"done\"}\n\n".to_owned(),
+            Dialect::Responses => {
+                let done = json!({"type": "response.completed", "sequence_number": chunks + 1,
+                                  "response": response(id, "completed", None, Some(chunks))});
+                typed_event(&done)
+            }
         }
     }
+}
+
+/// A Responses API event: `event: <type>` and the JSON as `data`.
+fn typed_event(event: &serde_json::Value) -> String {
+    let kind = event["type"].as_str().unwrap_or_default();
+    format!("event: {kind}\ndata: {event}\n\n")
+}
+
+/// A Responses API `response` object; `text`: the whole answer (non-streaming), `chunks`: the usage to report.
+pub fn response(
+    id: &str,
+    status: &str,
+    text: Option<String>,
+    chunks: Option<u32>,
+) -> serde_json::Value {
+    let output = match text {
+        Some(t) => {
+            json!([{"type": "message", "id": format!("msg_{id}"), "role": "assistant", "status": "completed",
+                           "content": [{"type": "output_text", "text": t, "annotations": []}]}])
+        }
+        None => json!([]),
+    };
+    let usage = chunks.map(|c| {
+        json!({"input_tokens": 9, "output_tokens": c, "total_tokens": 9 + c,
+               "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}})
+    });
+    json!({"id": format!("resp_{id}"), "object": "response", "created_at": unix_nanos() / 1_000_000_000,
+           "status": status, "model": "mock-1", "output": output, "usage": usage})
 }
 
 /// Token counts the mock reports: one completion token per chunk, a fixed prompt.

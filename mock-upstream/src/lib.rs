@@ -55,6 +55,7 @@ pub fn app(api_key: String) -> (Router, Arc<routes::App>) {
     let router = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/api/send-message", post(routes::send_message))
+        .route("/v1/responses", post(routes::responses))
         .route("/stats", get(routes::stats))
         .route("/stats/wait", get(routes::wait_stats))
         .route("/streams/{trace_id}", get(routes::stream_record))
@@ -110,11 +111,12 @@ pub fn relay_config(t: &RelayToml<'_>) -> String {
         )
     };
     format!(
-        "{top}\n\n[[clients]]\ntenant = \"{tenant}\"\nkey_sha256 = \"{digest}\"\n\n{chat}{blog}",
+        "{top}\n\n[[clients]]\ntenant = \"{tenant}\"\nkey_sha256 = \"{digest}\"\n\n{chat}{blog}{responses}",
         top = t.top,
         tenant = t.tenant,
         digest = sha256_hex(t.client_key),
         chat = route("/v1/chat/completions", "bearer", "data: [DONE]"),
         blog = route("/api/send-message", "x-api-key", "event: done"),
+        responses = route("/v1/responses", "bearer", "event: response.completed"),
     )
 }

@@ -87,6 +87,10 @@ pub async fn chat_completions(
     .await
 }
 
+pub async fn responses(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    vendor(app, headers, body, "/v1/responses", KeyHeader::Bearer).await
+}
+
 pub async fn send_message(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -113,6 +117,19 @@ fn parse_body(path: &str, body: &[u8]) -> Result<Ask, &'static str> {
             dialect: Dialect::SendMessage,
         });
     }
+    let stream = v.get("stream").and_then(Value::as_bool) == Some(true);
+    if path == "/v1/responses" {
+        if !v
+            .get("input")
+            .is_some_and(|i| i.is_string() || i.is_array())
+        {
+            return Err("field `input` (string or array) is required");
+        }
+        return Ok(Ask {
+            stream,
+            dialect: Dialect::Responses,
+        });
+    }
     if !v.get("messages").is_some_and(Value::is_array) {
         return Err("field `messages` (array) is required");
     }
@@ -121,7 +138,7 @@ fn parse_body(path: &str, body: &[u8]) -> Result<Ask, &'static str> {
         .and_then(Value::as_bool)
         == Some(true);
     Ok(Ask {
-        stream: v.get("stream").and_then(Value::as_bool) == Some(true),
+        stream,
         dialect: Dialect::OpenAi { include_usage },
     })
 }
@@ -237,10 +254,15 @@ async fn answer(
         return (r, None);
     }
     if !ask.stream {
-        return (
-            Json(completion(id, script.chunks, script.chunk_bytes)).into_response(),
-            None,
-        );
+        let (chunks, bytes) = (script.chunks, script.chunk_bytes);
+        let answer = match ask.dialect {
+            Dialect::Responses => {
+                let text = crate::dialect::full_text(chunks, bytes);
+                crate::dialect::response(id, "completed", Some(text), Some(chunks))
+            }
+            _ => completion(id, chunks, bytes),
+        };
+        return (Json(answer).into_response(), None);
     }
     (StatusCode::OK.into_response(), Some((ask.dialect, script)))
 }

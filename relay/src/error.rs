@@ -24,6 +24,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Why a request failed before any upstream byte reached the client.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// A request head larger than `max_header_bytes` that arrived in one read (hyper refuses the others itself).
+    #[error("request head exceeds {limit} bytes")]
+    HeadTooLarge { limit: usize },
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
@@ -40,6 +43,7 @@ impl RelayError {
     /// A fixed, low-cardinality name for logs, metrics and the JSON `type` field.
     pub fn kind(&self) -> &'static str {
         match self {
+            RelayError::HeadTooLarge { .. } => "headers_too_large",
             RelayError::Route(RouteError::NotFound) => "not_found",
             RelayError::Route(RouteError::MethodNotAllowed) => "method_not_allowed",
             RelayError::Unauthorized(_) => "unauthorized",
@@ -59,6 +63,7 @@ impl RelayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            RelayError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RelayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
             RelayError::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
             RelayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

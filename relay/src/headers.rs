@@ -105,6 +105,24 @@ pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
+/// The size of a request head as sent in the usual form (`METHOD target HTTP/1.1`, `name: value` lines, CRLFs):
+/// what [`crate::config::ServerLimits::max_header_bytes`] limits. hyper enforces that limit only on a head it had
+/// to read in several parts (its buffer cap); a head that arrived in one read is measured here. Optional
+/// whitespace the parser dropped is not counted, so this never exceeds the bytes on the wire.
+pub fn head_len(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
+    let target = match (uri.scheme(), uri.path_and_query()) {
+        (None, Some(pq)) => pq.as_str().len(),
+        (None, None) => uri.authority().map_or(1, |a| a.as_str().len()),
+        (Some(_), _) => uri.to_string().len(),
+    };
+    let request_line = method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + 2)
+        .sum();
+    request_line + fields + 2
+}
+
 /// Whether a response is an event stream (`Content-Type: text/event-stream`, any parameters).
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
@@ -115,4 +133,19 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
                 .starts_with("text/event-stream")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_len_counts_the_usual_wire_form() {
+        let head = "POST /v1/chat/completions?a=1 HTTP/1.1\r\nhost: x\r\nx-pad: 0123456789\r\n\r\n";
+        let mut headers = HeaderMap::new();
+        headers.insert("host", http::HeaderValue::from_static("x"));
+        headers.insert("x-pad", http::HeaderValue::from_static("0123456789"));
+        let uri: http::Uri = "/v1/chat/completions?a=1".parse().unwrap_or_default();
+        assert_eq!(head_len(&http::Method::POST, &uri, &headers), head.len());
+    }
 }

@@ -69,7 +69,8 @@ impl Record {
 
     fn write(&mut self, outcome: &str, error: Option<&str>, seen: Option<&Seen>) {
         self.written = true;
-        let ms = |t: Instant| t.duration_since(self.started).as_secs_f64() * 1000.0;
+        // Milliseconds to the microsecond: `606.199`, not float noise like `606.1986919999999`.
+        let ms = |t: Instant| (t.duration_since(self.started).as_secs_f64() * 1e6).round() / 1e3;
         let ttfb_ms = seen.and_then(|s| s.first_byte).map(ms);
         let duration_ms = ms(Instant::now());
         let (status, attempts) = self.answer.unzip();

@@ -1,7 +1,8 @@
 //! The composition root: the request path's stages, in order, each in its own module. Nothing imports this module
 //! but the crate root; it imports them all.
 //!
-//! 1. route ([`crate::route`]): `GET /healthz`, a configured route (`POST`), or 404/405;
+//! 1. route ([`crate::route`]): `GET /healthz`, a configured route (`POST`), or 404/405; a head over
+//!    `max_header_bytes` that hyper read in one piece is 431 here ([`crate::headers::head_len`]);
 //! 2. trace ([`crate::trace`]): the trace id (the client's `traceparent`'s, or fresh) names the request in every
 //!    log line; the request span (named after the route) and, once the body is read, the vendor call's span;
 //! 3. authenticate ([`crate::auth`]) → the tenant, or 401;
@@ -12,7 +13,8 @@
 //!    response headers the header policy allows ([`crate::headers`]);
 //! 8. record the end of the stream, once ([`crate::record`]), through the tap's end-of-stream callback.
 //!
-//! Errors before the stream become responses in one place ([`crate::error::respond`]). The stages are plain
+//! Errors before the stream become responses in one place ([`crate::error::respond`]); when the request body was
+//! not read to its end, the rest is discarded (bounded) first and the answer closes the connection. The stages are plain
 //! functions rather than tower layers: each is small, ordered, and tested alone; [`Relay::handle_request`] is
 //! generic over the request body so the whole path can be driven without a socket.
 
@@ -31,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::authenticate;
-use crate::body::read_body;
+use crate::body::{discard, read_body};
 use crate::config::{Config, Route};
 use crate::error::{RelayError, json_response, respond};
+use crate::headers::head_len;
 use crate::limit::{Limiter, StreamPermit};
 use crate::metrics::RouteMeters;
 use crate::record::Record;
@@ -45,6 +48,11 @@ use crate::trace::{
     RequestTrace, StreamSpans, TRACE_ID, exporting, new_trace_id, request_model, upstream_trace_id,
 };
 use crate::upstream::Upstream;
+
+/// What a refused request's unread body may cost before the answer: twice `max_request_body_bytes` (so a body up to
+/// twice the limit still gets its 413), at most this many bytes, for at most [`DISCARD_TIME`].
+const DISCARD_MAX: u64 = 16 << 20;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Body of every relay response: a tapped upstream body or a small complete one.
 pub type RelayBody = Either<TapBody<Incoming, StreamEnd>, Full<Bytes>>;
@@ -172,27 +180,36 @@ impl Relay {
         conn: Arc<ConnState>,
     ) -> Response<RelayBody>
     where
-        B: Body,
+        B: Body + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let routed = route(req.method(), req.uri().path(), &self.config.routes);
+        let (parts, mut body) = req.into_parts();
+        let routed = route(&parts.method, parts.uri.path(), &self.config.routes);
         let route_name = match routed {
             Ok(Routed::Route(index)) => Some(&*self.route_names[index]),
             _ => None,
         };
-        let trace = RequestTrace::start(req.method(), route_name, req.uri().path(), req.headers());
+        let trace =
+            RequestTrace::start(&parts.method, route_name, parts.uri.path(), &parts.headers);
         let span = trace.span.clone();
+        let max_head = self.config.limits.max_header_bytes;
+        let head_too_large = head_len(&parts.method, &parts.uri, &parts.headers) > max_head;
         async {
             let mut tenant = None;
             let (meters, result) = match routed {
+                _ if head_too_large => (None, Err(RelayError::HeadTooLarge { limit: max_head })),
                 Ok(Routed::Health) => return complete(json_ok()),
                 Ok(Routed::Route(index)) => {
-                    let forwarded = self.forward(index, req, &trace, conn, &mut tenant);
+                    let forwarded =
+                        self.forward(index, &parts.headers, &mut body, &trace, conn, &mut tenant);
                     (Some(&self.meters[index]), forwarded.await)
                 }
                 Err(e) => (None, Err(e.into())),
             };
-            let res = result.unwrap_or_else(|e| complete(respond(&e, &trace.id)));
+            let res = match result {
+                Ok(res) => res,
+                Err(e) => complete(self.refuse(&e, &trace.id, &mut body).await),
+            };
             let (tenant, status) = (tenant.as_deref().unwrap_or("none"), res.status().as_u16());
             trace.responded(status);
             match meters {
@@ -205,26 +222,50 @@ impl Relay {
         .await
     }
 
+    /// The error answer. When the request body was not read to its end (refused before or while reading it), what
+    /// is left of it is read and dropped first, bounded ([`discard`]), and the answer closes the connection: a
+    /// client or proxy still sending gets the answer rather than a reset.
+    async fn refuse<B>(&self, e: &RelayError, trace_id: &str, body: &mut B) -> Response<Full<Bytes>>
+    where
+        B: Body + Unpin,
+    {
+        let unread = !body.is_end_stream();
+        if unread {
+            let max = self
+                .config
+                .max_request_body_bytes
+                .saturating_mul(2)
+                .min(DISCARD_MAX);
+            discard(body, max, DISCARD_TIME).await;
+        }
+        let mut res = respond(e, trace_id);
+        if unread {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+
     async fn forward<B>(
         &self,
         index: usize,
-        req: Request<B>,
+        headers: &HeaderMap,
+        body: &mut B,
         trace: &RequestTrace,
         conn: Arc<ConnState>,
         tenant: &mut Option<Arc<str>>,
     ) -> Result<Response<RelayBody>, RelayError>
     where
-        B: Body,
+        B: Body + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
         let route = &self.config.routes[index];
-        let principal = authenticate(req.headers(), &self.config.clients)?;
+        let principal = authenticate(headers, &self.config.clients)?;
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
         let permit = self.limiter.acquire(&principal.tenant)?;
-        let (parts, body) = req.into_parts();
-        let body = read_body(&parts.headers, body, self.config.max_request_body_bytes).await?;
+        let body = read_body(headers, body, self.config.max_request_body_bytes).await?;
         let model = exporting().then(|| request_model(&body)).flatten();
         let system = &route.gen_ai_system;
         trace.gen_ai(system, model.as_deref());
@@ -242,7 +283,7 @@ impl Relay {
             .overhead
             .record(called.duration_since(started).as_secs_f64());
         let answer = self.upstreams[index]
-            .call(route, meters, &parts.headers, &extra, body, deadline)
+            .call(route, meters, headers, &extra, body, deadline)
             .instrument(vendor.clone())
             .await;
         let (upstream, attempts) = match answer {

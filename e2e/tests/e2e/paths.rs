@@ -33,6 +33,7 @@ macro_rules! on_both_paths {
 }
 
 on_both_paths!(
+    oversize_bodies_get_the_relays_413,
     frames_arrive_incrementally_and_unchanged,
     wrong_client_key_is_401_and_costs_nothing,
     keys_never_cross,
@@ -133,6 +134,42 @@ async fn keys_never_cross(s: Stack) -> Result<()> {
     Ok(())
 }
 
+/// Bodies from just over `max_request_body_bytes` (1 MiB) to twice it get the relay's JSON 413 on every try, with a
+/// declared length or chunked, also through nginx (which streams request bodies to the relay and would answer 502
+/// if the relay closed on a body still arriving). None reaches the vendor.
+async fn oversize_bodies_get_the_relays_413(s: Stack) -> Result<()> {
+    let limit = 1usize << 20;
+    let url = format!("{}/v1/chat/completions", s.base());
+    for size in [limit + 1, limit + 100_000, limit * 3 / 2, 2 * limit] {
+        for chunked in [false, true] {
+            for _ in 0..3 {
+                let body = if chunked {
+                    let pieces = vec![b'a'; size]
+                        .chunks(64 << 10)
+                        .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                        .collect::<Vec<_>>();
+                    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+                } else {
+                    reqwest::Body::from(vec![b'a'; size])
+                };
+                let res = client()
+                    .post(&url)
+                    .bearer_auth(CLIENT_KEY)
+                    .body(body)
+                    .send()
+                    .await?;
+                let what = format!("{size} bytes, chunked: {chunked}");
+                assert_eq!(res.status(), 413, "{what}");
+                assert_eq!(res.headers()["content-type"], "application/json", "{what}");
+                let v: serde_json::Value = res.json().await?;
+                assert_eq!(v["error"]["type"], "payload_too_large", "{what}");
+            }
+        }
+    }
+    assert_eq!(mock_stats(&s.mock).await?["requests"], 0);
+    Ok(())
+}
+
 async fn vendor_errors_pass_through(s: Stack) -> Result<()> {
     for code in [429u16, 500] {
         let res = chat(
@@ -204,6 +241,16 @@ async fn audit_line_is_right_and_logs_hold_no_secret(s: Stack) -> Result<()> {
         assert!(line.contains(field), "audit line lacks {field}: {line}");
     }
     assert!(line.contains(&format!("bytes={}", relayed.len())), "{line}");
+    for field in ["ttfb_ms=", "duration_ms="] {
+        let value = line.split(field).nth(1).and_then(|v| v.split(' ').next());
+        let decimals = value
+            .and_then(|v| v.split_once('.'))
+            .map_or(0, |(_, d)| d.len());
+        assert!(
+            decimals <= 3,
+            "{field} to the microsecond, not float noise: {line}"
+        );
+    }
     assert!(
         !line.contains('\u{FFFD}'),
         "a character split across frames was mangled: {line}"

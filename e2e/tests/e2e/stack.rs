@@ -85,3 +85,44 @@ pub async fn stack_env(
     };
     Ok(Some(Stack { mock, relay, nginx }))
 }
+
+/// Whether `pid` still runs (a zombie waiting to be reaped does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+/// Dropping a stack stops every process it started: mock, relay, the nginx master and its workers.
+#[tokio::test]
+async fn nothing_outlives_its_stack() -> Result<()> {
+    let Some(s) = stack(Front::Nginx, Options::default()).await? else {
+        return Ok(());
+    };
+    assert_eq!(drain(chat(&s.base(), CLIENT_KEY, &[])).await?, 200);
+    let nginx = s.nginx.as_ref().map(|n| n.pids()).unwrap_or_default();
+    assert!(
+        nginx.len() >= 2,
+        "the nginx master and its workers: {nginx:?}"
+    );
+    let pids: Vec<u32> = [s.mock.pid(), s.relay.pid()]
+        .into_iter()
+        .flatten()
+        .chain(nginx)
+        .collect();
+    assert!(pids.iter().all(|&p| running(p)));
+    drop(s);
+    // The mock's and relay's handles kill on drop and tokio reaps them in the background: wait for that (5 s
+    // at most); nginx's master has already exited, its workers before it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pids.iter().any(|&p| running(p)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let alive: Vec<u32> = pids.into_iter().filter(|&p| running(p)).collect();
+    assert!(
+        alive.is_empty(),
+        "still running after the stack was dropped: {alive:?}"
+    );
+    Ok(())
+}

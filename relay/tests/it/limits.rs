@@ -84,6 +84,79 @@ async fn oversized_request_heads_are_431() {
     assert_eq!(mock.app.stats.counters().requests, 0);
 }
 
+/// How a test client writes a request.
+#[derive(Clone, Copy, Debug)]
+enum Pattern {
+    Burst,
+    Pieces(usize),
+}
+
+/// Sends a request head of exactly `size` bytes (padded with an `x-pad` header, no client key) plus a two-byte
+/// body, written as `pattern` says; returns the status the relay answered with.
+async fn status_for_head(addr: std::net::SocketAddr, size: usize, pattern: Pattern) -> u16 {
+    let start = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nx-pad: ";
+    let end = "\r\n\r\n";
+    let pad = "a".repeat(size - start.len() - end.len());
+    let request = format!("{start}{pad}{end}{{}}").into_bytes();
+    assert_eq!(request.len(), size + 2);
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut read, mut write) = stream.into_split();
+    // The writer may be cut off by an early 431; the answer is read meanwhile.
+    let writer = tokio::spawn(async move {
+        let piece = match pattern {
+            Pattern::Burst => request.len(),
+            Pattern::Pieces(n) => n,
+        };
+        for chunk in request.chunks(piece) {
+            if write.write_all(chunk).await.is_err() {
+                return;
+            }
+            // Pieces are paced so that the relay reads them apart; single bytes go as fast as the socket takes them.
+            if piece > 1 && piece < request.len() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let _ = write.flush().await;
+        std::future::pending::<()>().await;
+    });
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            other => panic!("no answer to a {size}-byte head ({pattern:?}): {other:?}"),
+        }
+    }
+    writer.abort();
+    let line = String::from_utf8_lossy(&head);
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn request_heads_over_the_limit_are_431_however_they_arrive() {
+    let mock = start_mock().await;
+    // The default limit: hyper's buffer grows in steps toward it, so one read can take a whole head beyond it.
+    let limit = 65536;
+    let relay = start_relay(config(&mock.addr.to_string(), "")).await;
+    for size in [limit - 1, limit, limit + 1, 80_000] {
+        for pattern in [
+            Pattern::Burst,
+            Pattern::Pieces(4096),
+            Pattern::Pieces(1000),
+            Pattern::Pieces(1),
+        ] {
+            let status = status_for_head(relay.addr, size, pattern).await;
+            let want = if size > limit { 431 } else { 401 };
+            assert_eq!(status, want, "a {size}-byte head written as {pattern:?}");
+        }
+    }
+    assert_eq!(mock.app.stats.counters().requests, 0);
+}
+
 #[tokio::test]
 async fn total_stream_cap_is_503_and_released_when_a_stream_ends() {
     let mock = start_mock().await;

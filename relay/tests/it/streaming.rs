@@ -88,6 +88,43 @@ async fn blog_post_route_uses_x_api_key() {
     );
 }
 
+/// OpenAI's Responses API (`client.responses.create(stream=True)`) is relayed by a route configured for
+/// `/v1/responses`: typed events, byte for byte, complete once `event: response.completed` has passed.
+#[tokio::test]
+async fn the_responses_api_streams_through_a_configured_route() {
+    let mock = start_mock().await;
+    let relay = start_relay(config(&mock.addr.to_string(), "")).await;
+    let res = client()
+        .post(relay.url("/v1/responses"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-chunks", "4")
+        .json(&serde_json::json!({"model": "mock-1", "input": "你好", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let trace_id = res.headers()["x-trace-id"].to_str().unwrap().to_owned();
+    let body = res.bytes().await.unwrap();
+    let record = mock.app.stats.find(&trace_id).unwrap();
+    assert_eq!(
+        record.sha256,
+        sha256_hex(&body),
+        "client bytes differ from what the vendor sent"
+    );
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.starts_with("event: response.created\n"), "{text}");
+    assert_eq!(
+        text.matches("event: response.output_text.delta\n").count(),
+        4
+    );
+    let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    assert!(last.starts_with("event: response.completed\n"), "{last}");
+}
+
 #[tokio::test]
 async fn non_streaming_completion_passes_through() {
     let mock = start_mock().await;
