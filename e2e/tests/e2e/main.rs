@@ -10,6 +10,7 @@
 mod admin;
 mod demo;
 mod faults;
+mod openai_sdk;
 mod paths;
 mod prometheus;
 mod stack;

@@ -115,8 +115,8 @@ async fn nothing_outlives_its_stack() -> Result<()> {
     drop(s);
     // The mock's and relay's handles kill on drop and tokio reaps them in the background: wait for that (5 s
     // at most); nginx's master has already exited, its workers before it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while pids.iter().any(|&p| running(p)) && std::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pids.iter().any(|&p| running(p)) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let alive: Vec<u32> = pids.into_iter().filter(|&p| running(p)).collect();

@@ -1,0 +1,166 @@
+//! The official `openai` Python SDK through the relay, directly and through nginx: sync and async streams (with
+//! `include_usage`), a wrong key as `AuthenticationError`, `stream.close()` cancelling the vendor, and the Responses
+//! API. The SDK lives in a virtual environment made once under `target/e2e-venv` (`pip install openai==…`); the
+//! script is `openai_sdk.py` beside this file. With `SSEGATE_REQUIRE_PYTHON=1` (`.ci/run`) a missing Python or
+//! package fails the test; otherwise the test says why it skips.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use mock_upstream::testkit::proc::installed;
+use tokio::sync::OnceCell;
+
+use crate::stack::{Front, Options, stack};
+use crate::support::*;
+
+/// The SDK version the test installs (the newest on PyPI when it was written).
+const OPENAI: &str = "3.57.0";
+const REQUIRE: &str = "SSEGATE_REQUIRE_PYTHON";
+
+static PYTHON: OnceCell<Option<PathBuf>> = OnceCell::const_new();
+
+/// The virtual environment's interpreter, with the SDK installed; `None` to skip.
+async fn sdk_python() -> Result<Option<PathBuf>> {
+    PYTHON
+        .get_or_try_init(|| async { tokio::task::spawn_blocking(prepare).await? })
+        .await
+        .cloned()
+}
+
+fn prepare() -> Result<Option<PathBuf>> {
+    let Some(python) = installed("python3", REQUIRE, "python3-venv") else {
+        return Ok(None);
+    };
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-venv");
+    let py = venv.join("bin/python");
+    let check = format!("import sys, openai; sys.exit(openai.__version__ != '{OPENAI}')");
+    let ready = |py: &Path| {
+        Command::new(py)
+            .args(["-c", &check])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&py) {
+        return Ok(Some(py));
+    }
+    let steps: [(&Path, Vec<&str>); 2] = [
+        (&python, vec!["-m", "venv", "--clear"]),
+        (
+            &py,
+            vec!["-m", "pip", "install", "-q", "--disable-pip-version-check"],
+        ),
+    ];
+    for (i, (program, args)) in steps.iter().enumerate() {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        if i == 0 {
+            cmd.arg(&venv);
+        } else {
+            cmd.arg(format!("openai=={OPENAI}"));
+        }
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", program.display()))?;
+        if !out.status.success() {
+            let why = format!(
+                "cannot set up the openai SDK ({} {}): {}",
+                program.display(),
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if std::env::var(REQUIRE).as_deref() == Ok("1") {
+                bail!("{why}");
+            }
+            eprintln!("skipping: {why}");
+            return Ok(None);
+        }
+    }
+    Ok(Some(py))
+}
+
+fn numbers(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+async fn the_openai_sdk_streams_through(front: Front) -> Result<()> {
+    let Some(python) = sdk_python().await? else {
+        return Ok(());
+    };
+    let Some(s) = stack(front, Options::default()).await? else {
+        return Ok(());
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/openai_sdk.py");
+    let run = tokio::process::Command::new(python)
+        .arg(script)
+        .env("SSEGATE_BASE", format!("{}/v1", s.base()))
+        .env("SSEGATE_KEY", CLIENT_KEY)
+        .env("SSEGATE_MOCK", s.mock.url(""))
+        // Loopback only: no proxy from the environment.
+        .env("NO_PROXY", "*")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .context("the SDK script ran for more than 60 s")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK script failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))?;
+    assert_eq!(v["version"], OPENAI);
+
+    // Sync, with include_usage: eight chunks spread over time (60 ms apart at the vendor), then the usage.
+    let arrivals = numbers(&v["sync"]["arrivals_ms"]);
+    assert_eq!(arrivals.len(), 8, "{v}");
+    let spread = arrivals[7] - arrivals[0];
+    assert!(
+        spread > 200.0,
+        "the chunks came in one burst ({spread:.0} ms apart): buffered"
+    );
+    let text = v["sync"]["text"].as_str().unwrap_or_default();
+    assert!(!text.is_empty() && !text.contains('\u{FFFD}'), "{text:?}");
+    assert_eq!(v["sync"]["usage"]["completion_tokens"], 8);
+    assert_eq!(v["sync"]["usage"]["prompt_tokens"], 9);
+
+    assert_eq!(v["async"]["chunks"], 8);
+    assert_eq!(v["async"]["text"], text);
+
+    assert_eq!(v["wrong_key"]["error"], "AuthenticationError", "{v}");
+    assert_eq!(v["wrong_key"]["status"], 401);
+
+    assert_eq!(v["close"]["read"], 3);
+    assert_eq!(
+        v["close"]["cancelled"], true,
+        "stream.close() did not cancel the vendor"
+    );
+
+    let types: Vec<&str> = v["responses"]["types"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(types.first(), Some(&"response.created"), "{types:?}");
+    assert_eq!(types.last(), Some(&"response.completed"), "{types:?}");
+    let deltas = types
+        .iter()
+        .filter(|t| **t == "response.output_text.delta")
+        .count();
+    assert_eq!(deltas, 8);
+    assert_eq!(v["responses"]["text"], text);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_openai_sdk_streams_through_the_relay() -> Result<()> {
+    the_openai_sdk_streams_through(Front::Relay).await
+}
+
+#[tokio::test]
+async fn the_openai_sdk_streams_through_nginx() -> Result<()> {
+    the_openai_sdk_streams_through(Front::Nginx).await
+}
