@@ -26,6 +26,9 @@ pub const DEMO_KEY: &str = "demo-key";
 
 const PAGE: &str = include_str!("demo/page.html");
 
+/// Where the demo's mock vendor listens, once started.
+static MOCK: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -48,6 +51,7 @@ pub async fn start(
     const VENDOR_KEY_VAR: &str = "SSEGATE_DEMO_VENDOR_KEY";
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mock = listener.local_addr()?;
+    let _ = MOCK.set(mock);
     tracker.spawn(async move {
         let stopped = async move { shutdown.cancelled().await };
         if let Err(e) = mock_upstream::serve(listener, VENDOR_KEY.to_owned(), stopped).await {
@@ -74,8 +78,13 @@ pub async fn start(_: &TaskTracker, _: CancellationToken) -> Result<Config, Demo
 
 /// What to paste into a terminal to watch a stream.
 pub fn instructions(addr: std::net::SocketAddr) -> String {
+    let mock = MOCK.get().map_or_else(String::new, |m| {
+        format!(
+            "The mock vendor is at http://{m} (GET /stats: what it sent and what was cancelled).\n"
+        )
+    });
     format!(
-        "ssegate demo is up.\n\
+        "ssegate demo is up.\n{mock}\
          Open http://{addr}/ in a browser, or stream an answer in a terminal:\n\n\
          curl -N http://{addr}/v1/chat/completions \\\n  \
          -H 'authorization: Bearer {DEMO_KEY}' -H 'content-type: application/json' \\\n  \

@@ -8,6 +8,7 @@
 )]
 
 mod admin;
+mod browser;
 mod demo;
 mod faults;
 mod openai_sdk;
