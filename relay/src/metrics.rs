@@ -407,9 +407,19 @@ pub fn request(route: &'static str, tenant: &str, status: u16) {
         .increment(1);
 }
 
-/// The configured limits, for alerts that compare against them.
+/// The configured limits, for alerts that compare against them; also registers the rejection reasons, so that
+/// `/metrics` shows them at 0 from the start.
 pub fn limits(max_streams: u32) {
     gauge!(MAX_STREAMS).set(f64::from(max_streams));
+    if enabled() {
+        rejections();
+    }
+}
+
+/// One counter per known rejection reason, registered on first use.
+fn rejections() -> &'static Known {
+    static KNOWN: OnceLock<Known> = OnceLock::new();
+    KNOWN.get_or_init(|| Known::new(|r| counter!(REJECTIONS, "reason" => r), REJECTION_REASONS))
 }
 
 /// A request refused before any vendor call.
@@ -417,10 +427,7 @@ pub fn rejected(reason: &'static str) {
     if !enabled() {
         return;
     }
-    static KNOWN: OnceLock<Known> = OnceLock::new();
-    let known = KNOWN
-        .get_or_init(|| Known::new(|r| counter!(REJECTIONS, "reason" => r), REJECTION_REASONS));
-    match known.get(reason) {
+    match rejections().get(reason) {
         Some(c) => c.increment(1),
         None => counter!(REJECTIONS, "reason" => reason).increment(1),
     }

@@ -36,6 +36,13 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
     let get = |path: &str| client().get(format!("{admin}{path}")).send();
     assert_eq!(get("/healthz").await?.status(), 200);
     assert_eq!(get("/readyz").await?.status(), 200);
+    // Every known label value is there from the start, at 0: rate() has a series before the first event.
+    let fresh = get("/metrics").await?.text().await?;
+    for reason in ["unauthorized", "payload_too_large", "headers_too_large"] {
+        let want = [format!("reason=\"{reason}\"")];
+        let wanted: Vec<&str> = want.iter().map(String::as_str).collect();
+        assert_eq!(sample(&fresh, "ssegate_rejections_total", &wanted), Some(0.0), "{reason}");
+    }
 
     let base = s.base();
     let complete = receive(chat_with_usage(&base, &[("x-mock-chunks", "5")])).await?;
