@@ -8,8 +8,6 @@
 
 mod error;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -79,8 +77,11 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        // Bounded both ways: at most `max_idle_connections` idle connections per vendor host (more are closed as
+        // they come back), each closed after `pool_idle_timeout`.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(route.pool_idle_timeout)
+            .pool_max_idle_per_host(route.max_idle_connections)
             .http1_max_buf_size(UPSTREAM_BUF)
             .build(https);
         Self { client }

@@ -41,7 +41,11 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
     for reason in ["unauthorized", "payload_too_large", "headers_too_large"] {
         let want = [format!("reason=\"{reason}\"")];
         let wanted: Vec<&str> = want.iter().map(String::as_str).collect();
-        assert_eq!(sample(&fresh, "ssegate_rejections_total", &wanted), Some(0.0), "{reason}");
+        assert_eq!(
+            sample(&fresh, "ssegate_rejections_total", &wanted),
+            Some(0.0),
+            "{reason}"
+        );
     }
 
     let base = s.base();

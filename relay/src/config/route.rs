@@ -44,6 +44,12 @@ pub struct RawRoute {
     /// Request headers to forward besides the defaults; a trailing `*` matches a prefix (`x-mock-*`).
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// Idle vendor connections kept per vendor host, per worker thread; more are closed as they come back.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_connections: usize,
+    /// How long an idle vendor connection is kept before it is closed.
+    #[serde(default = "default_pool_idle_ms")]
+    pub pool_idle_timeout_ms: u64,
     /// Send the vendor a W3C `traceparent` (and `tracestate`) naming the relay's span. Off by default: a
     /// third-party vendor has no use for your trace ids.
     #[serde(default)]
@@ -76,6 +82,12 @@ fn default_total_ms() -> u64 {
 }
 fn default_keepalive_ms() -> u64 {
     15_000
+}
+fn default_max_idle() -> usize {
+    32
+}
+fn default_pool_idle_ms() -> u64 {
+    60_000
 }
 fn default_gen_ai_system() -> String {
     "openai".into()
@@ -137,6 +149,9 @@ pub struct Route {
     pub max_event_bytes: usize,
     /// Lower-case extra header names or `prefix*` patterns allowed upstream.
     pub forward_headers: Vec<String>,
+    /// Idle vendor connections kept per host and worker, and for how long.
+    pub max_idle_connections: usize,
+    pub pool_idle_timeout: Duration,
     /// Whether the vendor request carries `traceparent`/`tracestate`.
     pub propagate_trace: bool,
     pub gen_ai_system: String,
@@ -211,6 +226,8 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
         terminal_event: r.terminal_event.clone(),
         max_event_bytes: r.max_event_bytes,
         forward_headers: validate_forward(&at("forward_headers"), &r.forward_headers)?,
+        max_idle_connections: r.max_idle_connections,
+        pool_idle_timeout: timeout(&at("pool_idle_timeout_ms"), r.pool_idle_timeout_ms)?,
         propagate_trace: r.propagate_trace,
         gen_ai_system: r.gen_ai_system.clone(),
     })
