@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use io::ConnState;
+pub use io::{ConnState, Delivery};
 pub use workers::{ServeError, serve_workers};
 
 use crate::config::ServerLimits;
@@ -85,6 +85,7 @@ pub async fn serve<H: Handler>(
             },
         };
         let _ = stream.set_nodelay(true);
+        limit_unsent(&stream);
         let handler = handler.clone();
         let stop = shutdown.stop.clone();
         tracker.spawn(async move {
@@ -139,6 +140,24 @@ pub async fn serve<H: Handler>(
                 "connections still open after the final events; leaving them"
             );
         }
+    }
+}
+
+/// Unsent bytes the kernel may queue on a client socket before it stops accepting writes (`TCP_NOTSENT_LOWAT`).
+///
+/// Without it, Linux lets a connection's send buffer grow to megabytes (`tcp_wmem`, autotuned) and calls the socket
+/// writable again only once a third of that is free. Two things went wrong with that: an answer's tail sat in the
+/// kernel, counted as written, for a client that never took it; and a client that kept reading slowly could make no
+/// write succeed for longer than the write timeout. With the cap, a write succeeds whenever the client has taken a
+/// little, so writes follow the client's progress, and what the kernel holds for a client is bounded (the cap
+/// plus the client's receive window). Data already sent and awaiting acknowledgement is not counted, so a fast
+/// client's throughput is unaffected; an SSE stream's small frames never come near the cap.
+pub const NOTSENT_LOWAT: u32 = 128 << 10;
+
+fn limit_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
     }
 }
 

@@ -41,7 +41,7 @@ use crate::limit::{Limiter, StreamPermit};
 use crate::metrics::RouteMeters;
 use crate::record::Record;
 use crate::route::{Routed, route};
-use crate::server::{ConnState, Handler};
+use crate::server::{ConnState, Delivery, Handler};
 use crate::sse::EventScanner;
 use crate::tap::{AddedDelay, End, OnEnd, Seen, TapBody, TapParts, Timers};
 use crate::trace::{
@@ -104,7 +104,25 @@ pub struct StreamEnd {
 }
 
 impl OnEnd for StreamEnd {
+    /// A complete vendor body is a complete stream only once its tail is written to the client's socket: until
+    /// hyper's last flush, the client may still lose it (write timeout, connection gone). Everything else is final.
     fn on_end(self, end: End, seen: Seen) {
+        if end != End::Complete {
+            return self.finish(end, seen);
+        }
+        let conn = self.conn.clone();
+        conn.when_written(move |delivery| {
+            let end = match delivery {
+                Delivery::Written => End::Complete,
+                Delivery::TimedOut | Delivery::Lost => End::Cancelled,
+            };
+            self.finish(end, seen);
+        });
+    }
+}
+
+impl StreamEnd {
+    fn finish(self, end: End, seen: Seen) {
         let write_timed_out = matches!(end, End::Cancelled) && self.conn.write_timed_out();
         let m = &self.meters;
         m.in_flight.decrement(1.0);

@@ -315,3 +315,49 @@ async fn no_credential_reaches_any_log_line_even_at_trace_level() -> Result<()> 
     }
     Ok(())
 }
+
+/// The vendor's answer ends while its tail still waits in the relay for a client that stopped reading: the audit
+/// line must say the client did not get it (`client_write_timeout`), never `complete`.
+#[tokio::test]
+async fn a_tail_the_client_never_took_is_not_complete() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let options = Options {
+        relay_top: "write_timeout_ms = 1000\nmax_header_bytes = 1048576",
+        ..Options::default()
+    };
+    let s: Stack = stack_or_skip!(Front::Relay, options);
+    // A tiny receive buffer that is never read, and about 260 KB of answer: more than the kernel holds for the
+    // client (TCP_NOTSENT_LOWAT's 128 KiB plus the client's window), less than that plus what hyper queues for it
+    // (16 frames of up to 32 KiB, with a 1 MiB buffer cap here), so the vendor's body ends with its tail still in
+    // the relay. Measured here: 131 KB is all taken by the kernel (a legitimate `complete`); from 219 to 306 KB the
+    // tail stays in the relay (and was logged `complete` before this was fixed); from 394 KB the vendor's body never
+    // ends before the cut.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(s.relay.addr).await?;
+    let body = r#"{"model":"mock-1","stream":true,"messages":[]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
+         content-type: application/json\r\nx-mock-chunks: 6\r\nx-mock-interval-ms: 0\r\n\
+         x-mock-chunk-bytes: 50000\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    assert!(await_counter(&s.mock, "streams_completed", 1, 5000).await?);
+    // The write timeout then cuts the client; the record is written when it does (10 s at most).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let logs = s.relay.logs();
+        if let Some(l) = logs.lines().find(|l| l.contains("stream ended")) {
+            break l.to_owned();
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no audit line: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("outcome=\"client_write_timeout\""), "{line}");
+    drop(stream);
+    Ok(())
+}

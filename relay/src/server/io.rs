@@ -5,12 +5,17 @@
 //! (`Pending`) and clears it on the next successful write; if the client accepts nothing for the whole timeout the
 //! write fails with `TimedOut`. hyper then closes the connection and drops the response body, which cancels the
 //! upstream ([`crate::tap`]). [`ConnState`] remembers why, for the audit line.
+//!
+//! It also settles what happened to a response's tail ([`ConnState::when_written`]): the vendor's body can end while
+//! its last bytes still sit in hyper's write buffer; the first completed flush after that means they reached the
+//! client's socket ([`Delivery::Written`]); a write timeout, a write error or the connection's end before such a
+//! flush means the client did not get them.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -19,14 +24,58 @@ use tokio::time::Sleep;
 
 use crate::flushed::Flushed;
 
+/// What became of the bytes a response body had handed to the connection when it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// All written to the client's socket (the terminating chunk included).
+    Written,
+    /// The connection was cut by the write timeout before they were.
+    TimedOut,
+    /// The connection failed or closed before they were.
+    Lost,
+}
+
+type Settle = Box<dyn FnOnce(Delivery) + Send>;
+
 /// What one connection's IO knows that its requests' bodies want to report.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ConnState {
     write_timed_out: AtomicBool,
     flushed: Arc<Flushed>,
+    /// Called once the ended response's tail is written, or lost.
+    pending: Mutex<Option<Settle>>,
+}
+
+impl std::fmt::Debug for ConnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnState")
+            .field("write_timed_out", &self.write_timed_out())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnState {
+    /// Calls `settle` once what the connection has buffered (the ended response's tail) is written to the socket,
+    /// or when it cannot be any more. Called by a response body as it ends, before hyper flushes its tail.
+    pub fn when_written(&self, settle: impl FnOnce(Delivery) + Send + 'static) {
+        let previous = self.lock().replace(Box::new(settle));
+        // One response at a time per HTTP/1.1 connection: a previous one was settled by the flush after it.
+        if let Some(previous) = previous {
+            previous(Delivery::Written);
+        }
+    }
+
+    fn settle(&self, delivery: Delivery) {
+        let pending = self.lock().take();
+        if let Some(settle) = pending {
+            settle(delivery);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Settle>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn write_timed_out(&self) -> bool {
         self.write_timed_out.load(Ordering::Relaxed)
     }
@@ -67,6 +116,7 @@ impl<T> WriteTimeout<T> {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(sleep.as_mut().poll(cx));
         self.state.write_timed_out.store(true, Ordering::Relaxed);
+        self.state.settle(Delivery::TimedOut);
         Poll::Ready(io::Error::new(
             io::ErrorKind::TimedOut,
             "client accepted no data within the write timeout",
@@ -80,6 +130,9 @@ impl<T> WriteTimeout<T> {
 
     fn written(&mut self, r: io::Result<usize>) -> Poll<io::Result<usize>> {
         self.wrote |= matches!(r, Ok(n) if n > 0);
+        if r.is_err() {
+            self.state.settle(Delivery::Lost);
+        }
         self.progressed(r)
     }
 }
@@ -128,6 +181,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
                 if r.is_ok() && std::mem::take(&mut self.wrote) {
                     self.state.flushed.mark(tokio::time::Instant::now());
                 }
+                self.state.settle(if r.is_ok() {
+                    Delivery::Written
+                } else {
+                    Delivery::Lost
+                });
                 self.progressed(r)
             }
             Poll::Pending => self.blocked(cx).map(Err),
@@ -136,5 +194,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T> Drop for WriteTimeout<T> {
+    fn drop(&mut self) {
+        // The connection is gone: a tail not flushed by now never will be.
+        self.state.settle(Delivery::Lost);
     }
 }
