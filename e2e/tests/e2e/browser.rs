@@ -186,15 +186,7 @@ async fn the_demo_page_streams_in_a_browser(through_nginx: bool) -> Result<()> {
         },
         false => None,
     };
-    let mut cmd = Command::new(binary("relay", "SSEGATE_RELAY_BIN")?);
-    cmd.args([
-        "--demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    let demo = spawn_listening(cmd, "demo", 3).await?;
+    let demo = start_demo(3).await?;
     let mock = demo
         .stdout_rest
         .iter()

@@ -1,21 +1,12 @@
 //! The README's first command: `relay --demo` streams an answer to the printed curl command and serves the page.
 
 use anyhow::{Context, Result};
-use tokio::process::Command;
 
 use crate::support::*;
 
 #[tokio::test]
 async fn demo_streams_to_the_printed_command_and_serves_the_page() -> Result<()> {
-    let mut cmd = Command::new(binary("relay", "SSEGATE_RELAY_BIN")?);
-    cmd.args([
-        "--demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    let demo = spawn_listening(cmd, "demo", 8).await?;
+    let demo = start_demo(8).await?;
     let printed = demo.stdout_rest.join("\n");
     let curl = printed
         .lines()

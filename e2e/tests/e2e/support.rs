@@ -40,6 +40,19 @@ pub async fn start_relay_env(
     mock_upstream::testkit::proc::start_relay(&config, &env, log).await
 }
 
+/// `relay --demo` on free loopback ports, with the first `lines` lines it prints after `listening on ADDR`.
+pub async fn start_demo(lines: usize) -> Result<Proc> {
+    let mut cmd = tokio::process::Command::new(binary("relay", "SSEGATE_RELAY_BIN")?);
+    cmd.args([
+        "--demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    spawn_listening(cmd, "demo", lines).await
+}
+
 /// Sends `rb` and reads the response to its end; its status.
 pub async fn drain(rb: reqwest::RequestBuilder) -> Result<u16> {
     let res = rb.send().await?;
