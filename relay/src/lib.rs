@@ -26,6 +26,7 @@
 //! vendor only with the cargo feature `demo`).
 
 pub mod admin;
+pub mod alloc;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -1,9 +1,6 @@
 //! `relay`: parse the command line, load the config (exit 64 when invalid), bind (exit 1), serve until a signal.
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use relay::config::{Config, ProcessEnv};
@@ -44,6 +41,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    relay::alloc::return_freed_memory();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -59,10 +59,11 @@ async fn slow_readers_are_bounded_and_do_not_slow_a_healthy_stream() -> Result<(
         "the healthy stream was held up: delays {:?}, stalled readers already cut: {cut_before}",
         got.delays
     );
-    // Measured 181 to 206 KiB here (debug build) and 256 KiB with the release binary: the bound has a margin over both.
+    // Measured 281 to 287 KiB here (debug build, jemalloc) and 255 to 257 KiB with the release binary: the bound
+    // has a margin over both.
     assert!(
-        per_stream < 320,
-        "each stalled stream holds {per_stream} KiB (bound: 320 KiB)"
+        per_stream < 352,
+        "each stalled stream holds {per_stream} KiB (bound: 352 KiB)"
     );
     // The write timeout then cuts every stalled reader off and cancels its vendor stream.
     let cancelled = await_counter(&s.mock, "streams_cancelled", SLOW, 15_000).await?;
