@@ -1,6 +1,8 @@
 //! A leaf: token counts read from the relayed bytes as they pass, for the tokens metric (and, later, usage
 //! accounting). OpenAI-style streams end with a chunk carrying `"usage":{"prompt_tokens":N,"completion_tokens":M}`
-//! (when the request asked for `stream_options.include_usage`); [`UsageScanner`] finds those two numbers without
+//! (when the request asked for `stream_options.include_usage`); OpenAI's Responses API (`response.completed`) and
+//! Anthropic's messages stream say `"input_tokens"` / `"output_tokens"` (the last value of each wins, so
+//! Anthropic's running `output_tokens` ends at its final count); [`UsageScanner`] finds those numbers without
 //! copying or parsing the events: a `memmem` for `_tokens"` over each frame, and at most 64 bytes kept from the
 //! previous frame so that a key or a number split across two frames is still read. Inside JSON strings a quote is
 //! always escaped, so the text of an answer cannot forge the key.
@@ -67,9 +69,9 @@ fn number_at(bytes: &[u8], mut at: usize) -> Option<u64> {
 /// Which key ends just before `NEEDLE` at `at`, if any.
 fn kind_before(bytes: &[u8], at: usize) -> Option<Kind> {
     let before = &bytes[..at];
-    if before.ends_with(b"\"prompt") {
+    if before.ends_with(b"\"prompt") || before.ends_with(b"\"input") {
         Some(Kind::Prompt)
-    } else if before.ends_with(b"\"completion") {
+    } else if before.ends_with(b"\"completion") || before.ends_with(b"\"output") {
         Some(Kind::Completion)
     } else {
         None
@@ -176,6 +178,35 @@ mod tests {
                 completion: 4
             }),
             "spaces after the colon"
+        );
+    }
+
+    #[test]
+    fn responses_api_and_anthropic_usage_count_too() {
+        let responses = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":\
+{\"input_tokens\":9,\"output_tokens\":8,\"total_tokens\":17,\"input_tokens_details\":{\"cached_tokens\":2},\
+\"output_tokens_details\":{\"reasoning_tokens\":3}}}}\n\n";
+        let want = Some(Tokens {
+            prompt: 9,
+            completion: 8,
+        });
+        for i in 0..=responses.len() {
+            assert_eq!(
+                scan(&[&responses[..i], &responses[i..]]),
+                want,
+                "split at {i}"
+            );
+        }
+        let anthropic: &[&[u8]] = &[
+            b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n",
+            b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":15}}\n\n",
+        ];
+        assert_eq!(
+            scan(anthropic),
+            Some(Tokens {
+                prompt: 25,
+                completion: 15
+            })
         );
     }
 }
