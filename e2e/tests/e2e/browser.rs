@@ -24,7 +24,7 @@ const REQUIRE: &str = "SSEGATE_REQUIRE_CHROMIUM";
 struct Driver {
     child: Child,
     port: u16,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 impl Driver {
@@ -52,7 +52,7 @@ impl Driver {
         Ok(Self {
             child,
             port,
-            _profile: profile,
+            profile,
         })
     }
 
@@ -65,7 +65,7 @@ impl Driver {
             "--disable-gpu",
             "--disable-dev-shm-usage",
             "--no-first-run",
-            &format!("--user-data-dir={}", self._profile.path().display()),
+            &format!("--user-data-dir={}", self.profile.path().display()),
         ];
         let caps = json!({
             "goog:chromeOptions": {"binary": chromium, "args": args},

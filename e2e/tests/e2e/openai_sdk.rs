@@ -45,22 +45,21 @@ fn prepare() -> Result<Option<PathBuf>> {
     if ready(&py) {
         return Ok(Some(py));
     }
-    let steps: [(&Path, Vec<&str>); 2] = [
-        (&python, vec!["-m", "venv", "--clear"]),
-        (
-            &py,
-            vec!["-m", "pip", "install", "-q", "--disable-pip-version-check"],
-        ),
+    let venv_arg = venv.to_string_lossy();
+    let package = format!("openai=={OPENAI}");
+    let make_venv = ["-m", "venv", "--clear", &*venv_arg];
+    let install = [
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        &package,
     ];
-    for (i, (program, args)) in steps.iter().enumerate() {
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        if i == 0 {
-            cmd.arg(&venv);
-        } else {
-            cmd.arg(format!("openai=={OPENAI}"));
-        }
-        let out = cmd
+    let steps: [(&Path, &[&str]); 2] = [(&python, &make_venv), (&py, &install)];
+    for (program, args) in steps {
+        let out = Command::new(program)
+            .args(args)
             .output()
             .with_context(|| format!("running {}", program.display()))?;
         if !out.status.success() {

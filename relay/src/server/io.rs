@@ -44,6 +44,8 @@ pub struct ConnState {
     flushed: Arc<Flushed>,
     /// Called once the ended response's tail is written, or lost.
     pending: Mutex<Option<Settle>>,
+    /// Whether `pending` holds a callback: every flush checks this, and only a response's end takes the lock.
+    has_pending: AtomicBool,
 }
 
 impl std::fmt::Debug for ConnState {
@@ -59,6 +61,7 @@ impl ConnState {
     /// or when it cannot be any more. Called by a response body as it ends, before hyper flushes its tail.
     pub fn when_written(&self, settle: impl FnOnce(Delivery) + Send + 'static) {
         let previous = self.lock().replace(Box::new(settle));
+        self.has_pending.store(true, Ordering::Release);
         // One response at a time per HTTP/1.1 connection: a previous one was settled by the flush after it.
         if let Some(previous) = previous {
             previous(Delivery::Written);
@@ -66,6 +69,9 @@ impl ConnState {
     }
 
     fn settle(&self, delivery: Delivery) {
+        if !self.has_pending.swap(false, Ordering::Acquire) {
+            return;
+        }
         let pending = self.lock().take();
         if let Some(settle) = pending {
             settle(delivery);
