@@ -12,6 +12,7 @@
 //! those last bytes to be written. Every connection task belongs to a `TaskTracker`.
 
 pub mod io;
+mod sent;
 mod workers;
 
 use std::convert::Infallible;

@@ -104,17 +104,23 @@ pub struct StreamEnd {
 }
 
 impl OnEnd for StreamEnd {
-    /// A complete vendor body is a complete stream only once its tail is written to the client's socket: until
-    /// hyper's last flush, the client may still lose it (write timeout, connection gone). Everything else is final.
-    fn on_end(self, end: End, seen: Seen) {
-        if end != End::Complete {
-            return self.finish(end, seen);
-        }
+    /// The record waits for the connection to settle what the client got: a complete vendor body is a complete
+    /// stream only once its tail is written to the client's socket (until hyper's last flush, the client may still
+    /// lose it: write timeout, connection gone); and a cut connection's record has the bytes that reached the client,
+    /// not those handed to hyper.
+    fn on_end(self, end: End, mut seen: Seen) {
         let conn = self.conn.clone();
         conn.when_written(move |delivery| {
             let end = match delivery {
-                Delivery::Written => End::Complete,
-                Delivery::TimedOut | Delivery::Lost => End::Cancelled,
+                Delivery::Written => end,
+                Delivery::TimedOut(got) | Delivery::Lost(got) => {
+                    seen.cut(got);
+                    if end == End::Complete {
+                        End::Cancelled
+                    } else {
+                        end
+                    }
+                }
             };
             self.finish(end, seen);
         });

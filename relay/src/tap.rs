@@ -48,6 +48,18 @@ use timers::Due;
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
+impl Seen {
+    /// The connection was cut with `got` body bytes in the client's socket (`None`: not known): the vendor bytes
+    /// the client got, counting the relay's own keep-alive comments as delivered. Events, text and tokens stay what
+    /// was relayed.
+    pub fn cut(&mut self, got: Option<u64>) {
+        if let Some(got) = got {
+            let own = self.pings * KEEPALIVE.len() as u64;
+            self.bytes = self.bytes.min(got.saturating_sub(own));
+        }
+    }
+}
+
 /// Called once when a stream ends, however it ends (complete, failed, or dropped).
 pub trait OnEnd: Send + Unpin + 'static {
     fn on_end(self, end: End, seen: Seen);

@@ -318,39 +318,69 @@ async fn no_credential_reaches_any_log_line_even_at_trace_level() -> Result<()> 
 }
 
 /// The vendor's answer ends while its tail still waits in the relay for a client that stopped reading: the audit
-/// line must say the client did not get it (`client_write_timeout`), never `complete`.
+/// line must say the client did not get it (`client_write_timeout`), never `complete`, with the bytes it did get.
 #[tokio::test]
 async fn a_tail_the_client_never_took_is_not_complete() -> Result<()> {
-    use tokio::io::AsyncWriteExt;
+    // About 300 KB of answer: more than the kernel holds for the client (TCP_NOTSENT_LOWAT's 128 KiB plus the
+    // client's window), less than that plus what hyper queues for it (16 frames of up to 32 KiB, with a 1 MiB buffer
+    // cap here), so the vendor's body ends with its tail still in the relay. Measured here: 131 KB is all taken by
+    // the kernel (a legitimate `complete`); from 219 to 306 KB the tail stays in the relay (and was logged
+    // `complete` before this was fixed); from 394 KB the vendor's body never ends before the cut.
+    let Some((line, got)) = cut_reader(6, true).await? else {
+        return Ok(());
+    };
+    assert!(line.contains("outcome=\"client_write_timeout\""), "{line}");
+    assert_eq!(audit_bytes(&line), Some(got), "{line}");
+    Ok(())
+}
+
+/// A client that stops reading in the middle of a long answer: cut by the write timeout, and the audit line's bytes
+/// are what it got, not what the relay had taken from the vendor.
+#[tokio::test]
+async fn a_cut_reader_is_recorded_with_the_bytes_it_got() -> Result<()> {
+    let Some((line, got)) = cut_reader(60, false).await? else {
+        return Ok(());
+    };
+    assert!(line.contains("outcome=\"client_write_timeout\""), "{line}");
+    assert_eq!(audit_bytes(&line), Some(got), "{line}");
+    assert!(got > 0 && got < 60 * 50_000, "{line}");
+    Ok(())
+}
+
+/// Asks for `chunks` events of 50 KB from a client with a tiny receive buffer that reads nothing until the relay
+/// has written its audit line (the write timeout, 1 s, cut it), then reads to the end: the line and the body bytes
+/// the client got (`None`: no stack here). `vendor_done`: wait for the vendor's body to end
+/// (it must, before the cut).
+async fn cut_reader(chunks: u32, vendor_done: bool) -> Result<Option<(String, u64)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let options = Options {
         relay_top: "write_timeout_ms = 1000\nmax_header_bytes = 1048576",
         ..Options::default()
     };
-    let s: Stack = stack_or_skip!(Front::Relay, options);
-    // A tiny receive buffer that is never read, and about 260 KB of answer: more than the kernel holds for the
-    // client (TCP_NOTSENT_LOWAT's 128 KiB plus the client's window), less than that plus what hyper queues for it
-    // (16 frames of up to 32 KiB, with a 1 MiB buffer cap here), so the vendor's body ends with its tail still in
-    // the relay. Measured here: 131 KB is all taken by the kernel (a legitimate `complete`); from 219 to 306 KB the
-    // tail stays in the relay (and was logged `complete` before this was fixed); from 394 KB the vendor's body never
-    // ends before the cut.
+    let Some(s) = stack(Front::Relay, options).await? else {
+        return Ok(None);
+    };
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let mut stream = socket.connect(s.relay.addr).await?;
     let body = r#"{"model":"mock-1","stream":true,"messages":[]}"#;
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\n\
-         content-type: application/json\r\nx-mock-chunks: 6\r\nx-mock-interval-ms: 0\r\n\
+         content-type: application/json\r\nx-mock-chunks: {chunks}\r\nx-mock-interval-ms: 0\r\n\
          x-mock-chunk-bytes: 50000\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    assert!(await_counter(&s.mock, "streams_completed", 1, 5000).await?);
-    // The write timeout then cuts the client; the record is written when it does (10 s at most).
+    if vendor_done {
+        assert!(await_counter(&s.mock, "streams_completed", 1, 5000).await?);
+    }
+    // The record is written when the write timeout cuts the client (10 s at most).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let line = loop {
         let logs = s.relay.logs();
         if let Some(l) = logs.lines().find(|l| l.contains("stream ended")) {
-            break l.to_owned();
+            // Without the audit text (50 KB events): the fields are what the tests look at.
+            break l.split(" text=").next().unwrap_or(l).to_owned();
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
@@ -358,7 +388,39 @@ async fn a_tail_the_client_never_took_is_not_complete() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(line.contains("outcome=\"client_write_timeout\""), "{line}");
-    drop(stream);
-    Ok(())
+    // What the client's socket was given still arrives (the relay closed, the kernel sends what it accepted).
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut wire))
+        .await
+        .context("reading the cut answer")??;
+    Ok(Some((line, chunked_body_len(&wire)?)))
+}
+
+/// The `bytes=` of an audit line.
+fn audit_bytes(line: &str) -> Option<u64> {
+    let at = line.find(" bytes=")? + " bytes=".len();
+    line[at..].split(' ').next()?.parse().ok()
+}
+
+/// Body bytes of a chunked HTTP/1.1 response, possibly cut anywhere.
+fn chunked_body_len(wire: &[u8]) -> Result<u64> {
+    let text_end = wire
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no complete head")?;
+    let mut rest = &wire[text_end + 4..];
+    let mut total = 0u64;
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(total);
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol])?, 16)?;
+        rest = &rest[eol + 2..];
+        let data = size.min(rest.len());
+        total += data as u64;
+        if size == 0 || data < size {
+            return Ok(total);
+        }
+        rest = &rest[(size + 2).min(rest.len())..];
+    }
 }

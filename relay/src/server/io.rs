@@ -1,4 +1,4 @@
-//! A write-only timeout on an accepted socket.
+//! A write-only timeout on an accepted socket, and what each response's end became.
 //!
 //! hyper has no downstream write timeout (hyperium/hyper#3121), and a read timeout would kill healthy streams (the
 //! client sends nothing after its request). [`WriteTimeout`] starts a timer when a write cannot make progress
@@ -9,8 +9,7 @@
 //! It also settles what happened to a response's tail ([`ConnState::when_written`]): the vendor's body can end while
 //! its last bytes still sit in hyper's write buffer; the first completed flush after that means they reached the
 //! client's socket ([`Delivery::Written`]); a write timeout, a write error or the connection's end before such a
-//! flush means the client did not get them.
-
+//! flush means the client did not get them, and [`super::sent::SentBody`] says how much of the body it did get.
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -22,17 +21,21 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use super::sent::SentBody;
 use crate::flushed::Flushed;
 
 /// What became of the bytes a response body had handed to the connection when it ended.
+///
+/// `Some(n)` in a cut: the client's socket accepted `n` body bytes of the response (`None`: not known, see
+/// [`SentBody`]). Accepted bytes still reach a client that goes on reading after the close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
     /// All written to the client's socket (the terminating chunk included).
     Written,
     /// The connection was cut by the write timeout before they were.
-    TimedOut,
+    TimedOut(Option<u64>),
     /// The connection failed or closed before they were.
-    Lost,
+    Lost(Option<u64>),
 }
 
 type Settle = Box<dyn FnOnce(Delivery) + Send>;
@@ -42,10 +45,17 @@ type Settle = Box<dyn FnOnce(Delivery) + Send>;
 pub struct ConnState {
     write_timed_out: AtomicBool,
     flushed: Arc<Flushed>,
-    /// Called once the ended response's tail is written, or lost.
-    pending: Mutex<Option<Settle>>,
-    /// Whether `pending` holds a callback: every flush checks this, and only a response's end takes the lock.
+    tail: Mutex<Tail>,
+    /// Whether `tail` holds a callback: every flush checks this, and only a response's end takes the lock.
     has_pending: AtomicBool,
+}
+
+#[derive(Default)]
+struct Tail {
+    /// Called once the ended response's tail is written, or lost.
+    pending: Option<Settle>,
+    /// The connection is cut or gone: how, and what the client got of the response it was writing.
+    gone: Option<Delivery>,
 }
 
 impl std::fmt::Debug for ConnState {
@@ -59,27 +69,50 @@ impl std::fmt::Debug for ConnState {
 impl ConnState {
     /// Calls `settle` once what the connection has buffered (the ended response's tail) is written to the socket,
     /// or when it cannot be any more. Called by a response body as it ends, before hyper flushes its tail.
+    /// A connection already cut (hyper drops the connection's IO before the response body) settles at once.
     pub fn when_written(&self, settle: impl FnOnce(Delivery) + Send + 'static) {
-        let previous = self.lock().replace(Box::new(settle));
+        let mut tail = self.lock();
+        if let Some(gone) = tail.gone {
+            drop(tail);
+            return settle(gone);
+        }
+        let previous = tail.pending.replace(Box::new(settle));
         self.has_pending.store(true, Ordering::Release);
+        drop(tail);
         // One response at a time per HTTP/1.1 connection: a previous one was settled by the flush after it.
         if let Some(previous) = previous {
             previous(Delivery::Written);
         }
     }
 
-    fn settle(&self, delivery: Delivery) {
+    /// Everything buffered was written.
+    fn written(&self) {
         if !self.has_pending.swap(false, Ordering::Acquire) {
             return;
         }
-        let pending = self.lock().take();
+        let pending = self.lock().pending.take();
         if let Some(settle) = pending {
-            settle(delivery);
+            settle(Delivery::Written);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Settle>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The connection is cut or gone (the first call counts).
+    fn gone(&self, how: Delivery) {
+        let mut tail = self.lock();
+        if tail.gone.is_some() {
+            return;
+        }
+        tail.gone = Some(how);
+        self.has_pending.store(false, Ordering::Release);
+        let pending = tail.pending.take();
+        drop(tail);
+        if let Some(settle) = pending {
+            settle(how);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn write_timed_out(&self) -> bool {
@@ -101,6 +134,8 @@ pub struct WriteTimeout<T> {
     state: Arc<ConnState>,
     /// Bytes were written since the last completed flush.
     wrote: bool,
+    /// How much of the current response's body the socket accepted.
+    sent: SentBody,
 }
 
 impl<T> WriteTimeout<T> {
@@ -111,6 +146,7 @@ impl<T> WriteTimeout<T> {
             stalled: None,
             state,
             wrote: false,
+            sent: SentBody::default(),
         }
     }
 
@@ -122,7 +158,7 @@ impl<T> WriteTimeout<T> {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(sleep.as_mut().poll(cx));
         self.state.write_timed_out.store(true, Ordering::Relaxed);
-        self.state.settle(Delivery::TimedOut);
+        self.state.gone(Delivery::TimedOut(self.sent.body_bytes()));
         Poll::Ready(io::Error::new(
             io::ErrorKind::TimedOut,
             "client accepted no data within the write timeout",
@@ -137,7 +173,7 @@ impl<T> WriteTimeout<T> {
     fn written(&mut self, r: io::Result<usize>) -> Poll<io::Result<usize>> {
         self.wrote |= matches!(r, Ok(n) if n > 0);
         if r.is_err() {
-            self.state.settle(Delivery::Lost);
+            self.state.gone(Delivery::Lost(self.sent.body_bytes()));
         }
         self.progressed(r)
     }
@@ -160,7 +196,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => self.written(r),
+            Poll::Ready(r) => {
+                if let Ok(n) = r {
+                    self.sent.sent(&buf[..n.min(buf.len())]);
+                }
+                self.written(r)
+            }
             Poll::Pending => self.blocked(cx).map(Err),
         }
     }
@@ -171,7 +212,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => self.written(r),
+            Poll::Ready(r) => {
+                if let Ok(n) = r {
+                    self.sent.sent_vectored(bufs, n);
+                }
+                self.written(r)
+            }
             Poll::Pending => self.blocked(cx).map(Err),
         }
     }
@@ -187,11 +233,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
                 if r.is_ok() && std::mem::take(&mut self.wrote) {
                     self.state.flushed.mark(tokio::time::Instant::now());
                 }
-                self.state.settle(if r.is_ok() {
-                    Delivery::Written
+                if r.is_ok() {
+                    self.state.written();
                 } else {
-                    Delivery::Lost
-                });
+                    self.state.gone(Delivery::Lost(self.sent.body_bytes()));
+                }
                 self.progressed(r)
             }
             Poll::Pending => self.blocked(cx).map(Err),
@@ -206,6 +252,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
 impl<T> Drop for WriteTimeout<T> {
     fn drop(&mut self) {
         // The connection is gone: a tail not flushed by now never will be.
-        self.state.settle(Delivery::Lost);
+        self.state.gone(Delivery::Lost(self.sent.body_bytes()));
     }
 }
