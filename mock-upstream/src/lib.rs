@@ -6,7 +6,8 @@
 //! (`ts=<unix nanos>;`) and splitting some characters across frames. [`stats`] shows what happened.
 //!
 //! Modules: [`scenario`] (headers → script) · [`dialect`] (wire formats, the `ts=` stamp written and read) ·
-//! [`stream`] (script → frames) · [`stats`] (counters and per-stream records) · [`routes`] (HTTP handlers).
+//! [`stream`] (script → frames) · [`stats`] (counters and per-stream records) · [`routes`] (HTTP handlers) ·
+//! [`tls`] (HTTPS: a private CA made at start, and the broken certificates tests need).
 //! [`relay_config`] writes a relay configuration for a mock, the one template the demo, the tests and the load
 //! test share. With the `testkit` feature, [`testkit`] holds what every test crate of the workspace uses to drive
 //! real processes: `spawn_listening`, the nginx launcher and the SSE reader that times each event.
@@ -18,6 +19,7 @@ pub mod stats;
 pub mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,6 +78,17 @@ pub async fn serve(
     }
 }
 
+/// As [`serve`], over TLS with `config` ([`tls::server_config`]).
+pub async fn serve_tls(
+    listener: TcpListener,
+    api_key: String,
+    config: rustls::ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (router, _) = app(api_key);
+    tls::serve(listener, router, config, shutdown).await
+}
+
 /// Lower-case hex SHA-256 of `bytes`: how the mock reports what it sent, and how a relay config names a client key.
 pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
     use sha2::Digest;
@@ -87,6 +100,8 @@ pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
 pub struct RelayToml<'a> {
     /// Where the mock listens.
     pub mock: SocketAddr,
+    /// The mock speaks HTTPS (`--tls`): the routes' upstreams are `https://` (trusting its CA is a route line).
+    pub https: bool,
     /// Top-level lines: keys first, then tables such as `[audit]`.
     pub top: &'a str,
     /// The one client's tenant and key (the config holds the key's SHA-256).
@@ -103,8 +118,9 @@ pub struct RelayToml<'a> {
 pub fn relay_config(t: &RelayToml<'_>) -> String {
     let route = |path: &str, auth: &str, terminal: &str| {
         format!(
-            "[[routes]]\npath = \"{path}\"\nupstream = \"http://{mock}{path}\"\nauth = \"{auth}\"\n\
+            "[[routes]]\npath = \"{path}\"\nupstream = \"{scheme}://{mock}{path}\"\nauth = \"{auth}\"\n\
              secret_env = \"{env}\"\nterminal_event = \"{terminal}\"\nforward_headers = [\"x-mock-*\"]\n{extra}\n\n",
+            scheme = if t.https { "https" } else { "http" },
             mock = t.mock,
             env = t.secret_env,
             extra = t.route,

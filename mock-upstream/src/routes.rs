@@ -6,17 +6,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::dialect::{Dialect, completion};
 use crate::scenario::Script;
 use crate::stats::{Outcome, Record, Stats};
+use crate::tls::OverTls;
 
 /// Shared by every route.
 pub struct App {
@@ -72,31 +73,36 @@ fn key_ok(headers: &HeaderMap, kind: KeyHeader, expected: &str) -> bool {
     presented == Some(expected)
 }
 
+/// Whether the request came over TLS ([`crate::tls::OverTls`]).
+type Tls = Option<Extension<OverTls>>;
+
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
+    tls: Tls,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    vendor(
-        app,
-        headers,
-        body,
-        "/v1/chat/completions",
-        KeyHeader::Bearer,
-    )
-    .await
+    let path = "/v1/chat/completions";
+    vendor(app, tls, headers, body, path, KeyHeader::Bearer).await
 }
 
-pub async fn responses(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    vendor(app, headers, body, "/v1/responses", KeyHeader::Bearer).await
+pub async fn responses(
+    State(app): State<Arc<App>>,
+    tls: Tls,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    vendor(app, tls, headers, body, "/v1/responses", KeyHeader::Bearer).await
 }
 
 pub async fn send_message(
     State(app): State<Arc<App>>,
+    tls: Tls,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    vendor(app, headers, body, "/api/send-message", KeyHeader::XApiKey).await
+    let path = "/api/send-message";
+    vendor(app, tls, headers, body, path, KeyHeader::XApiKey).await
 }
 
 /// What a request body asks for: stream or not, and in which dialect.
@@ -156,6 +162,7 @@ impl Drop for Unanswered<'_> {
 
 async fn vendor(
     app: Arc<App>,
+    tls: Tls,
     headers: HeaderMap,
     body: Bytes,
     path: &str,
@@ -178,6 +185,7 @@ async fn vendor(
         path: path.to_owned(),
         status: 200,
         request_headers: seen,
+        tls: tls.is_some(),
         outcome: Outcome::Answered,
         bytes: 0,
         frames: 0,

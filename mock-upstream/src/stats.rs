@@ -64,6 +64,8 @@ pub struct Record {
     pub path: String,
     pub status: u16,
     pub request_headers: BTreeMap<String, String>,
+    /// The request came over TLS (`mock-upstream --tls`).
+    pub tls: bool,
     pub outcome: Outcome,
     pub bytes: u64,
     pub frames: u64,

@@ -30,7 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use otel::{OtelConfig, RawOtel};
-pub use route::{RawRoute, RawTarget, Route, Secret, Target, UpstreamAuth};
+pub use route::{RawRoute, RawTarget, Route, RouteTls, Secret, Target, TlsRoots, UpstreamAuth};
 use route::{timeout, validate_route};
 
 /// Prefix of environment overrides.

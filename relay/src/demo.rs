@@ -59,6 +59,7 @@ pub async fn start(
         }
     });
     let toml = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        https: false,
         top: "listen = \"127.0.0.1:8080\"\n[audit]\nmax_text_bytes = 2048",
         tenant: "demo",
         client_key: DEMO_KEY,

@@ -52,6 +52,9 @@ impl RelayError {
             RelayError::Body(BodyError::TooLarge { .. }) => "payload_too_large",
             RelayError::Body(BodyError::Unreadable(_)) => "bad_request_body",
             RelayError::Upstream(UpstreamError::Connect(_)) => "upstream_connect",
+            RelayError::Upstream(UpstreamError::Tls(..) | UpstreamError::TlsTimeout(_)) => {
+                "upstream_tls"
+            }
             RelayError::Upstream(
                 UpstreamError::ConnectTimeout(_) | UpstreamError::FirstByteTimeout,
             ) => "upstream_timeout",
@@ -72,7 +75,9 @@ impl RelayError {
             RelayError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::Body(BodyError::Unreadable(_)) => StatusCode::BAD_REQUEST,
             RelayError::Upstream(
-                UpstreamError::ConnectTimeout(_) | UpstreamError::FirstByteTimeout,
+                UpstreamError::ConnectTimeout(_)
+                | UpstreamError::FirstByteTimeout
+                | UpstreamError::TlsTimeout(_),
             ) => StatusCode::GATEWAY_TIMEOUT,
             RelayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -86,6 +91,10 @@ impl RelayError {
             }
             RelayError::Upstream(UpstreamError::Protocol(_)) => {
                 "the upstream answered with an invalid response".into()
+            }
+            // Which certificate check failed is for the operator (the log line), not for the client.
+            RelayError::Upstream(UpstreamError::Tls(..)) => {
+                "could not set up a trusted TLS connection to the upstream".into()
             }
             RelayError::Upstream(UpstreamError::Credential(_)) => {
                 "the upstream rejected the relay's credential; the operator has been told".into()

@@ -63,7 +63,7 @@ use upstream::TlsError;
 /// A configuration that passed every startup check (its vendor TLS settings included), ready to serve.
 pub struct Prepared {
     config: Arc<Config>,
-    tls: rustls::ClientConfig,
+    tls: crate::upstream::VendorTls,
 }
 
 impl Prepared {

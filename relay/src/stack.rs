@@ -60,7 +60,7 @@ pub type RelayBody = Either<TapBody<Incoming, StreamEnd>, Full<Bytes>>;
 /// Shared, immutable state of the request path; one per worker thread ([`Relay::for_worker`]).
 pub struct Relay {
     config: Arc<Config>,
-    tls: rustls::ClientConfig,
+    tls: crate::upstream::VendorTls,
     upstreams: Vec<Upstream>,
     route_names: Vec<Arc<str>>,
     meters: Vec<RouteMeters>,
@@ -156,7 +156,11 @@ impl StreamEnd {
 impl Relay {
     /// `tls`: the vendor TLS settings ([`crate::upstream::tls_config`]); `drain`: cancelled when the shutdown
     /// grace period is over, which ends every stream with a `shutdown` event.
-    pub fn new(config: Arc<Config>, tls: rustls::ClientConfig, drain: CancellationToken) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        tls: crate::upstream::VendorTls,
+        drain: CancellationToken,
+    ) -> Self {
         let upstreams = Upstream::for_routes(&config.routes, &tls);
         let route_names = config
             .routes

@@ -99,6 +99,63 @@ fn an_https_route_without_ca_certificates_exits_64() {
 }
 
 #[test]
+fn a_route_whose_trust_files_cannot_be_used_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = mock_upstream::tls::Pki::new("cli test CA").unwrap();
+    let (good, garbage) = (dir.path().join("ca.pem"), dir.path().join("garbage.pem"));
+    std::fs::write(&good, pki.ca_pem()).unwrap();
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let https = valid_at("127.0.0.1:8080", "https://127.0.0.1:9", "");
+    let route = |lines: &str| format!("{https}{lines}\n");
+    let cases = [
+        (
+            "missing",
+            route("ca_file = \"/nonexistent/ca.pem\""),
+            "routes[0].ca_file",
+        ),
+        (
+            "garbage",
+            route(&format!("ca_file = {garbage:?}")),
+            "holds no CA certificate",
+        ),
+        (
+            "roots",
+            route("tls_roots = \"ca_file\""),
+            "routes[0].tls_roots",
+        ),
+        (
+            "half",
+            route(&format!("client_cert = {good:?}")),
+            "routes[0].client_cert",
+        ),
+        (
+            "key",
+            route(&format!("client_cert = {good:?}\nclient_key = {garbage:?}")),
+            "routes[0].client_key",
+        ),
+    ];
+    for (name, body, expect) in cases {
+        let (_cfg, path) = write_config(&body);
+        let (out, stderr) = run(relay().arg("--config").arg(&path).arg("--check-config"));
+        assert_eq!(out.status.code(), Some(64), "{name}: {stderr}");
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+    }
+    // A private CA alone: no system CA certificate is needed.
+    let (_cfg, path) = write_config(&route(&format!(
+        "ca_file = {good:?}\ntls_roots = \"ca_file\""
+    )));
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let (out, stderr) = run(relay()
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .env("SSL_CERT_FILE", &empty)
+        .env("SSL_CERT_DIR", dir.path().join("none")));
+    assert!(out.status.success(), "{stderr}");
+}
+
+#[test]
 fn invalid_config_exits_64_naming_the_field() {
     let cases = [
         ("unknown", valid("flavour = \"x\""), "flavour"),

@@ -8,7 +8,7 @@ use crate::stack::{Front, Options, Stack, stack};
 use crate::support::*;
 
 /// The value of the first sample of `name` whose labels include every `label="value"` in `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     samples(text, name, labels).next()
 }
 

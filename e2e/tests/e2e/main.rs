@@ -16,4 +16,5 @@ mod paths;
 mod prometheus;
 mod stack;
 mod support;
+mod tls;
 mod traces;

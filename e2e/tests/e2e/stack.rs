@@ -23,6 +23,8 @@ pub struct Options {
     pub nginx_site: fn(String) -> String,
     /// The relay's `RUST_LOG`.
     pub relay_log: &'static str,
+    /// The mock speaks HTTPS with a private CA, which the relay's routes trust (`ca_file`).
+    pub vendor_tls: bool,
 }
 
 impl Default for Options {
@@ -32,6 +34,7 @@ impl Default for Options {
             relay_route: "",
             nginx_site: |site| site,
             relay_log: "info",
+            vendor_tls: false,
         }
     }
 }
@@ -70,9 +73,15 @@ pub async fn stack_env(
         },
         Front::Relay => None,
     };
-    let mock = start_mock().await?;
-    let (top, route) = (options.relay_top, options.relay_route);
-    let relay = start_relay_env(mock.addr, top, route, options.relay_log, env).await?;
+    let (mock, route) = if options.vendor_tls {
+        let (mock, ca) = mock_upstream::testkit::proc::start_mock_tls(VENDOR_KEY).await?;
+        let route = format!("{}\nca_file = {:?}", options.relay_route, ca);
+        (mock, route)
+    } else {
+        (start_mock().await?, options.relay_route.to_owned())
+    };
+    let (top, log, https) = (options.relay_top, options.relay_log, options.vendor_tls);
+    let relay = start_relay_to(mock.addr, https, top, &route, log, env).await?;
     let nginx = match nginx_bin {
         Some(bin) => {
             let opts = nginx::Options {

@@ -18,10 +18,11 @@ pub async fn start_mock() -> Result<Proc> {
     mock_upstream::testkit::proc::start_mock(VENDOR_KEY).await
 }
 
-/// The relay binary for a mock at `mock`, with extra `top` and `route` config lines, `RUST_LOG` set to `log` and
-/// more environment variables.
-pub async fn start_relay_env(
+/// The relay binary for a mock at `mock` (speaking HTTPS when `https`: its CA is for `route` to trust), with extra
+/// `top` and `route` config lines, `RUST_LOG` set to `log` and more environment variables.
+pub async fn start_relay_to(
     mock: SocketAddr,
+    https: bool,
     top: &str,
     route: &str,
     log: &str,
@@ -29,6 +30,7 @@ pub async fn start_relay_env(
 ) -> Result<Proc> {
     let top = format!("{top}\n[audit]\nenabled = true\nmax_text_bytes = 65536");
     let config = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        https,
         mock,
         top: &top,
         tenant: "e2e",

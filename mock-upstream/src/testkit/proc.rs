@@ -191,6 +191,26 @@ pub async fn start_mock(api_key: &str) -> Result<Proc> {
     spawn_listening(cmd, "mock", 0).await
 }
 
+/// The mock vendor speaking HTTPS (`--tls`) on a free loopback port, and the path of its CA certificate (PEM, in
+/// the process's directory, removed with it). Plain-HTTP requests to the same port still reach the inspection
+/// endpoints ([`crate::tls::serve`]).
+pub async fn start_mock_tls(api_key: &str) -> Result<(Proc, PathBuf)> {
+    let dir = temp_dir("mock")?;
+    let ca = dir.path().join("ca.pem");
+    let mut cmd = Command::new(binary("mock-upstream", "SSEGATE_MOCK_BIN")?);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        api_key,
+        "--tls",
+        "--tls-ca-out",
+    ])
+    .arg(&ca);
+    let proc = spawn_in(cmd, "mock", 1, dir).await?;
+    Ok((proc, ca))
+}
+
 /// The relay binary with `config` (TOML text), extra environment and `RUST_LOG=log`, its public and admin
 /// listeners on free loopback ports.
 pub async fn start_relay(config: &str, env: &[(&str, &str)], log: &str) -> Result<Proc> {

@@ -57,6 +57,33 @@ pub struct RawRoute {
     /// The vendor's name in traces (`gen_ai.system`): `openai`, `anthropic`, `az.ai.openai`, ...
     #[serde(default = "default_gen_ai_system")]
     pub gen_ai_system: String,
+    /// CA certificates (PEM bundle) to trust for this route's `https` endpoints: a private CA, an internal gateway's.
+    pub ca_file: Option<PathBuf>,
+    /// Which CAs the route trusts: `native` (the system's), `ca_file`, or `both`. Default: `native`, or `both` when
+    /// `ca_file` is set.
+    pub tls_roots: Option<TlsRoots>,
+    /// A client certificate chain and its private key (PEM), for mutual TLS to an internal gateway.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// The CA certificates a route trusts.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsRoots {
+    Native,
+    CaFile,
+    Both,
+}
+
+/// A route's TLS settings, checked for consistency; the files are read when the TLS configuration is built
+/// ([`crate::upstream::tls_config`]), at startup.
+#[derive(Clone, Debug)]
+pub struct RouteTls {
+    pub roots: TlsRoots,
+    pub ca_file: Option<PathBuf>,
+    /// Certificate chain and private key files.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 /// A `[[routes.failover]]` entry: another endpoint, with its own key.
@@ -155,6 +182,7 @@ pub struct Route {
     /// Whether the vendor request carries `traceparent`/`tracestate`.
     pub propagate_trace: bool,
     pub gen_ai_system: String,
+    pub tls: RouteTls,
 }
 
 pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
@@ -214,6 +242,24 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
     if r.max_event_bytes < 1024 {
         return Err(field(at("max_event_bytes"), "must be at least 1024"));
     }
+    let roots = match (r.tls_roots, &r.ca_file) {
+        (Some(TlsRoots::CaFile | TlsRoots::Both), None) => {
+            return Err(field(at("tls_roots"), "needs `ca_file`"));
+        }
+        (Some(roots), _) => roots,
+        (None, Some(_)) => TlsRoots::Both,
+        (None, None) => TlsRoots::Native,
+    };
+    let client_auth = match (&r.client_cert, &r.client_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(field(
+                at("client_cert"),
+                "set both `client_cert` and `client_key`, or neither",
+            ));
+        }
+    };
     Ok(Route {
         path: r.path.clone(),
         targets,
@@ -230,6 +276,11 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
         pool_idle_timeout: timeout(&at("pool_idle_timeout_ms"), r.pool_idle_timeout_ms)?,
         propagate_trace: r.propagate_trace,
         gen_ai_system: r.gen_ai_system.clone(),
+        tls: RouteTls {
+            roots,
+            ca_file: r.ca_file.clone(),
+            client_auth,
+        },
     })
 }
 

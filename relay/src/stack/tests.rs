@@ -14,6 +14,7 @@ fn relay(top: &str) -> Relay {
         .and_then(|l| l.local_addr())
         .unwrap();
     let toml = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        https: false,
         mock: closed,
         top,
         tenant: "t",

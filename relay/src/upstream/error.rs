@@ -4,6 +4,8 @@
 use http::StatusCode;
 use hyper_util::client::legacy;
 
+use super::connect::TlsFailure;
+
 /// Failures talking to the vendor, before its response head reached the relay (or because of what it said).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -11,6 +13,10 @@ pub enum UpstreamError {
     Connect(#[source] legacy::Error),
     #[error("upstream connect timed out")]
     ConnectTimeout(#[source] legacy::Error),
+    #[error("upstream TLS handshake failed ({})", .0.reason())]
+    Tls(TlsFailure, #[source] legacy::Error),
+    #[error("upstream TLS handshake timed out")]
+    TlsTimeout(#[source] legacy::Error),
     #[error("upstream sent no response head within the first-byte timeout")]
     FirstByteTimeout,
     #[error("upstream protocol error")]
@@ -22,10 +28,11 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// A fixed name for metrics: `connect`, `timeout`, `protocol`, `redirect`, `credential`.
+    /// A fixed name for metrics: `connect`, `tls`, `timeout`, `protocol`, `redirect`, `credential`.
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "connect",
+            UpstreamError::Tls(..) | UpstreamError::TlsTimeout(_) => "tls",
             UpstreamError::ConnectTimeout(_) | UpstreamError::FirstByteTimeout => "timeout",
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Redirect(_) => "redirect",
@@ -37,7 +44,10 @@ impl UpstreamError {
     pub fn unreachable(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_)
+            UpstreamError::Connect(_)
+                | UpstreamError::ConnectTimeout(_)
+                | UpstreamError::Tls(..)
+                | UpstreamError::TlsTimeout(_)
         )
     }
 }
@@ -45,14 +55,13 @@ impl UpstreamError {
 /// Why the vendor connection cannot be set up at all (a startup error: exit 64).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error(
-        "route `{route}` calls an https upstream, but no CA certificates were found (install the system's CA \
-         bundle, e.g. the ca-certificates package)"
-    )]
-    NoRoots {
-        route: String,
-        #[source]
-        source: std::io::Error,
+    #[error("route `{route}` calls an https upstream, but {reason}")]
+    NoRoots { route: String, reason: String },
+    #[error("{field}: {path} {reason}")]
+    File {
+        field: String,
+        path: String,
+        reason: String,
     },
     #[error("cannot set up TLS")]
     Provider(#[source] rustls::Error),

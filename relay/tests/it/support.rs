@@ -78,6 +78,7 @@ pub fn config(upstream: &str, extra: &str) -> Config {
 /// As [`config`], with `top` lines at the top level too.
 pub fn config_with(upstream: &str, top: &str, extra: &str) -> Config {
     let toml = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        https: false,
         mock: upstream.parse().unwrap(),
         top,
         tenant: "acme",

@@ -157,6 +157,7 @@ async fn main() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("ssegate-perf-").tempdir()?;
     let mock = mock_upstream::testkit::proc::start_mock(VENDOR_KEY).await?;
     let config = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        https: false,
         mock: mock.addr,
         top: "max_streams = 20000\nmax_streams_per_tenant = 20000\n[audit]\nenabled = true",
         tenant: "perf",
