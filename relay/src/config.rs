@@ -19,6 +19,7 @@
 //! a day.
 
 mod otel;
+mod proxy;
 mod route;
 
 use std::collections::HashSet;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use otel::{OtelConfig, RawOtel};
+pub use proxy::{Egress, ProxyConfig};
 pub use route::{RawRoute, RawTarget, Route, RouteTls, Secret, Target, TlsRoots, UpstreamAuth};
 use route::{timeout, validate_route};
 

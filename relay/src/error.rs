@@ -55,6 +55,9 @@ impl RelayError {
             RelayError::Upstream(UpstreamError::Tls(..) | UpstreamError::TlsTimeout(_)) => {
                 "upstream_tls"
             }
+            RelayError::Upstream(UpstreamError::Proxy(_) | UpstreamError::ProxyTimeout(_)) => {
+                "upstream_proxy"
+            }
             RelayError::Upstream(
                 UpstreamError::ConnectTimeout(_) | UpstreamError::FirstByteTimeout,
             ) => "upstream_timeout",
@@ -77,7 +80,8 @@ impl RelayError {
             RelayError::Upstream(
                 UpstreamError::ConnectTimeout(_)
                 | UpstreamError::FirstByteTimeout
-                | UpstreamError::TlsTimeout(_),
+                | UpstreamError::TlsTimeout(_)
+                | UpstreamError::ProxyTimeout(_),
             ) => StatusCode::GATEWAY_TIMEOUT,
             RelayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -95,6 +99,9 @@ impl RelayError {
             // Which certificate check failed is for the operator (the log line), not for the client.
             RelayError::Upstream(UpstreamError::Tls(..)) => {
                 "could not set up a trusted TLS connection to the upstream".into()
+            }
+            RelayError::Upstream(UpstreamError::Proxy(_)) => {
+                "the egress proxy did not connect the relay to the upstream".into()
             }
             RelayError::Upstream(UpstreamError::Credential(_)) => {
                 "the upstream rejected the relay's credential; the operator has been told".into()

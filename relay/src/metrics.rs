@@ -17,7 +17,7 @@
 //! | `ssegate_requests_total` | counter | route, tenant, status_class | every answered request (`route="none"` when no route matched, `tenant="none"` before authentication) |
 //! | `ssegate_stream_outcomes_total` | counter | route, outcome | how streams ended: `complete`, `upstream_*`, `stream_total_timeout`, `shutdown`, `client_cancelled_*`, `client_write_timeout` |
 //! | `ssegate_rejections_total` | counter | reason | requests refused before the vendor call: `headers_too_large`, `unauthorized`, `payload_too_large`, `overloaded`, `rate_limited`, `not_found`, `method_not_allowed`, `bad_request_body` |
-//! | `ssegate_upstream_errors_total` | counter | route, kind | vendor trouble: `connect`, `tls`, `timeout`, `protocol`, `redirect`, `credential`, `status_4xx`, `status_5xx` (every attempt) |
+//! | `ssegate_upstream_errors_total` | counter | route, kind | vendor trouble: `connect`, `tls`, `proxy`, `timeout`, `protocol`, `redirect`, `credential`, `status_4xx`, `status_5xx` (every attempt) |
 //! | `ssegate_failover_attempts_total` | counter | route | calls to a route's next endpoint |
 //! | `ssegate_relayed_bytes_total` | counter | route | body bytes handed to clients |
 //! | `ssegate_relayed_events_total` | counter | route | SSE events relayed |
@@ -211,6 +211,7 @@ const OUTCOME_KINDS: &[&str] = &[
 const ERROR_KINDS: &[&str] = &[
     "connect",
     "tls",
+    "proxy",
     "timeout",
     "protocol",
     "redirect",

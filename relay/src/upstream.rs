@@ -158,7 +158,8 @@ fn read(field: &str, path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
 
 impl Upstream {
     pub fn new(route: &Route, tls: Arc<rustls::ClientConfig>) -> Self {
-        let connector = VendorConnector::new(tls, route.connect_timeout);
+        let proxy = connect::EgressProxy::new(&route.egress);
+        let connector = VendorConnector::new(tls, route.connect_timeout, proxy);
         // Bounded both ways: at most `max_idle_connections` idle connections per vendor host (more are closed as
         // they come back), each closed after `pool_idle_timeout`.
         let client = Client::builder(TokioExecutor::new())
@@ -276,6 +277,8 @@ fn connect_failed(e: hyper_util::client::legacy::Error) -> UpstreamError {
         Some(ConnectError::Tls(failure, _)) => UpstreamError::Tls(*failure, e),
         Some(ConnectError::TlsTimeout(_)) => UpstreamError::TlsTimeout(e),
         Some(ConnectError::TcpTimeout(_)) => UpstreamError::ConnectTimeout(e),
+        Some(ConnectError::Proxy { .. }) => UpstreamError::Proxy(e),
+        Some(ConnectError::ProxyTimeout { .. }) => UpstreamError::ProxyTimeout(e),
         _ if caused_by_timeout(&e) => UpstreamError::ConnectTimeout(e),
         _ => UpstreamError::Connect(e),
     }

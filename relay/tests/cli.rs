@@ -15,6 +15,10 @@ const SECRET: &str = "sk-cli-CANARY-6b0d";
 fn relay() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
     c.env("CLI_TEST_VENDOR_KEY", SECRET).env_remove("RUST_LOG");
+    // The machine's own proxy settings are not the test's.
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+        c.env_remove(var).env_remove(var.to_ascii_lowercase());
+    }
     c
 }
 
@@ -152,6 +156,51 @@ fn a_route_whose_trust_files_cannot_be_used_exits_64() {
         .arg("--check-config")
         .env("SSL_CERT_FILE", &empty)
         .env("SSL_CERT_DIR", dir.path().join("none")));
+    assert!(out.status.success(), "{stderr}");
+}
+
+#[test]
+fn a_proxy_that_cannot_be_used_exits_64_without_its_credentials() {
+    let body = valid_at("127.0.0.1:8080", "https://127.0.0.1:9", "");
+    let (_cfg, path) = write_config(&body);
+    let env_cases = [
+        ("HTTPS_PROXY", "socks5://u:pw-CANARY@proxy:1080"),
+        ("https_proxy", "https://u:pw-CANARY@proxy:3128"),
+        ("HTTP_PROXY", "http://"),
+    ];
+    for (var, value) in env_cases {
+        let (out, stderr) = run(relay()
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .env(var, value));
+        assert_eq!(out.status.code(), Some(64), "{var}: {stderr}");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        assert!(!stderr.contains("CANARY"), "printed credentials: {stderr}");
+    }
+    let route_cases = [
+        ("proxy = \"socks5://proxy:1080\"", "routes[0].proxy"),
+        (
+            "proxy = \"http://proxy:3128\"\nproxy_auth_file = \"/nonexistent\"",
+            "routes[0].proxy_auth_file",
+        ),
+        (
+            "proxy = \"none\"\nproxy_auth_file = \"/nonexistent\"",
+            "routes[0].proxy_auth_file",
+        ),
+    ];
+    for (lines, expect) in route_cases {
+        let (_cfg, path) = write_config(&format!("{body}{lines}\n"));
+        let (out, stderr) = run(relay().arg("--config").arg(&path).arg("--check-config"));
+        assert_eq!(out.status.code(), Some(64), "{lines}: {stderr}");
+        assert!(stderr.contains(expect), "{lines}: {stderr}");
+    }
+    // A bare host:port is an http:// proxy, as curl reads it.
+    let (out, stderr) = run(relay()
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .env("HTTPS_PROXY", "proxy.corp.example:3128"));
     assert!(out.status.success(), "{stderr}");
 }
 

@@ -14,6 +14,7 @@ mod faults;
 mod openai_sdk;
 mod paths;
 mod prometheus;
+mod proxy;
 mod stack;
 mod support;
 mod tls;

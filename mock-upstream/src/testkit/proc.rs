@@ -191,6 +191,18 @@ pub async fn start_mock(api_key: &str) -> Result<Proc> {
     spawn_listening(cmd, "mock", 0).await
 }
 
+/// The egress proxy variables the relay honours.
+const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// The mock vendor speaking HTTPS (`--tls`) on a free loopback port, and the path of its CA certificate (PEM, in
 /// the process's directory, removed with it). Plain-HTTP requests to the same port still reach the inspection
 /// endpoints ([`crate::tls::serve`]).
@@ -218,6 +230,11 @@ pub async fn start_relay(config: &str, env: &[(&str, &str)], log: &str) -> Resul
     let path = dir.path().join("relay.toml");
     std::fs::write(&path, config)?;
     let mut cmd = Command::new(binary("relay", "SSEGATE_RELAY_BIN")?);
+    // A proxy set on the machine running the tests must not reroute the relay's vendor calls: a test that wants
+    // one passes it in `env`.
+    for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
     cmd.arg("--config")
         .arg(&path)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])

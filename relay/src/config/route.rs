@@ -65,6 +65,11 @@ pub struct RawRoute {
     /// A client certificate chain and its private key (PEM), for mutual TLS to an internal gateway.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// Egress proxy: `http://[user:password@]host:port`, or `"none"`. Default: `HTTPS_PROXY` / `HTTP_PROXY` /
+    /// `ALL_PROXY` minus `NO_PROXY`.
+    pub proxy: Option<String>,
+    /// A file holding the proxy's `user:password` (instead of putting them in the URL).
+    pub proxy_auth_file: Option<PathBuf>,
 }
 
 /// The CA certificates a route trusts.
@@ -183,6 +188,7 @@ pub struct Route {
     pub propagate_trace: bool,
     pub gen_ai_system: String,
     pub tls: RouteTls,
+    pub egress: super::Egress,
 }
 
 pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
@@ -281,6 +287,7 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
             ca_file: r.ca_file.clone(),
             client_auth,
         },
+        egress: super::proxy::egress(&at, r.proxy.as_deref(), r.proxy_auth_file.as_deref(), env)?,
     })
 }
 

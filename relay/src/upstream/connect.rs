@@ -1,6 +1,12 @@
-//! Setting up a vendor connection: TCP, then TLS for `https`, the whole set-up bounded by the route's connect
-//! timeout, and each failure named by the step that failed ([`ConnectError`]), so that a certificate problem is
-//! reported as one ([`TlsFailure`]) rather than as a generic connect error.
+//! Setting up a vendor connection: TCP (to the vendor, or to the egress proxy and then an HTTP `CONNECT` tunnel
+//! through it), then TLS for `https` (inside the tunnel), the whole set-up bounded by the route's connect timeout,
+//! and each failure named by the step that failed ([`ConnectError`]), so that a certificate problem or a proxy's
+//! refusal is reported as one ([`TlsFailure`], [`ProxyFailure`]) rather than as a generic connect error.
+//!
+//! Which proxy, if any: [`EgressProxy`], from the route's `proxy` or the environment (`HTTPS_PROXY`, `HTTP_PROXY`,
+//! `ALL_PROXY`, `NO_PROXY`; hyper-util's matcher). Every vendor connection is a tunnel, `https` and `http` alike, so
+//! the proxy sees only the vendor's host and port; credentials go in `Proxy-Authorization` and are never logged
+//! (errors name the proxy by host and port).
 //!
 //! hyper-rustls's connector does the same two steps but bounds only the TCP connect (a vendor, or anything on the
 //! way, that accepts and then never finishes the handshake held the request until the first-byte timeout) and
@@ -12,13 +18,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderValue, Uri};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::config::{Egress, ProxyConfig};
 
 /// What a vendor connection is: plain, or TLS over TCP.
 pub type VendorStream = MaybeHttpsStream<TokioIo<TcpStream>>;
@@ -36,6 +46,131 @@ pub enum ConnectError {
     TlsTimeout(Duration),
     #[error("the upstream host is not a valid TLS server name")]
     ServerName(#[source] rustls::pki_types::InvalidDnsNameError),
+    #[error("egress proxy {proxy}: {failure}")]
+    Proxy {
+        proxy: String,
+        failure: ProxyFailure,
+    },
+    #[error("egress proxy {proxy}: tunnel not set up within {timeout:?}")]
+    ProxyTimeout { proxy: String, timeout: Duration },
+}
+
+/// What went wrong with the egress proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyFailure {
+    #[error("cannot connect")]
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// It answered `CONNECT` with this status (407: credentials missing or wrong, 403: not allowed, 502: it could
+    /// not reach the vendor).
+    #[error("refused the tunnel ({0})")]
+    Refused(u16),
+    #[error("broke off the tunnel set-up")]
+    Broken(#[source] std::io::Error),
+    #[error("answered CONNECT with something that is not HTTP")]
+    Garbled,
+}
+
+/// A route's egress proxy: which proxy a vendor URL goes through, with which credentials.
+pub struct EgressProxy {
+    matcher: Matcher,
+    /// From `proxy_auth_file`; otherwise the proxy URL's user info is used.
+    auth: Option<HeaderValue>,
+}
+
+impl EgressProxy {
+    /// `None` when the route never uses a proxy.
+    pub fn new(egress: &Egress) -> Option<Self> {
+        let builder = match &egress.proxy {
+            ProxyConfig::Off => return None,
+            ProxyConfig::Route { url } => Matcher::builder().all(url.clone()),
+            ProxyConfig::Env {
+                http,
+                https,
+                all,
+                no_proxy,
+            } => {
+                if http.is_empty() && https.is_empty() && all.is_empty() {
+                    return None;
+                }
+                Matcher::builder()
+                    .http(http.clone())
+                    .https(https.clone())
+                    .all(all.clone())
+                    .no(no_proxy.clone())
+            }
+        };
+        let auth = egress.auth.as_deref().map(|user_password| {
+            use base64::Engine;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(user_password);
+            let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            value.set_sensitive(true);
+            value
+        });
+        Some(Self {
+            matcher: builder.build(),
+            auth,
+        })
+    }
+
+    /// The proxy for `dst` (`None`: straight to the vendor) and the `Proxy-Authorization` to send it.
+    fn route(&self, dst: &Uri) -> Option<(Uri, Option<HeaderValue>)> {
+        let hop = self.matcher.intercept(dst)?;
+        let auth = self.auth.clone().or_else(|| hop.basic_auth().cloned());
+        Some((hop.uri().clone(), auth))
+    }
+}
+
+/// Asks the proxy on `conn` for a tunnel to `host:port`; the connection is the tunnel once it answers 200.
+async fn tunnel(
+    conn: &mut TcpStream,
+    host: &str,
+    port: u16,
+    auth: Option<&HeaderValue>,
+) -> Result<(), ProxyFailure> {
+    // IPv6 literals keep their brackets in the request target.
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n").into_bytes();
+    if let Some(auth) = auth {
+        head.extend_from_slice(b"Proxy-Authorization: ");
+        head.extend_from_slice(auth.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    conn.write_all(&head).await.map_err(ProxyFailure::Broken)?;
+    // The answer's head, read whole before anything else is sent (the proxy sends nothing after it until the
+    // client speaks). Its body, if a refusal has one, is never read: the connection is dropped.
+    let mut buf = vec![0u8; 8 << 10];
+    let mut len = 0;
+    loop {
+        let n = conn
+            .read(&mut buf[len..])
+            .await
+            .map_err(ProxyFailure::Broken)?;
+        if n == 0 {
+            return Err(ProxyFailure::Broken(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut res = httparse::Response::new(&mut headers);
+        match res.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                return match res.code {
+                    Some(code) if (200..300).contains(&code) => Ok(()),
+                    Some(code) => Err(ProxyFailure::Refused(code)),
+                    None => Err(ProxyFailure::Garbled),
+                };
+            }
+            Ok(httparse::Status::Partial) if len < buf.len() => {}
+            _ => return Err(ProxyFailure::Garbled),
+        }
+    }
 }
 
 /// A failed TLS handshake, by cause.
@@ -83,12 +218,17 @@ impl TlsFailure {
 pub struct VendorConnector {
     http: HttpConnector,
     tls: tokio_rustls::TlsConnector,
-    /// For TCP connect and TLS handshake together.
+    /// For TCP connect, proxy tunnel and TLS handshake together.
     timeout: Duration,
+    proxy: Option<Arc<EgressProxy>>,
 }
 
 impl VendorConnector {
-    pub fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+        proxy: Option<EgressProxy>,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timeout));
         http.set_nodelay(true);
@@ -97,6 +237,7 @@ impl VendorConnector {
             http,
             tls: tokio_rustls::TlsConnector::from(tls),
             timeout,
+            proxy: proxy.map(Arc::new),
         }
     }
 }
@@ -120,14 +261,44 @@ impl tower_service::Service<Uri> for VendorConnector {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host)
             .to_owned();
-        let connecting = self.http.call(dst);
+        let port = dst.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let hop = self.proxy.as_ref().and_then(|p| p.route(&dst));
+        let connecting = self
+            .http
+            .call(hop.as_ref().map_or(dst, |(proxy, _)| proxy.clone()));
         let (tls, timeout) = (self.tls.clone(), self.timeout);
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
-            let tcp = match tokio::time::timeout_at(deadline, connecting).await {
-                Err(_) => return Err(ConnectError::TcpTimeout(timeout)),
-                Ok(Err(e)) => return Err(ConnectError::Tcp(Box::new(e))),
-                Ok(Ok(tcp)) => tcp,
+            let connected = tokio::time::timeout_at(deadline, connecting).await;
+            let tcp = match (&hop, connected) {
+                (None, Err(_)) => return Err(ConnectError::TcpTimeout(timeout)),
+                (None, Ok(Err(e))) => return Err(ConnectError::Tcp(Box::new(e))),
+                (Some((proxy, _)), Err(_)) => {
+                    let proxy = proxy.authority().map_or(String::new(), ToString::to_string);
+                    return Err(ConnectError::ProxyTimeout { proxy, timeout });
+                }
+                (Some((proxy, _)), Ok(Err(e))) => {
+                    let proxy = proxy.authority().map_or(String::new(), ToString::to_string);
+                    let failure = ProxyFailure::Unreachable(Box::new(e));
+                    return Err(ConnectError::Proxy { proxy, failure });
+                }
+                (_, Ok(Ok(tcp))) => tcp,
+            };
+            let tcp = match &hop {
+                None => tcp,
+                Some((proxy, auth)) => {
+                    let proxy = proxy.authority().map_or(String::new(), ToString::to_string);
+                    let mut stream = tcp.into_inner();
+                    let tunnelled = tokio::time::timeout_at(
+                        deadline,
+                        tunnel(&mut stream, &host, port, auth.as_ref()),
+                    );
+                    match tunnelled.await {
+                        Err(_) => return Err(ConnectError::ProxyTimeout { proxy, timeout }),
+                        Ok(Err(failure)) => return Err(ConnectError::Proxy { proxy, failure }),
+                        Ok(Ok(())) => TokioIo::new(stream),
+                    }
+                }
             };
             if !https {
                 return Ok(MaybeHttpsStream::Http(tcp));

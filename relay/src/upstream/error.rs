@@ -17,6 +17,10 @@ pub enum UpstreamError {
     Tls(TlsFailure, #[source] legacy::Error),
     #[error("upstream TLS handshake timed out")]
     TlsTimeout(#[source] legacy::Error),
+    #[error("egress proxy failed")]
+    Proxy(#[source] legacy::Error),
+    #[error("egress proxy tunnel timed out")]
+    ProxyTimeout(#[source] legacy::Error),
     #[error("upstream sent no response head within the first-byte timeout")]
     FirstByteTimeout,
     #[error("upstream protocol error")]
@@ -28,11 +32,12 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// A fixed name for metrics: `connect`, `tls`, `timeout`, `protocol`, `redirect`, `credential`.
+    /// A fixed name for metrics: `connect`, `tls`, `proxy`, `timeout`, `protocol`, `redirect`, `credential`.
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "connect",
             UpstreamError::Tls(..) | UpstreamError::TlsTimeout(_) => "tls",
+            UpstreamError::Proxy(_) | UpstreamError::ProxyTimeout(_) => "proxy",
             UpstreamError::ConnectTimeout(_) | UpstreamError::FirstByteTimeout => "timeout",
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Redirect(_) => "redirect",
@@ -48,6 +53,8 @@ impl UpstreamError {
                 | UpstreamError::ConnectTimeout(_)
                 | UpstreamError::Tls(..)
                 | UpstreamError::TlsTimeout(_)
+                | UpstreamError::Proxy(_)
+                | UpstreamError::ProxyTimeout(_)
         )
     }
 }
