@@ -30,6 +30,9 @@ struct Cli {
     /// ... and this private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<String>,
+    /// Require a client certificate signed by this CA (PEM): mutual TLS, as an internal gateway may.
+    #[arg(long)]
+    tls_client_ca: Option<String>,
 }
 
 #[tokio::main]
@@ -37,15 +40,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let addr = listener.local_addr()?;
+    let client_ca = cli.tls_client_ca.as_deref().map(tls::read).transpose()?;
+    let client_ca = client_ca.as_deref();
     let (config, ca) = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert), Some(key)) => (
-            Some(tls::server_config(
-                &tls::read(cert)?,
-                &tls::read(key)?,
-                cert,
-            )?),
-            None,
-        ),
+        (Some(cert), Some(key)) => {
+            let (cert_pem, key_pem) = (tls::read(cert)?, tls::read(key)?);
+            let config = tls::server_config(&cert_pem, &key_pem, client_ca, cert)?;
+            (Some(config), None)
+        }
         _ if cli.tls => {
             let pki = Pki::new("ssegate mock CA")?;
             let (cert, key) = pki.leaf(Leaf::Loopback)?;
@@ -53,14 +55,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 std::env::temp_dir().join(format!("ssegate-mock-ca-{}.pem", addr.port()))
             });
             std::fs::write(&path, pki.ca_pem())?;
-            (
-                Some(tls::server_config(
-                    &cert,
-                    &key,
-                    "the generated certificate",
-                )?),
-                Some(path),
-            )
+            let config = tls::server_config(&cert, &key, client_ca, "the generated certificate")?;
+            (Some(config), Some(path))
         }
         _ => (None, None),
     };

@@ -11,8 +11,8 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    date_time_ymd,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, date_time_ymd,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -44,6 +44,8 @@ pub enum Leaf {
     Expired,
     /// Valid, for `vendor.invalid` only.
     OtherHost,
+    /// A client certificate (for mutual TLS), named `ssegate-relay`.
+    Client,
 }
 
 /// A private certificate authority.
@@ -77,12 +79,18 @@ impl Pki {
         let names = match leaf {
             Leaf::Loopback | Leaf::Expired => vec!["127.0.0.1", "::1", "localhost"],
             Leaf::OtherHost => vec!["vendor.invalid"],
+            Leaf::Client => vec!["ssegate-relay"],
         };
         let mut params =
             CertificateParams::new(names.into_iter().map(String::from).collect::<Vec<_>>())?;
         params
             .distinguished_name
             .push(DnType::CommonName, "mock-upstream");
+        params.extended_key_usages = vec![if leaf == Leaf::Client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
         if leaf == Leaf::Expired {
             params.not_before = date_time_ymd(2020, 1, 1);
             params.not_after = date_time_ymd(2021, 1, 1);
@@ -93,10 +101,12 @@ impl Pki {
     }
 }
 
-/// A TLS server configuration from PEM text (certificate chain, private key); ALPN `http/1.1`.
+/// A TLS server configuration from PEM text (certificate chain, private key); ALPN `http/1.1`. With `client_ca`
+/// (PEM), every client must present a certificate signed by it (mutual TLS).
 pub fn server_config(
     cert_pem: &str,
     key_pem: &str,
+    client_ca: Option<&str>,
     origin: &str,
 ) -> Result<rustls::ServerConfig, TlsSetupError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -114,10 +124,25 @@ pub fn server_config(
             what: "private key",
         })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(
+                CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok),
+            );
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -189,6 +189,9 @@ impl Upstream {
             Err(_) => Err(UpstreamError::FirstByteTimeout),
             Ok(Ok(res)) => Ok(res),
             Ok(Err(e)) if e.is_connect() => Err(connect_failed(e)),
+            Ok(Err(e)) if TlsFailure::client_certificate_refused(&e) => {
+                Err(UpstreamError::Tls(TlsFailure::ClientCertificate, e))
+            }
             Ok(Err(e)) => Err(UpstreamError::Protocol(e)),
         }
     }

@@ -180,3 +180,55 @@ async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() -> 
     assert!(logs.contains("TLS handshake timed out"), "{logs}");
     Ok(())
 }
+
+/// An internal gateway that requires a client certificate (`--tls-client-ca`): the route's `client_cert` and
+/// `client_key` get the stream through; without them the gateway's refusal is a named 502 and nothing is served.
+#[tokio::test]
+async fn mutual_tls_to_a_gateway_that_asks_for_a_client_certificate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new("gateway test CA")?;
+    let write = |name: &str, text: &str| -> Result<std::path::PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let ca = write("ca.pem", pki.ca_pem())?;
+    let (server_cert, server_key) = pki.leaf(Leaf::Loopback)?;
+    let (client_cert, client_key) = pki.leaf(Leaf::Client)?;
+    let (server_cert, server_key) = (write("s.crt", &server_cert)?, write("s.key", &server_key)?);
+    let (client_cert, client_key) = (write("c.crt", &client_cert)?, write("c.key", &client_key)?);
+    let mut cmd = Command::new(binary("mock-upstream", "SSEGATE_MOCK_BIN")?);
+    cmd.args(["--listen", "127.0.0.1:0", "--api-key", VENDOR_KEY])
+        .arg("--tls-cert")
+        .arg(&server_cert)
+        .arg("--tls-key")
+        .arg(&server_key)
+        .arg("--tls-client-ca")
+        .arg(&ca);
+    let gateway = spawn_listening(cmd, "mock", 0).await?;
+
+    let with_cert =
+        format!("ca_file = {ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}");
+    let relay = start_relay_to(gateway.addr, true, "", &with_cert, "info", &[]).await?;
+    let got = receive(chat(&relay.url(""), CLIENT_KEY, &[])).await?;
+    assert_eq!(mock_record(&gateway, &got.trace_id).await?["tls"], true);
+
+    let without = start_relay_to(
+        gateway.addr,
+        true,
+        "",
+        &format!("ca_file = {ca:?}"),
+        "info",
+        &[],
+    )
+    .await?;
+    let (status, kind, logs) = answer(&without).await?;
+    assert_eq!((status, kind.as_str()), (502, "upstream_tls"), "{logs}");
+    assert!(logs.contains("client_certificate_rejected"), "{logs}");
+    assert_eq!(
+        mock_stats(&gateway).await?["requests"],
+        1,
+        "only the relay with a certificate got through"
+    );
+    Ok(())
+}

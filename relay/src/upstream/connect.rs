@@ -183,6 +183,9 @@ pub enum TlsFailure {
     WrongHost,
     /// Anything else: a protocol alert, no shared cipher suite, a certificate refused for another reason.
     Handshake,
+    /// The vendor refused the relay's client certificate (or its absence). Under TLS 1.3 the client's handshake
+    /// is done before the server has checked it, so this arrives as an alert when the answer is read.
+    ClientCertificate,
 }
 
 impl TlsFailure {
@@ -193,7 +196,29 @@ impl TlsFailure {
             TlsFailure::Expired => "certificate_expired",
             TlsFailure::WrongHost => "certificate_host_mismatch",
             TlsFailure::Handshake => "handshake_failed",
+            TlsFailure::ClientCertificate => "client_certificate_rejected",
         }
+    }
+
+    /// Whether `err` (any error in its chain) is the vendor's alert refusing the relay's client certificate.
+    pub fn client_certificate_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+        use rustls::AlertDescription as A;
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+                e.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            });
+            if let Some(rustls::Error::AlertReceived(
+                A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::CertificateUnknown,
+            )) = tls
+            {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
     }
 
     fn of(err: &std::io::Error) -> Self {
