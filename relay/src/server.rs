@@ -149,11 +149,14 @@ pub async fn serve<H: Handler>(
 /// Without it, Linux lets a connection's send buffer grow to megabytes (`tcp_wmem`, autotuned) and calls the socket
 /// writable again only once a third of that is free. Two things went wrong with that: an answer's tail sat in the
 /// kernel, counted as written, for a client that never took it; and a client that kept reading slowly could make no
-/// write succeed for longer than the write timeout. With the cap, a write succeeds whenever the client has taken a
-/// little, so writes follow the client's progress, and what the kernel holds for a client is bounded (the cap
-/// plus the client's receive window). Data already sent and awaiting acknowledgement is not counted, so a fast
-/// client's throughput is unaffected; an SSE stream's small frames never come near the cap.
-pub const NOTSENT_LOWAT: u32 = 128 << 10;
+/// write succeed for longer than the write timeout. With the mark, and writes of at most the mark each starting a
+/// new kernel buffer ([`io::WriteTimeout`]), at most twice the mark is ever unsent, so a write succeeds as soon as
+/// the client's window opens: writes follow the client's progress, and what the kernel holds for a client is
+/// bounded (twice the mark plus the client's receive window). 16 KiB, the value Cloudflare uses for the same
+/// reason; 128 KiB let a 64 KiB/s reader go 3 s without a successful write on a loaded CI machine. Data already
+/// sent and awaiting acknowledgement is not counted, so a fast client's throughput is unaffected; an SSE stream's
+/// small frames never come near the mark.
+pub const NOTSENT_LOWAT: u32 = 16 << 10;
 
 fn limit_unsent(stream: &tokio::net::TcpStream) {
     #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -321,11 +321,11 @@ async fn no_credential_reaches_any_log_line_even_at_trace_level() -> Result<()> 
 /// line must say the client did not get it (`client_write_timeout`), never `complete`, with the bytes it did get.
 #[tokio::test]
 async fn a_tail_the_client_never_took_is_not_complete() -> Result<()> {
-    // About 300 KB of answer: more than the kernel holds for the client (TCP_NOTSENT_LOWAT's 128 KiB plus the
-    // client's window), less than that plus what hyper queues for it (16 frames of up to 32 KiB, with a 1 MiB buffer
-    // cap here), so the vendor's body ends with its tail still in the relay. Measured here: 131 KB is all taken by
-    // the kernel (a legitimate `complete`); from 219 to 306 KB the tail stays in the relay (and was logged
-    // `complete` before this was fixed); from 394 KB the vendor's body never ends before the cut.
+    // About 300 KB of answer: more than the kernel holds for the client (at most 32 KiB unsent plus the client's
+    // window), less than that plus what hyper queues for it (16 frames of up to 32 KiB, with a 1 MiB buffer cap
+    // here), so the vendor's body ends with its tail still in the relay. Measured with the earlier 128 KiB mark:
+    // 131 KB was all taken by the kernel (a legitimate `complete`); from 219 to 306 KB the tail stayed in the relay
+    // (and was logged `complete` before this was fixed); from 394 KB the vendor's body never ended before the cut.
     let Some((line, got)) = cut_reader(6, true).await? else {
         return Ok(());
     };
