@@ -30,6 +30,9 @@ pub struct Options {
     pub access_log: bool,
     /// Applied to the rendered site config (e.g. a shorter `proxy_read_timeout`).
     pub tweak: fn(String) -> String,
+    /// The upstream speaks HTTPS with a certificate for `localhost` from this CA (PEM file): nginx proxies with
+    /// `proxy_ssl_verify on` (the performance run's TLS rows).
+    pub upstream_ca: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             rlimit_nofile: None,
             access_log: true,
             tweak: |site| site,
+            upstream_ca: None,
         }
     }
 }
@@ -133,7 +137,22 @@ pub async fn start(binary: &Path, upstream: SocketAddr, opts: Options) -> Result
             .prefix("ssegate-nginx-")
             .tempdir()?;
         let d = dir.path().display();
-        let site = (opts.tweak)(render_site(upstream, port)?);
+        let mut site = (opts.tweak)(render_site(upstream, port)?);
+        if let Some(ca) = opts.upstream_ca {
+            let plain = "proxy_pass http://ssegate_relay;";
+            if !site.contains(plain) {
+                bail!("the site config no longer has `{plain}` to turn into HTTPS");
+            }
+            // nginx checks DNS names only (not IP addresses) against the certificate: name it `localhost`.
+            site = site.replace(
+                plain,
+                &format!(
+                    "proxy_pass https://ssegate_relay;\n        proxy_ssl_trusted_certificate {ca};\n        \
+                     proxy_ssl_verify on;\n        proxy_ssl_name localhost;\n        proxy_ssl_server_name on;\n        \
+                     proxy_ssl_session_reuse on;"
+                ),
+            );
+        }
         std::fs::write(dir.path().join("ssegate.conf"), site)?;
         let rlimit = opts
             .rlimit_nofile

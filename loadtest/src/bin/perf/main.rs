@@ -1,6 +1,7 @@
 //! `perf`: the side-by-side run. Starts mock-upstream, the relay (release, auth and audit log on) and nginx from
-//! `deploy/nginx/ssegate.conf`, runs the goose load test against five targets (mock directly, nginx → mock,
-//! relay → mock, the same relay with `[metrics] enabled = false`, nginx → relay → mock) at each concurrency, and prints one Markdown table. Everything binds
+//! `deploy/nginx/ssegate.conf`, runs the goose load test against seven targets (mock directly, nginx → mock,
+//! relay → mock, the same relay with `[metrics] enabled = false`, nginx → relay → mock, and nginx and the relay to
+//! the same mock over HTTPS) at each concurrency, and prints one Markdown table. Everything binds
 //! 127.0.0.1 and is stopped by its PID (processes and nginx from the workspace's test kit). `--gate` runs the short
 //! CI variant and compares same-run ratios with `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which
 //! builds the release binaries first.
@@ -156,7 +157,7 @@ async fn main() -> Result<()> {
     let root = root()?;
     let dir = tempfile::Builder::new().prefix("ssegate-perf-").tempdir()?;
     let mock = mock_upstream::testkit::proc::start_mock(VENDOR_KEY).await?;
-    let config = mock_upstream::relay_config(&mock_upstream::RelayToml {
+    let toml = mock_upstream::RelayToml {
         https: false,
         mock: mock.addr,
         top: "max_streams = 20000\nmax_streams_per_tenant = 20000\n[audit]\nenabled = true",
@@ -164,7 +165,8 @@ async fn main() -> Result<()> {
         client_key: CLIENT_KEY,
         secret_env: VENDOR_KEY_VAR,
         route: "",
-    });
+    };
+    let config = mock_upstream::relay_config(&toml);
     let env = [(VENDOR_KEY_VAR, VENDOR_KEY)];
     let relay = mock_upstream::testkit::proc::start_relay(&config, &env, "info").await?;
     // The same relay with its request-path metrics off: what metrics cost, measured in the same run.
@@ -181,6 +183,21 @@ async fn main() -> Result<()> {
     };
     let nginx_mock = nginx::start(&nginx_bin, mock.addr, opts).await?;
     let nginx_relay = nginx::start(&nginx_bin, relay.addr, opts).await?;
+    // TLS to the vendor: the same mock over HTTPS (a private CA), the relay and nginx both checking its certificate.
+    let (mock_tls, ca) = mock_upstream::testkit::proc::start_mock_tls(VENDOR_KEY).await?;
+    let ca: &'static str = Box::leak(ca.display().to_string().into_boxed_str());
+    let tls_config = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        https: true,
+        mock: mock_tls.addr,
+        route: &format!("ca_file = {ca:?}"),
+        ..toml
+    });
+    let relay_tls = mock_upstream::testkit::proc::start_relay(&tls_config, &env, "info").await?;
+    let tls_opts = nginx::Options {
+        upstream_ca: Some(ca),
+        ..opts
+    };
+    let nginx_tls = nginx::start(&nginx_bin, mock_tls.addr, tls_opts).await?;
     let url = |addr: std::net::SocketAddr| format!("http://{addr}");
     let mut targets: Vec<(&str, String, &str, Vec<&dyn Cost>)> = vec![
         ("direct", url(mock.addr), VENDOR_KEY, vec![]),
@@ -202,6 +219,18 @@ async fn main() -> Result<()> {
             nginx_relay.base(),
             CLIENT_KEY,
             vec![&nginx_relay, &relay],
+        ),
+        (
+            "nginx → mock (TLS)",
+            nginx_tls.base(),
+            VENDOR_KEY,
+            vec![&nginx_tls],
+        ),
+        (
+            "relay → mock (TLS)",
+            url(relay_tls.addr),
+            CLIENT_KEY,
+            vec![&relay_tls],
         ),
     ];
     if a.gate {
