@@ -46,6 +46,40 @@ struct Args {
     /// Write this run's ratios as the new baseline.
     #[arg(long)]
     write_baseline: bool,
+    /// Give the proxies (relay, nginx) the last CPU and everything else (load generator, mock, this process) the
+    /// others, with `taskset`: the figures then measure the proxy, not queueing behind the load generator.
+    #[arg(long)]
+    pin: bool,
+}
+
+/// Which CPUs the proxies and the rest run on when pinned.
+struct Pinning {
+    proxies: String,
+    rest: String,
+}
+
+impl Pinning {
+    fn new() -> Result<Self> {
+        let n = std::thread::available_parallelism()?.get();
+        anyhow::ensure!(n >= 2, "--pin needs at least two CPUs");
+        Ok(Self {
+            proxies: (n - 1).to_string(),
+            rest: if n == 2 { "0".into() } else { format!("0-{}", n - 2) },
+        })
+    }
+
+    /// Moves every thread of `pids` to `cpus`.
+    fn pin(pids: impl IntoIterator<Item = u32>, cpus: &str) -> Result<()> {
+        for pid in pids {
+            let status = std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("running taskset (util-linux)")?;
+            anyhow::ensure!(status.success(), "taskset -a -p -c {cpus} {pid} failed");
+        }
+        Ok(())
+    }
 }
 
 /// The workspace root.
@@ -95,12 +129,22 @@ async fn run_load(
     a: &Args,
     proxies: &[&dyn Cost],
     out: &Path,
+    pinning: Option<&Pinning>,
 ) -> Result<Measured> {
     let summary_path = out.with_extension("json");
     let idle_rss_kib: u64 = proxies.iter().map(|p| p.rss_kib()).sum();
     let cpu_before: u64 = proxies.iter().map(|p| p.cpu_ns()).sum();
     let rate = users.min(500).to_string();
-    let mut child = Command::new(binary("loadtest", "SSEGATE_LOADTEST_BIN")?)
+    let loadtest = binary("loadtest", "SSEGATE_LOADTEST_BIN")?;
+    let mut cmd = match pinning {
+        Some(p) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &p.rest]).arg(&loadtest);
+            c
+        }
+        None => Command::new(&loadtest),
+    };
+    let mut child = cmd
         .args([
             "--host",
             base,
@@ -236,18 +280,29 @@ async fn main() -> Result<()> {
     if a.gate {
         targets.truncate(4);
     }
+    let pinning = if a.pin {
+        let p = Pinning::new()?;
+        let proxies = [&relay, &relay_off, &relay_tls].into_iter().filter_map(|r| r.pid());
+        let nginxes = [&nginx_mock, &nginx_relay, &nginx_tls].into_iter().flat_map(|n| n.pids());
+        Pinning::pin(proxies.chain(nginxes), &p.proxies)?;
+        let rest = [mock.pid(), mock_tls.pid(), Some(std::process::id())];
+        Pinning::pin(rest.into_iter().flatten(), &p.rest)?;
+        Some(p)
+    } else {
+        None
+    };
     let mut results = Vec::new();
     for &users in &a.levels {
         for (name, base, key, proxies) in &targets {
             let out = dir
                 .path()
                 .join(format!("{}-{users}", name.replace([' ', '→', ','], "")));
-            let m = run_load(base, key, users, &a, proxies, &out).await?;
+            let m = run_load(base, key, users, &a, proxies, &out, pinning.as_ref()).await?;
             eprintln!("perf: {users:>5} streams, {name}: {}", m.summary);
             results.push((users, *name, m));
         }
     }
-    print_table(&a, &results);
+    print_table(&a, &results, pinning.as_ref());
     let ratios = ratios(&results);
     println!("\n{}", serde_json::to_string_pretty(&ratios)?);
     if a.gate || a.write_baseline {
@@ -260,9 +315,16 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn print_table(a: &Args, results: &[(usize, &str, Measured)]) {
+fn print_table(a: &Args, results: &[(usize, &str, Measured)], pinning: Option<&Pinning>) {
+    let cpus = match pinning {
+        Some(p) => format!(
+            "proxies pinned to CPU {}, load generator, mock and this process to CPU {}",
+            p.proxies, p.rest
+        ),
+        None => "not pinned: load generator, mock and proxies share every CPU".to_owned(),
+    };
     println!(
-        "\nChunks every {} ms, {} chunks per stream, {} s per run; times in ms.\n",
+        "\nChunks every {} ms, {} chunks per stream, {} s per run; times in ms; {cpus}.\n",
         a.interval_ms, a.chunks, a.run_secs
     );
     println!(
