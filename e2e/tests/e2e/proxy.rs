@@ -245,14 +245,7 @@ async fn a_client_that_leaves_cancels_the_vendor_through_the_tunnel() -> Result<
 /// the proxy's connect and the tunnel's set-up as well as TLS.
 #[tokio::test]
 async fn a_tunnel_that_is_never_set_up_is_bounded_by_the_connect_timeout() -> Result<()> {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = silent.local_addr()?;
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((conn, _)) = silent.accept().await {
-            open.push(conn);
-        }
-    });
+    let (addr, held) = silent_listener().await?;
     let route = format!(
         "proxy = \"http://{addr}\"\nconnect_timeout_ms = 500\nfirst_byte_timeout_ms = 30000"
     );

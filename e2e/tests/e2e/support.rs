@@ -88,3 +88,17 @@ pub async fn await_counter(
 ) -> Result<bool> {
     client::await_counter(&mock.url(""), counter, at_least, timeout_ms).await
 }
+
+/// A loopback listener that accepts connections and never says anything (a vendor or proxy that hangs): its
+/// address, and the task holding the connections open (abort it to close them).
+pub async fn silent_listener() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?;
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    Ok((addr, held))
+}

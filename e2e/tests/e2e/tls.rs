@@ -161,14 +161,7 @@ async fn a_tls_failure_fails_over_like_a_connect_error() -> Result<()> {
 /// `upstream_tls` after the connect timeout, not after the first-byte timeout.
 #[tokio::test]
 async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() -> Result<()> {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = silent.local_addr()?;
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((conn, _)) = silent.accept().await {
-            open.push(conn);
-        }
-    });
+    let (addr, held) = silent_listener().await?;
     let route = "connect_timeout_ms = 500\nfirst_byte_timeout_ms = 30000";
     let relay = start_relay_to(addr, true, "", route, "info", &[]).await?;
     let started = Instant::now();

@@ -64,7 +64,11 @@ impl Pinning {
         anyhow::ensure!(n >= 2, "--pin needs at least two CPUs");
         Ok(Self {
             proxies: (n - 1).to_string(),
-            rest: if n == 2 { "0".into() } else { format!("0-{}", n - 2) },
+            rest: if n == 2 {
+                "0".into()
+            } else {
+                format!("0-{}", n - 2)
+            },
         })
     }
 
@@ -282,8 +286,12 @@ async fn main() -> Result<()> {
     }
     let pinning = if a.pin {
         let p = Pinning::new()?;
-        let proxies = [&relay, &relay_off, &relay_tls].into_iter().filter_map(|r| r.pid());
-        let nginxes = [&nginx_mock, &nginx_relay, &nginx_tls].into_iter().flat_map(|n| n.pids());
+        let proxies = [&relay, &relay_off, &relay_tls]
+            .into_iter()
+            .filter_map(|r| r.pid());
+        let nginxes = [&nginx_mock, &nginx_relay, &nginx_tls]
+            .into_iter()
+            .flat_map(|n| n.pids());
         Pinning::pin(proxies.chain(nginxes), &p.proxies)?;
         let rest = [mock.pid(), mock_tls.pid(), Some(std::process::id())];
         Pinning::pin(rest.into_iter().flatten(), &p.rest)?;
