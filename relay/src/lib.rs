@@ -209,6 +209,10 @@ pub async fn serve<H: Handler>(
         stop: stop.clone(),
         drain: CancellationToken::new(),
     };
+    for route in &config.routes {
+        // Which way each route's vendor calls go, so an operator can check it (credentials are never shown).
+        tracing::info!(route = %route.path, egress = %route.egress, "vendor calls");
+    }
     let relay = stack::Relay::new(config.clone(), tls, shutdown.drain.clone());
     let make = || Arc::new(wrap(relay.for_worker()));
     let (workers, pinned, limits) = (config.workers, config.pin_connections, config.limits);

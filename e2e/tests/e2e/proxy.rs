@@ -147,6 +147,11 @@ async fn https_through_a_forward_proxy_from_the_environment() -> Result<()> {
         vec![mock.addr.to_string()],
         "the proxy's log"
     );
+    let said = format!("through HTTPS_PROXY={}", proxy.url());
+    assert!(
+        relay.logs().contains(&said),
+        "no startup line saying {said}"
+    );
 
     // NO_PROXY and `proxy = "none"` go straight to the vendor: the proxy sees nothing more.
     let (_mock_skip, skip) = relay_via(

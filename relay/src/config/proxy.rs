@@ -51,6 +51,40 @@ impl fmt::Debug for Egress {
     }
 }
 
+/// For the startup log line: where the route's vendor calls go, without credentials.
+impl fmt::Display for Egress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.proxy {
+            ProxyConfig::Off => write!(f, "direct (proxy = \"none\")"),
+            ProxyConfig::Route { url } => write!(f, "through {}", redacted(url)),
+            ProxyConfig::Env {
+                http,
+                https,
+                all,
+                no_proxy,
+            } => {
+                let set: Vec<String> = [
+                    ("HTTPS_PROXY", https),
+                    ("HTTP_PROXY", http),
+                    ("ALL_PROXY", all),
+                ]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(name, v)| format!("{name}={}", redacted(v)))
+                .collect();
+                if set.is_empty() {
+                    return write!(f, "direct (no proxy variable set)");
+                }
+                write!(f, "through {}", set.join(" "))?;
+                if !no_proxy.is_empty() {
+                    write!(f, " except NO_PROXY={no_proxy}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// `url` without its user info: for logs and errors.
 pub fn redacted(url: &str) -> String {
     match url.rsplit_once('@') {
