@@ -46,6 +46,10 @@ struct Args {
     /// Write this run's ratios as the new baseline.
     #[arg(long)]
     write_baseline: bool,
+    /// Runs of the nginx → mock / relay → mock pair per level, interleaved; the CPU ratio is the median of the
+    /// pairs' ratios (the gate runs 3).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Give the proxies (relay, nginx) the last CPU and everything else (load generator, mock, this process) the
     /// others, with `taskset`: the figures then measure the proxy, not queueing behind the load generator.
     #[arg(long)]
@@ -201,6 +205,7 @@ async fn main() -> Result<()> {
     if a.gate {
         a.levels = vec![100];
         a.run_secs = a.run_secs.min(15);
+        a.repeat = a.repeat.max(3);
     }
     let root = root()?;
     let dir = tempfile::Builder::new().prefix("ssegate-perf-").tempdir()?;
@@ -301,13 +306,20 @@ async fn main() -> Result<()> {
     };
     let mut results = Vec::new();
     for &users in &a.levels {
-        for (name, base, key, proxies) in &targets {
-            let out = dir
-                .path()
-                .join(format!("{}-{users}", name.replace([' ', '→', ','], "")));
-            let m = run_load(base, key, users, &a, proxies, &out, pinning.as_ref()).await?;
-            eprintln!("perf: {users:>5} streams, {name}: {}", m.summary);
-            results.push((users, *name, m));
+        for rep in 0..a.repeat.max(1) {
+            for (name, base, key, proxies) in &targets {
+                // Later repetitions run only the gated pair, alternating nginx and the relay.
+                if rep > 0 && !PAIR.contains(name) {
+                    continue;
+                }
+                let out = dir.path().join(format!(
+                    "{}-{users}-{rep}",
+                    name.replace([' ', '→', ','], "")
+                ));
+                let m = run_load(base, key, users, &a, proxies, &out, pinning.as_ref()).await?;
+                eprintln!("perf: {users:>5} streams, {name}: {}", m.summary);
+                results.push((users, *name, m));
+            }
         }
     }
     print_table(&a, &results, pinning.as_ref());
@@ -385,10 +397,25 @@ fn print_table(a: &Args, results: &[(usize, &str, Measured)], pinning: Option<&P
     }
 }
 
-/// Same-run ratios, relay over nginx, per level: added delay (p50, p99) and CPU per chunk.
+/// The targets the gate compares, run `--repeat` times each, interleaved.
+const PAIR: [&str; 2] = ["nginx → mock", "relay → mock"];
+
+/// The median of `values` (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Same-run ratios, relay over nginx, per level: added delay (p50, p99) and CPU per chunk (the median over the
+/// repeated pairs, each pair's ratio listed in `cpu_per_chunk_ratio_runs`).
 fn ratios(results: &[(usize, &str, Measured)]) -> Value {
     let mut out = serde_json::Map::new();
-    let levels: Vec<usize> = results.iter().map(|r| r.0).collect();
+    let mut levels: Vec<usize> = results.iter().map(|r| r.0).collect();
+    levels.dedup();
     for users in levels {
         let get = |n: &str| {
             results
@@ -406,10 +433,23 @@ fn ratios(results: &[(usize, &str, Measured)]) -> Value {
                 - f(&d.summary, &format!("/chunk_delay_ms/{q}"))
         };
         let cpu = |m: &Measured| m.cpu_ns as f64 / f(&m.summary, "/chunks");
+        let runs = |n: &str| {
+            results
+                .iter()
+                .filter(|(u, name, _)| *u == users && *name == n)
+                .map(|r| cpu(&r.2))
+                .collect::<Vec<_>>()
+        };
+        let pairs: Vec<f64> = runs(PAIR[1])
+            .into_iter()
+            .zip(runs(PAIR[0]))
+            .map(|(relay, nginx)| relay / nginx)
+            .collect();
         let mut level = json!({
             "added_p50_ratio": added(r, "p50") / added(ng, "p50"),
             "added_p99_ratio": added(r, "p99") / added(ng, "p99"),
-            "cpu_per_chunk_ratio": cpu(r) / cpu(ng),
+            "cpu_per_chunk_ratio": median(pairs.clone()),
+            "cpu_per_chunk_ratio_runs": pairs,
         });
         // Metrics on over metrics off: what the request path's metrics cost per chunk.
         if let Some(off) = get("relay, metrics off → mock") {
