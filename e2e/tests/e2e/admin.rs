@@ -58,6 +58,14 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
         .await?;
     assert_eq!(failing.status(), 503);
     assert_eq!(chat(&base, "wrong", &[]).send().await?.status(), 401);
+    // The Responses API reports its usage as input/output tokens in `response.completed`: counted the same way.
+    let responses = client()
+        .post(format!("{base}/v1/responses"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .header("x-mock-chunks", "4")
+        .body(r#"{"model":"mock-1","stream":true,"input":"你好"}"#);
+    assert_eq!(drain(responses).await?, 200);
 
     let text = get("/metrics").await?.text().await?;
     // name, labels the sample must carry, value. The vendor's 503 body, relayed to its end, is a complete stream
@@ -76,6 +84,8 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
         ssegate_relay_overhead_seconds_count route="/v1/chat/completions" 3
         ssegate_tokens_total route="/v1/chat/completions" tenant="e2e" type="prompt" 9
         ssegate_tokens_total route="/v1/chat/completions" tenant="e2e" type="completion" 5
+        ssegate_tokens_total route="/v1/responses" tenant="e2e" type="prompt" 9
+        ssegate_tokens_total route="/v1/responses" tenant="e2e" type="completion" 4
     "#;
     for line in expect.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let words: Vec<&str> = line.split(' ').collect();
