@@ -177,6 +177,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let tracker = tokio_util::task::TaskTracker::new();
+    let over_tls = router.clone().layer(axum::Extension(OverTls));
     let accept = async move {
         loop {
             let (tcp, _) = match listener.accept().await {
@@ -190,10 +191,7 @@ pub async fn serve(
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let (plain, over_tls) = (
-                router.clone(),
-                router.clone().layer(axum::Extension(OverTls)),
-            );
+            let (plain, over_tls) = (router.clone(), over_tls.clone());
             tracker.spawn(async move {
                 let http = hyper::server::conn::http1::Builder::new();
                 let mut first = [0u8; 1];

@@ -59,20 +59,10 @@ pub fn tls_config(routes: &[Route]) -> Result<VendorTls, TlsError> {
             .iter()
             .any(|t| t.upstream.scheme_str() == Some("https"));
         let mut roots = rustls::RootCertStore::empty();
-        if matches!(tls.roots, TlsRoots::Native | TlsRoots::Both) {
-            let certs = native.get_or_insert_with(load_native);
-            match certs {
-                Ok(certs) => {
-                    roots.add_parsable_certificates(certs.iter().cloned());
-                }
-                // Plain-http routes only: no certificate will ever be checked.
-                Err(reason) if https && tls.roots == TlsRoots::Native => {
-                    return Err(TlsError::NoRoots {
-                        route: route.path.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                Err(_) => {}
+        let wants_native = matches!(tls.roots, TlsRoots::Native | TlsRoots::Both);
+        if wants_native {
+            if let Ok(certs) = native.get_or_insert_with(load_native) {
+                roots.add_parsable_certificates(certs.iter().cloned());
             }
         }
         if let Some(path) = &tls.ca_file {
@@ -90,10 +80,15 @@ pub fn tls_config(routes: &[Route]) -> Result<VendorTls, TlsError> {
                 });
             }
         }
+        // Plain-http routes need none: no certificate will ever be checked.
         if https && roots.is_empty() {
+            let reason = match &native {
+                Some(Err(why)) if wants_native => why.clone(),
+                _ => "no CA certificate to check the vendor's with".into(),
+            };
             return Err(TlsError::NoRoots {
                 route: route.path.clone(),
-                reason: "no CA certificate to check the vendor's with".into(),
+                reason,
             });
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

@@ -114,24 +114,6 @@ async fn relay_via(route: &str, env: &[(&str, &str)]) -> Result<(Proc, Proc)> {
     Ok((mock, relay))
 }
 
-/// The status, JSON error type and the relay's `request failed` log line of one request.
-async fn refused(relay: &Proc) -> Result<(u16, String, String)> {
-    let res = chat(&relay.url(""), CLIENT_KEY, &[]).send().await?;
-    let status = res.status().as_u16();
-    let body: serde_json::Value = res.json().await?;
-    let kind = body["error"]["type"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let logs = relay.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("request failed"))
-        .unwrap_or_default()
-        .to_owned();
-    Ok((status, kind, line))
-}
-
 #[tokio::test]
 async fn https_through_a_forward_proxy_from_the_environment() -> Result<()> {
     let Some(proxy) = Tinyproxy::start("").await? else {
@@ -178,7 +160,7 @@ async fn a_proxy_that_refuses_or_is_down_is_a_named_502() -> Result<()> {
     // No credentials: 407.
     let route = format!("proxy = \"{}\"", locked.url());
     let (mock, relay) = relay_via(&route, &[]).await?;
-    let (status, kind, line) = refused(&relay).await?;
+    let (status, kind, line) = failed_request(&relay).await?;
     assert_eq!((status, kind.as_str()), (502, "upstream_proxy"), "{line}");
     assert!(line.contains("refused the tunnel (407)"), "{line}");
     assert_eq!(mock_stats(&mock).await?["requests"], 0);
@@ -208,14 +190,14 @@ async fn a_proxy_that_refuses_or_is_down_is_a_named_502() -> Result<()> {
         return Ok(());
     };
     let (_mock, relay) = relay_via(&format!("proxy = \"{}\"", strict.url()), &[]).await?;
-    let (status, kind, line) = refused(&relay).await?;
+    let (status, kind, line) = failed_request(&relay).await?;
     assert_eq!((status, kind.as_str()), (502, "upstream_proxy"), "{line}");
     assert!(line.contains("refused the tunnel (403)"), "{line}");
 
     // No proxy listening there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let (_mock, relay) = relay_via("", &[("HTTPS_PROXY", &format!("http://{closed}"))]).await?;
-    let (status, kind, line) = refused(&relay).await?;
+    let (status, kind, line) = failed_request(&relay).await?;
     assert_eq!((status, kind.as_str()), (502, "upstream_proxy"), "{line}");
     assert!(line.contains("cannot connect"), "{line}");
     Ok(())
@@ -256,7 +238,7 @@ async fn a_tunnel_that_is_never_set_up_is_bounded_by_the_connect_timeout() -> Re
     );
     let (_mock, relay) = relay_via(&route, &[]).await?;
     let started = tokio::time::Instant::now();
-    let (status, kind, line) = refused(&relay).await?;
+    let (status, kind, line) = failed_request(&relay).await?;
     let took = started.elapsed();
     held.abort();
     assert_eq!((status, kind.as_str()), (504, "upstream_proxy"), "{line}");

@@ -102,3 +102,22 @@ pub async fn silent_listener() -> Result<(SocketAddr, tokio::task::JoinHandle<()
     });
     Ok((addr, held))
 }
+
+/// One chat request through `relay` that it refuses: the status, the JSON error `type`, and the relay's
+/// `request failed` log line (which names the cause).
+pub async fn failed_request(relay: &Proc) -> Result<(u16, String, String)> {
+    use anyhow::Context;
+    let res = chat(&relay.url(""), CLIENT_KEY, &[]).send().await?;
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.context("a JSON error body")?;
+    let kind = body["error"]["type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let logs = relay.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request failed"))
+        .with_context(|| format!("no log line for the failure: {logs}"))?;
+    Ok((status, kind, line.to_owned()))
+}

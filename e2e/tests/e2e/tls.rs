@@ -61,18 +61,6 @@ async fn mock_with(pki: &Pki, leaf: Leaf, dir: &std::path::Path) -> Result<Proc>
     spawn_listening(cmd, "mock", 0).await
 }
 
-/// The status, the JSON error `type` and the relay's log after one request.
-async fn answer(relay: &Proc) -> Result<(u16, String, String)> {
-    let res = chat(&relay.url(""), CLIENT_KEY, &[]).send().await?;
-    let status = res.status().as_u16();
-    let body: serde_json::Value = res.json().await.context("a JSON error body")?;
-    let kind = body["error"]["type"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    Ok((status, kind, relay.logs()))
-}
-
 #[tokio::test]
 async fn each_certificate_problem_is_a_named_502() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -88,16 +76,12 @@ async fn each_certificate_problem_is_a_named_502() -> Result<()> {
     for (issuer, leaf, reason) in cases {
         let mock = mock_with(issuer, leaf, dir.path()).await?;
         let relay = start_relay_to(mock.addr, true, "", &trust, "info", &[]).await?;
-        let (status, kind, logs) = answer(&relay).await?;
+        let (status, kind, line) = failed_request(&relay).await?;
         assert_eq!(
             (status, kind.as_str()),
             (502, "upstream_tls"),
-            "{leaf:?}: {logs}"
+            "{leaf:?}: {line}"
         );
-        let line = logs
-            .lines()
-            .find(|l| l.contains("request failed"))
-            .context("no log line for the failure")?;
         assert!(line.contains(reason), "{leaf:?}: {line}");
         assert_eq!(
             mock_stats(&mock).await?["requests"],
@@ -165,12 +149,12 @@ async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() -> 
     let route = "connect_timeout_ms = 500\nfirst_byte_timeout_ms = 30000";
     let relay = start_relay_to(addr, true, "", route, "info", &[]).await?;
     let started = Instant::now();
-    let (status, kind, logs) = answer(&relay).await?;
+    let (status, kind, line) = failed_request(&relay).await?;
     let took = started.elapsed();
     held.abort();
-    assert_eq!((status, kind.as_str()), (504, "upstream_tls"), "{logs}");
+    assert_eq!((status, kind.as_str()), (504, "upstream_tls"), "{line}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert!(logs.contains("TLS handshake timed out"), "{logs}");
+    assert!(line.contains("TLS handshake timed out"), "{line}");
     Ok(())
 }
 
@@ -215,9 +199,9 @@ async fn mutual_tls_to_a_gateway_that_asks_for_a_client_certificate() -> Result<
         &[],
     )
     .await?;
-    let (status, kind, logs) = answer(&without).await?;
-    assert_eq!((status, kind.as_str()), (502, "upstream_tls"), "{logs}");
-    assert!(logs.contains("client_certificate_rejected"), "{logs}");
+    let (status, kind, line) = failed_request(&without).await?;
+    assert_eq!((status, kind.as_str()), (502, "upstream_tls"), "{line}");
+    assert!(line.contains("client_certificate_rejected"), "{line}");
     assert_eq!(
         mock_stats(&gateway).await?["requests"],
         1,

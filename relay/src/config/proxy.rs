@@ -34,19 +34,19 @@ pub struct Egress {
 
 impl fmt::Debug for Egress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = |url: &str| redacted(url);
-        match &self.proxy {
-            ProxyConfig::Off => write!(f, "Egress(direct)"),
-            ProxyConfig::Route { url } => write!(f, "Egress(route proxy {})", shown(url)),
+        write!(f, "Egress({self})")
+    }
+}
+
+impl ProxyConfig {
+    /// No proxy applies: `"none"`, or no proxy variable set.
+    pub fn is_direct(&self) -> bool {
+        match self {
+            ProxyConfig::Off => true,
+            ProxyConfig::Route { .. } => false,
             ProxyConfig::Env {
                 http, https, all, ..
-            } => write!(
-                f,
-                "Egress(env http={} https={} all={})",
-                shown(http),
-                shown(https),
-                shown(all)
-            ),
+            } => http.is_empty() && https.is_empty() && all.is_empty(),
         }
     }
 }
@@ -72,7 +72,7 @@ impl fmt::Display for Egress {
                 .filter(|(_, v)| !v.is_empty())
                 .map(|(name, v)| format!("{name}={}", redacted(v)))
                 .collect();
-                if set.is_empty() {
+                if self.proxy.is_direct() {
                     return write!(f, "direct (no proxy variable set)");
                 }
                 write!(f, "through {}", set.join(" "))?;

@@ -10,6 +10,7 @@
 //! its last bytes still sit in hyper's write buffer; the first completed flush after that means they reached the
 //! client's socket ([`Delivery::Written`]); a write timeout, a write error or the connection's end before such a
 //! flush means the client did not get them, and [`super::sent::SentBody`] says how much of the body it did get.
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -236,8 +237,16 @@ impl WriteTimeout<TcpStream> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut capped = [io::IoSlice::new(&[]); MAX_SLICES];
-        let bufs = cap(bufs, &mut capped);
+        // An SSE frame is far below the cap: pass hyper's slices on as they are, and only cut a large write.
+        let within =
+            bufs.len() <= MAX_SLICES && bufs.iter().map(|b| b.len()).sum::<usize>() <= MAX_WRITE;
+        let mut capped;
+        let bufs = if within {
+            bufs
+        } else {
+            capped = [io::IoSlice::new(&[]); MAX_SLICES];
+            cap(bufs, &mut capped)
+        };
         loop {
             match self.inner.poll_write_ready(cx) {
                 Poll::Pending => return self.blocked(cx).map(Err),

@@ -80,6 +80,9 @@ pub struct EgressProxy {
 impl EgressProxy {
     /// `None` when the route never uses a proxy.
     pub fn new(egress: &Egress) -> Option<Self> {
+        if egress.proxy.is_direct() {
+            return None;
+        }
         let builder = match &egress.proxy {
             ProxyConfig::Off => return None,
             ProxyConfig::Route { url } => Matcher::builder().all(url.clone()),
@@ -88,16 +91,11 @@ impl EgressProxy {
                 https,
                 all,
                 no_proxy,
-            } => {
-                if http.is_empty() && https.is_empty() && all.is_empty() {
-                    return None;
-                }
-                Matcher::builder()
-                    .http(http.clone())
-                    .https(https.clone())
-                    .all(all.clone())
-                    .no(no_proxy.clone())
-            }
+            } => Matcher::builder()
+                .http(http.clone())
+                .https(https.clone())
+                .all(all.clone())
+                .no(no_proxy.clone()),
         };
         let auth = egress.auth.as_deref().map(|user_password| {
             use base64::Engine;
@@ -291,28 +289,29 @@ impl tower_service::Service<Uri> for VendorConnector {
         let connecting = self
             .http
             .call(hop.as_ref().map_or(dst, |(proxy, _)| proxy.clone()));
+        // The proxy by host and port only: its URL's user info never reaches an error.
+        let via = hop.map(|(proxy, auth)| {
+            let name = proxy
+                .authority()
+                .map_or_else(String::new, ToString::to_string);
+            (name, auth)
+        });
         let (tls, timeout) = (self.tls.clone(), self.timeout);
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
             let connected = tokio::time::timeout_at(deadline, connecting).await;
-            let tcp = match (&hop, connected) {
+            let tcp = match (via, connected) {
                 (None, Err(_)) => return Err(ConnectError::TcpTimeout(timeout)),
                 (None, Ok(Err(e))) => return Err(ConnectError::Tcp(Box::new(e))),
+                (None, Ok(Ok(tcp))) => tcp,
                 (Some((proxy, _)), Err(_)) => {
-                    let proxy = proxy.authority().map_or(String::new(), ToString::to_string);
                     return Err(ConnectError::ProxyTimeout { proxy, timeout });
                 }
                 (Some((proxy, _)), Ok(Err(e))) => {
-                    let proxy = proxy.authority().map_or(String::new(), ToString::to_string);
                     let failure = ProxyFailure::Unreachable(Box::new(e));
                     return Err(ConnectError::Proxy { proxy, failure });
                 }
-                (_, Ok(Ok(tcp))) => tcp,
-            };
-            let tcp = match &hop {
-                None => tcp,
-                Some((proxy, auth)) => {
-                    let proxy = proxy.authority().map_or(String::new(), ToString::to_string);
+                (Some((proxy, auth)), Ok(Ok(tcp))) => {
                     let mut stream = tcp.into_inner();
                     let tunnelled = tokio::time::timeout_at(
                         deadline,
