@@ -23,6 +23,7 @@ mod tests;
 
 use std::sync::Arc;
 
+use crate::upstream::VendorBody;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
@@ -55,7 +56,7 @@ const DISCARD_MAX: u64 = 16 << 20;
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Body of every relay response: a tapped upstream body or a small complete one.
-pub type RelayBody = Either<TapBody<Incoming, StreamEnd>, Full<Bytes>>;
+pub type RelayBody = Either<TapBody<VendorBody, StreamEnd>, Full<Bytes>>;
 
 /// Shared, immutable state of the request path; one per worker thread ([`Relay::for_worker`]).
 pub struct Relay {
@@ -345,7 +346,7 @@ impl Relay {
     fn stream_back(
         &self,
         route: &Route,
-        upstream: Response<Incoming>,
+        upstream: Response<VendorBody>,
         started: Instant,
         trace_id: Arc<str>,
         on_end: StreamEnd,

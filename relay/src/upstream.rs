@@ -1,24 +1,24 @@
-//! Forward: the call to the vendor. A pooled HTTP/1.1 client (TLS via rustls, set up by [`connect`]), connect and
-//! response-head timeouts, the vendor credential, header hygiene ([`crate::headers`]) and failover between a
-//! route's endpoints.
+//! Forward: the call to the vendor. An HTTP/1.1 client of its own: connections set up by [`connect`] (TCP or an
+//! egress proxy's tunnel, TLS via rustls), kept per endpoint in a [`pool`], the request written and the response
+//! read by [`exchange`] with the parser in [`h1`], in the stream's own task. Connect and response-head timeouts,
+//! the vendor credential, header hygiene ([`crate::headers`]) and failover between a route's endpoints.
 //!
 //! The client cannot steer the call: the method is POST, the URL is the route's fixed `upstream` (the inbound path
-//! and query are not used), redirects are never followed (hyper's client has no redirect support, and a 3xx answer
-//! becomes [`UpstreamError::Redirect`]), and only allow-listed request headers cross. The response body is
-//! returned untouched ([`hyper::body::Incoming`]); [`crate::tap`] wraps it.
+//! and query are not used), redirects are never followed (a 3xx answer becomes [`UpstreamError::Redirect`]), and
+//! only allow-listed request headers cross. The response body ([`VendorBody`]) yields slices of the connection's
+//! read buffer, untouched; [`crate::tap`] wraps it.
 
 pub mod connect;
 mod error;
+pub mod exchange;
+pub mod h1;
+mod pool;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::header::HeaderMap;
+use http::{Response, StatusCode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::time::Instant;
@@ -29,15 +29,15 @@ pub use error::{TlsError, UpstreamError, chain};
 use crate::config::{Route, Target, TlsRoots};
 use crate::metrics::RouteMeters;
 use connect::{ConnectError, VendorConnector};
+pub use exchange::VendorBody;
+use exchange::{Conn, ExchangeError};
+use pool::Pool;
 
-type VendorClient = Client<VendorConnector, Full<Bytes>>;
-
-/// Upstream connection buffer cap: bounds what a stalled client can make the relay read ahead from the vendor.
-const UPSTREAM_BUF: usize = 32 << 10;
-
-/// One pooled client per route (the connect timeout is a connector setting); shared by the route's endpoints.
+/// One route's vendor calls: its connector (egress proxy, TLS, connect timeout) and one pool of idle connections
+/// per endpoint.
 pub struct Upstream {
-    client: VendorClient,
+    connector: VendorConnector,
+    pools: Vec<Arc<Pool>>,
 }
 
 /// Every route's TLS client settings, in route order, built (and their files read) once at startup.
@@ -155,17 +155,22 @@ impl Upstream {
     pub fn new(route: &Route, tls: Arc<rustls::ClientConfig>) -> Self {
         let proxy = connect::EgressProxy::new(&route.egress);
         let connector = VendorConnector::new(tls, route.connect_timeout, proxy);
-        // Bounded both ways: at most `max_idle_connections` idle connections per vendor host (more are closed as
+        // Bounded both ways: at most `max_idle_connections` idle connections per endpoint (more are closed as
         // they come back), each closed after `pool_idle_timeout`.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(route.pool_idle_timeout)
-            .pool_max_idle_per_host(route.max_idle_connections)
-            .http1_max_buf_size(UPSTREAM_BUF)
-            .build(connector);
-        Self { client }
+        let pools = route
+            .targets
+            .iter()
+            .map(|_| {
+                Arc::new(Pool::new(
+                    route.max_idle_connections,
+                    route.pool_idle_timeout,
+                ))
+            })
+            .collect();
+        Self { connector, pools }
     }
 
-    /// One client (one connection pool) per route, in route order.
+    /// One client (one set of connection pools) per route, in route order.
     pub fn for_routes(routes: &[Route], tls: &VendorTls) -> Vec<Upstream> {
         routes
             .iter()
@@ -174,21 +179,85 @@ impl Upstream {
             .collect()
     }
 
-    /// Sends the request and waits, until `deadline` (the route's first-byte deadline), for the response head.
+    /// Sends the request to endpoint `target` and waits, until `deadline` (the route's first-byte deadline), for
+    /// the response head.
     pub async fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        target: &Target,
+        index: usize,
+        head: &[u8],
+        body: &[u8],
         deadline: Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+    ) -> Result<Response<VendorBody>, UpstreamError> {
+        match tokio::time::timeout_at(deadline, self.exchange(target, index, head, body)).await {
             Err(_) => Err(UpstreamError::FirstByteTimeout),
-            Ok(Ok(res)) => Ok(res),
-            Ok(Err(e)) if e.is_connect() => Err(connect_failed(e)),
-            Ok(Err(e)) if TlsFailure::client_certificate_refused(&e) => {
-                Err(UpstreamError::Tls(TlsFailure::ClientCertificate, e))
-            }
-            Ok(Err(e)) => Err(UpstreamError::Protocol(e)),
+            Ok(answer) => answer,
         }
+    }
+
+    async fn exchange(
+        &self,
+        target: &Target,
+        index: usize,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<Response<VendorBody>, UpstreamError> {
+        let pool = &self.pools[index];
+        let mut conn = match pool.take() {
+            Some(mut idle) => match idle.send(head, body).await {
+                Ok(()) => {
+                    tracing::trace!(
+                        endpoint = index,
+                        "vendor request sent on a pooled connection"
+                    );
+                    idle
+                }
+                // It passed the check and then could not take the request: it was closing as it was taken, and
+                // nothing reached the vendor. A new connection, as if there had been no idle one.
+                Err(e) => {
+                    tracing::debug!(endpoint = index, error = %e, "pooled vendor connection closed on reuse; connecting");
+                    self.connected(target, head, body).await?
+                }
+            },
+            None => self.connected(target, head, body).await?,
+        };
+        let answer = conn.read_head().await.map_err(|e| match e {
+            ExchangeError::Io(io) if TlsFailure::client_certificate_refused(&io) => {
+                UpstreamError::Tls(TlsFailure::ClientCertificate, Box::new(io))
+            }
+            e => UpstreamError::Protocol(Box::new(e)),
+        })?;
+        tracing::trace!(
+            status = answer.status.as_u16(),
+            framing = ?answer.framing,
+            keep_alive = answer.keep_alive,
+            "vendor response head"
+        );
+        Ok(exchange::response(conn, answer, Some(pool.clone())))
+    }
+
+    /// A new connection to `target` with the request written to it.
+    async fn connected(
+        &self,
+        target: &Target,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<Conn, UpstreamError> {
+        let io = self
+            .connector
+            .connect(&target.upstream)
+            .await
+            .map_err(connect_failed)?;
+        let mut conn = Conn::new(io);
+        conn.send(head, body).await.map_err(|e| {
+            if TlsFailure::client_certificate_refused(&e) {
+                UpstreamError::Tls(TlsFailure::ClientCertificate, Box::new(e))
+            } else {
+                UpstreamError::Protocol(Box::new(ExchangeError::Io(e)))
+            }
+        })?;
+        tracing::trace!("vendor request sent on a new connection");
+        Ok(conn)
     }
 
     /// Calls the route's endpoints in order until one answers with something other than a connect error, 429 or
@@ -203,17 +272,15 @@ impl Upstream {
         trace: &HeaderMap,
         body: Bytes,
         deadline: Instant,
-    ) -> Result<(Response<Incoming>, usize), UpstreamError> {
+    ) -> Result<(Response<VendorBody>, usize), UpstreamError> {
         let mut attempt = 0;
         loop {
-            let target = &route.targets[attempt];
+            let index = attempt;
+            let target = &route.targets[index];
             attempt += 1;
             let last = attempt >= route.max_attempts;
-            let mut req = build_request(route, target, inbound, body.clone());
-            for (name, value) in trace {
-                req.headers_mut().insert(name.clone(), value.clone());
-            }
-            match self.send(req, deadline).await {
+            let head = request_head(route, target, inbound, trace, body.len());
+            match self.send(target, index, &head, &body, deadline).await {
                 Ok(res) => {
                     let status = res.status();
                     let class = match status.as_u16() {
@@ -255,30 +322,29 @@ impl Upstream {
     }
 }
 
-/// Vendor answers the client must not see as they are: our key rejected (401/403), redirects, 1xx.
-fn check_status(res: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+/// Vendor answers the client must not see as they are: our key rejected (401/403), redirects.
+fn check_status(res: Response<VendorBody>) -> Result<Response<VendorBody>, UpstreamError> {
     let status = res.status();
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         // The vendor key is ours: the client cannot fix this, the operator must.
         return Err(UpstreamError::Credential(status));
     }
-    if status.is_redirection() || status.is_informational() {
+    if status.is_redirection() {
         return Err(UpstreamError::Redirect(status));
     }
     Ok(res)
 }
 
 /// Names a failed connection set-up by the step that failed ([`ConnectError`]).
-fn connect_failed(e: hyper_util::client::legacy::Error) -> UpstreamError {
-    let step = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ConnectError>());
-    match step {
-        Some(ConnectError::Tls(failure, _)) => UpstreamError::Tls(*failure, e),
-        Some(ConnectError::TlsTimeout(_)) => UpstreamError::TlsTimeout(e),
-        Some(ConnectError::TcpTimeout(_)) => UpstreamError::ConnectTimeout(e),
-        Some(ConnectError::Proxy { .. }) => UpstreamError::Proxy(e),
-        Some(ConnectError::ProxyTimeout { .. }) => UpstreamError::ProxyTimeout(e),
-        _ if caused_by_timeout(&e) => UpstreamError::ConnectTimeout(e),
-        _ => UpstreamError::Connect(e),
+fn connect_failed(e: ConnectError) -> UpstreamError {
+    match e {
+        ConnectError::Tls(failure, _) => UpstreamError::Tls(failure, Box::new(e)),
+        ConnectError::TlsTimeout(_) => UpstreamError::TlsTimeout(Box::new(e)),
+        ConnectError::TcpTimeout(_) => UpstreamError::ConnectTimeout(Box::new(e)),
+        ConnectError::Proxy { .. } => UpstreamError::Proxy(Box::new(e)),
+        ConnectError::ProxyTimeout { .. } => UpstreamError::ProxyTimeout(Box::new(e)),
+        _ if caused_by_timeout(&e) => UpstreamError::ConnectTimeout(Box::new(e)),
+        _ => UpstreamError::Connect(Box::new(e)),
     }
 }
 
@@ -295,25 +361,37 @@ fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The upstream request: fixed method and URL, allow-listed headers, the vendor secret, `Accept-Encoding: identity`.
-pub fn build_request(
+/// The upstream request head, as it goes on the wire: `POST` to the endpoint's fixed URL, allow-listed headers
+/// ([`crate::headers::forwarded`]), the trace headers the route sends, the vendor secret, `Accept-Encoding:
+/// identity` and the body's length.
+pub fn request_head(
     route: &Route,
     target: &Target,
     inbound: &HeaderMap,
-    body: Bytes,
-) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = target.upstream.clone();
-    let headers = req.headers_mut();
-    for (name, value) in crate::headers::forwarded(inbound, &route.forward_headers) {
-        headers.append(name.clone(), value.clone());
+    trace: &HeaderMap,
+    body_len: usize,
+) -> Vec<u8> {
+    let url = &target.upstream;
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    let host = url.authority().map_or("", |a| a.as_str());
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(host.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let secret = target.secret.header();
+    let fields = crate::headers::forwarded(inbound, &route.forward_headers)
+        .chain(trace.iter())
+        .chain([secret]);
+    for (name, value) in fields {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
-    let (name, value) = target.secret.header();
-    headers.insert(name.clone(), value.clone());
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
-    req
+    head.extend_from_slice(b"accept-encoding: identity\r\ncontent-length: ");
+    head.extend_from_slice(body_len.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
 }

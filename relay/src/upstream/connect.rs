@@ -8,30 +8,70 @@
 //! the proxy sees only the vendor's host and port; credentials go in `Proxy-Authorization` and are never logged
 //! (errors name the proxy by host and port).
 //!
-//! hyper-rustls's connector does the same two steps but bounds only the TCP connect (a vendor, or anything on the
+//! hyper-rustls's connector (which the relay used before it had its own client) does the same two steps but bounds only the TCP connect (a vendor, or anything on the
 //! way, that accepts and then never finishes the handshake held the request until the first-byte timeout) and
 //! folds a handshake failure into an opaque `io::Error`.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
-use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::{Egress, ProxyConfig};
 
 /// What a vendor connection is: plain, or TLS over TCP.
-pub type VendorStream = MaybeHttpsStream<TokioIo<TcpStream>>;
+pub enum VendorStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for VendorStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            VendorStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            VendorStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for VendorStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            VendorStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            VendorStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            VendorStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            VendorStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            VendorStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            VendorStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Why a vendor connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -265,18 +305,9 @@ impl VendorConnector {
     }
 }
 
-impl tower_service::Service<Uri> for VendorConnector {
-    type Response = VendorStream;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<VendorStream, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.http
-            .poll_ready(cx)
-            .map_err(|e| ConnectError::Tcp(Box::new(e)))
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
+impl VendorConnector {
+    /// A new connection to `dst`'s host and port (through the egress proxy if one applies), TLS for `https`.
+    pub async fn connect(&self, dst: &Uri) -> Result<VendorStream, ConnectError> {
         let https = dst.scheme_str() == Some("https");
         let host = dst.host().unwrap_or_default();
         let host = host
@@ -285,10 +316,13 @@ impl tower_service::Service<Uri> for VendorConnector {
             .unwrap_or(host)
             .to_owned();
         let port = dst.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let hop = self.proxy.as_ref().and_then(|p| p.route(&dst));
-        let connecting = self
-            .http
-            .call(hop.as_ref().map_or(dst, |(proxy, _)| proxy.clone()));
+        let hop = self.proxy.as_ref().and_then(|p| p.route(dst));
+        let mut http = self.http.clone();
+        let connecting = tower_service::Service::call(
+            &mut http,
+            hop.as_ref()
+                .map_or_else(|| dst.clone(), |(proxy, _)| proxy.clone()),
+        );
         // The proxy by host and port only: its URL's user info never reaches an error.
         let via = hop.map(|(proxy, auth)| {
             let name = proxy
@@ -296,44 +330,42 @@ impl tower_service::Service<Uri> for VendorConnector {
                 .map_or_else(String::new, ToString::to_string);
             (name, auth)
         });
-        let (tls, timeout) = (self.tls.clone(), self.timeout);
-        Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            let connected = tokio::time::timeout_at(deadline, connecting).await;
-            let tcp = match (via, connected) {
-                (None, Err(_)) => return Err(ConnectError::TcpTimeout(timeout)),
-                (None, Ok(Err(e))) => return Err(ConnectError::Tcp(Box::new(e))),
-                (None, Ok(Ok(tcp))) => tcp,
-                (Some((proxy, _)), Err(_)) => {
-                    return Err(ConnectError::ProxyTimeout { proxy, timeout });
-                }
-                (Some((proxy, _)), Ok(Err(e))) => {
-                    let failure = ProxyFailure::Unreachable(Box::new(e));
-                    return Err(ConnectError::Proxy { proxy, failure });
-                }
-                (Some((proxy, auth)), Ok(Ok(tcp))) => {
-                    let mut stream = tcp.into_inner();
-                    let tunnelled = tokio::time::timeout_at(
-                        deadline,
-                        tunnel(&mut stream, &host, port, auth.as_ref()),
-                    );
-                    match tunnelled.await {
-                        Err(_) => return Err(ConnectError::ProxyTimeout { proxy, timeout }),
-                        Ok(Err(failure)) => return Err(ConnectError::Proxy { proxy, failure }),
-                        Ok(Ok(())) => TokioIo::new(stream),
-                    }
-                }
-            };
-            if !https {
-                return Ok(MaybeHttpsStream::Http(tcp));
+        let (tls, timeout) = (&self.tls, self.timeout);
+        let deadline = Instant::now() + timeout;
+        let connected = tokio::time::timeout_at(deadline, connecting).await;
+        let tcp = match (via, connected) {
+            (None, Err(_)) => return Err(ConnectError::TcpTimeout(timeout)),
+            (None, Ok(Err(e))) => return Err(ConnectError::Tcp(Box::new(e))),
+            (None, Ok(Ok(tcp))) => tcp.into_inner(),
+            (Some((proxy, _)), Err(_)) => {
+                return Err(ConnectError::ProxyTimeout { proxy, timeout });
             }
-            let name = ServerName::try_from(host).map_err(ConnectError::ServerName)?;
-            let handshake = tls.connect(name, TokioIo::new(tcp));
-            match tokio::time::timeout_at(deadline, handshake).await {
-                Err(_) => Err(ConnectError::TlsTimeout(timeout)),
-                Ok(Err(e)) => Err(ConnectError::Tls(TlsFailure::of(&e), e)),
-                Ok(Ok(stream)) => Ok(MaybeHttpsStream::Https(TokioIo::new(stream))),
+            (Some((proxy, _)), Ok(Err(e))) => {
+                let failure = ProxyFailure::Unreachable(Box::new(e));
+                return Err(ConnectError::Proxy { proxy, failure });
             }
-        })
+            (Some((proxy, auth)), Ok(Ok(tcp))) => {
+                let mut stream = tcp.into_inner();
+                let tunnelled = tokio::time::timeout_at(
+                    deadline,
+                    tunnel(&mut stream, &host, port, auth.as_ref()),
+                );
+                match tunnelled.await {
+                    Err(_) => return Err(ConnectError::ProxyTimeout { proxy, timeout }),
+                    Ok(Err(failure)) => return Err(ConnectError::Proxy { proxy, failure }),
+                    Ok(Ok(())) => stream,
+                }
+            }
+        };
+        if !https {
+            return Ok(VendorStream::Plain(tcp));
+        }
+        let name = ServerName::try_from(host).map_err(ConnectError::ServerName)?;
+        let handshake = tls.connect(name, tcp);
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Err(_) => Err(ConnectError::TlsTimeout(timeout)),
+            Ok(Err(e)) => Err(ConnectError::Tls(TlsFailure::of(&e), e)),
+            Ok(Ok(stream)) => Ok(VendorStream::Tls(Box::new(stream))),
+        }
     }
 }

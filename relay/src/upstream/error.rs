@@ -2,7 +2,10 @@
 //! failover can tell what may be retried. The underlying error stays reachable through `source()`.
 
 use http::StatusCode;
-use hyper_util::client::legacy;
+
+/// What lies under an [`UpstreamError`]: a [`super::connect::ConnectError`], an [`super::exchange::ExchangeError`]
+/// or the IO error that carried a TLS alert.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 use super::connect::TlsFailure;
 
@@ -10,21 +13,21 @@ use super::connect::TlsFailure;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream connection failed")]
-    Connect(#[source] legacy::Error),
+    Connect(#[source] Cause),
     #[error("upstream connect timed out")]
-    ConnectTimeout(#[source] legacy::Error),
+    ConnectTimeout(#[source] Cause),
     #[error("upstream TLS handshake failed ({})", .0.reason())]
-    Tls(TlsFailure, #[source] legacy::Error),
+    Tls(TlsFailure, #[source] Cause),
     #[error("upstream TLS handshake timed out")]
-    TlsTimeout(#[source] legacy::Error),
+    TlsTimeout(#[source] Cause),
     #[error("egress proxy failed")]
-    Proxy(#[source] legacy::Error),
+    Proxy(#[source] Cause),
     #[error("egress proxy tunnel timed out")]
-    ProxyTimeout(#[source] legacy::Error),
+    ProxyTimeout(#[source] Cause),
     #[error("upstream sent no response head within the first-byte timeout")]
     FirstByteTimeout,
     #[error("upstream protocol error")]
-    Protocol(#[source] legacy::Error),
+    Protocol(#[source] Cause),
     #[error("upstream answered with a redirect ({0}), which is never followed")]
     Redirect(StatusCode),
     #[error("upstream rejected the relay's vendor credential ({0})")]
