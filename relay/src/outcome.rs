@@ -16,6 +16,16 @@ pub enum Failure {
     Shutdown,
 }
 
+/// How a read error of the vendor's body ends the stream: by default the connection failed
+/// ([`Failure::UpstreamReset`]); a body that breaks its own framing says [`Failure::UpstreamProtocol`].
+pub trait ReadFailure: std::fmt::Display {
+    fn failure(&self) -> Failure {
+        Failure::UpstreamReset
+    }
+}
+
+impl ReadFailure for String {}
+
 impl Failure {
     pub fn kind(self) -> &'static str {
         match self {

@@ -35,7 +35,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-pub use crate::outcome::{End, Failure, Seen};
+pub use crate::outcome::{End, Failure, ReadFailure, Seen};
 pub use timers::Timers;
 
 use crate::error::BoxError;
@@ -261,7 +261,7 @@ impl<B, E: OnEnd> TapBody<B, E> {
 impl<B, E> Body for TapBody<B, E>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: ReadFailure,
     E: OnEnd,
 {
     type Data = Bytes;
@@ -302,7 +302,7 @@ where
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    return this.fail(Failure::UpstreamReset, e.to_string());
+                    return this.fail(e.failure(), e.to_string());
                 }
                 Poll::Ready(None) => {
                     let scanner = observer.scanner.as_ref();

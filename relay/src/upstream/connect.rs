@@ -58,6 +58,24 @@ impl AsyncWrite for VendorStream {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            VendorStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            VendorStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            VendorStream::Plain(s) => s.is_write_vectored(),
+            VendorStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             VendorStream::Plain(s) => Pin::new(s).poll_flush(cx),

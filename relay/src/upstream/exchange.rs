@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use super::connect::VendorStream;
 use super::h1::{self, Decoder, Head, ParseError, Step};
 use super::pool::Pool;
+use crate::outcome::{Failure, ReadFailure};
 
 /// What one read asks the kernel (or TLS) for.
 pub const READ_SIZE: usize = 8 << 10;
@@ -60,11 +61,18 @@ impl Conn {
             .is_pending()
     }
 
-    /// Writes the request (head and body) and flushes it.
+    /// Writes the request (head and body, gathered into one write when the socket takes it) and flushes it.
     pub async fn send(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
-        self.io.write_all(head).await?;
-        if !body.is_empty() {
-            self.io.write_all(body).await?;
+        let (mut head, mut body) = (head, body);
+        while !head.is_empty() || !body.is_empty() {
+            let parts = [io::IoSlice::new(head), io::IoSlice::new(body)];
+            let n = self.io.write_vectored(&parts).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            body = &body[n - from_head..];
         }
         self.io.flush().await
     }
@@ -129,6 +137,18 @@ pub enum BodyError {
     Io(#[source] io::Error),
     #[error("upstream body unreadable: {0}")]
     Parse(#[source] ParseError),
+}
+
+impl ReadFailure for BodyError {
+    fn failure(&self) -> Failure {
+        match self {
+            BodyError::Io(_)
+            | BodyError::Parse(ParseError::EofInLength | ParseError::EofInChunked) => {
+                Failure::UpstreamReset
+            }
+            BodyError::Parse(_) => Failure::UpstreamProtocol,
+        }
+    }
 }
 
 impl VendorBody {

@@ -9,6 +9,7 @@
 
 mod errors;
 mod faults;
+mod hostile;
 mod hygiene;
 mod limits;
 mod streaming;
