@@ -12,9 +12,9 @@ use http_body_util::BodyExt;
 use relay::auth::authenticate;
 use relay::config::{ClientKey, parse_sha256};
 use relay::record::Record;
-use relay::sse::EventScanner;
 use relay::tap::{TapBody, TapParts, Timers};
 use relay::text::AuditText;
+use relay_wire::sse::EventScanner;
 
 /// OpenAI-style events of about 230 bytes, Chinese content, cut into frames of `frame` bytes regardless of event
 /// boundaries (as TCP delivers them).

@@ -42,7 +42,6 @@ pub mod record;
 pub mod route;
 pub mod server;
 pub mod shutdown;
-pub mod sse;
 pub mod stack;
 pub mod tap;
 pub mod text;

@@ -26,6 +26,8 @@ pub trait ReadFailure: std::fmt::Display {
 
 impl ReadFailure for String {}
 
+impl ReadFailure for std::convert::Infallible {}
+
 impl Failure {
     pub fn kind(self) -> &'static str {
         match self {

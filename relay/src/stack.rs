@@ -43,12 +43,12 @@ use crate::metrics::RouteMeters;
 use crate::record::Record;
 use crate::route::{Routed, route};
 use crate::server::{ConnState, Delivery, Handler};
-use crate::sse::EventScanner;
 use crate::tap::{AddedDelay, End, OnEnd, Seen, TapBody, TapParts, Timers};
 use crate::trace::{
     RequestTrace, StreamSpans, TRACE_ID, exporting, new_trace_id, request_model, upstream_trace_id,
 };
 use crate::upstream::Upstream;
+use relay_wire::sse::EventScanner;
 
 /// What a refused request's unread body may cost before the answer: twice `max_request_body_bytes` (so a body up to
 /// twice the limit still gets its 413), at most this many bytes, for at most [`DISCARD_TIME`].

@@ -2,7 +2,7 @@
 //! and reports the stream's end exactly once, through a callback (as linkerd's `body-eos` does).
 //!
 //! [`TapBody`] hands each upstream `Bytes` frame to hyper as it is (no copy, no re-framing, no buffer). Its
-//! observer looks at `&[u8]`: bytes, frames, first byte, the event scanner ([`crate::sse`]) and the bounded audit
+//! observer looks at `&[u8]`: bytes, frames, first byte, the event scanner (`relay_wire::sse`) and the bounded audit
 //! text ([`crate::text`]). When the stream ends, however it ends, the tap calls its [`OnEnd`] once with an [`End`]
 //! and what it [`Seen`]; it knows nothing about who listens (the record, the stream's permit: [`crate::stack`]
 //! wires them).
@@ -41,9 +41,9 @@ pub use timers::Timers;
 use crate::error::BoxError;
 use crate::flushed::Flushed;
 use crate::metrics::Buckets;
-use crate::sse::EventScanner;
 use crate::text::AuditText;
 use crate::usage::UsageScanner;
+use relay_wire::sse::EventScanner;
 use timers::Due;
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -153,7 +153,7 @@ struct Observer {
 }
 
 impl Observer {
-    fn observe(&mut self, data: &[u8], now: Instant) -> Result<(), crate::sse::EventTooLarge> {
+    fn observe(&mut self, data: &[u8], now: Instant) -> Result<(), relay_wire::sse::EventTooLarge> {
         let seen = &mut self.seen;
         if seen.first_byte.is_none() && !data.is_empty() {
             seen.first_byte = Some(now);

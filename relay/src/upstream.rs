@@ -11,7 +11,7 @@
 pub mod connect;
 mod error;
 pub mod exchange;
-pub mod h1;
+pub use relay_wire::h1;
 mod pool;
 
 use std::sync::Arc;

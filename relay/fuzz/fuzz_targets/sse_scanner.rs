@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay::sse::EventScanner;
+use relay_wire::sse::EventScanner;
 
 fn observe(s: &EventScanner) -> (u64, bool, bool, bool) {
     (s.events(), s.terminal_seen(), s.at_boundary(), s.truncated_at_eof())

@@ -228,8 +228,9 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
         ));
     }
     if let Some(t) = &r.terminal_event {
-        let bad =
-            t.is_empty() || t.len() > crate::sse::MAX_TERMINAL_LINE || t.contains(['\r', '\n']);
+        let bad = t.is_empty()
+            || t.len() > relay_wire::sse::MAX_TERMINAL_LINE
+            || t.contains(['\r', '\n']);
         if bad {
             return Err(field(
                 at("terminal_event"),
