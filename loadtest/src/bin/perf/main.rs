@@ -54,6 +54,10 @@ struct Args {
     /// others, with `taskset`: the figures then measure the proxy, not queueing behind the load generator.
     #[arg(long)]
     pin: bool,
+    /// Extra top-level configuration lines for every relay of the run (e.g. `pin_connections = true`), to
+    /// compare settings side by side.
+    #[arg(long, default_value = "")]
+    relay_top: String,
 }
 
 /// Which CPUs the proxies and the rest run on when pinned.
@@ -203,17 +207,24 @@ fn f(v: &Value, path: &str) -> f64 {
 async fn main() -> Result<()> {
     let mut a = Args::parse();
     if a.gate {
-        a.levels = vec![100];
+        // 100 streams for CPU per chunk; 1000 for memory per open stream, where the streams' memory dwarfs the
+        // allocator's start-up noise. Pinned, so that the figures are the proxies' and not the load generator's.
+        a.levels = vec![100, 1000];
         a.run_secs = a.run_secs.min(15);
         a.repeat = a.repeat.max(3);
+        a.pin = true;
     }
     let root = root()?;
     let dir = tempfile::Builder::new().prefix("ssegate-perf-").tempdir()?;
     let mock = mock_upstream::testkit::proc::start_mock(VENDOR_KEY).await?;
+    let top = format!(
+        "max_streams = 20000\nmax_streams_per_tenant = 20000\n{}\n[audit]\nenabled = true",
+        a.relay_top
+    );
     let toml = mock_upstream::RelayToml {
         https: false,
         mock: mock.addr,
-        top: "max_streams = 20000\nmax_streams_per_tenant = 20000\n[audit]\nenabled = true",
+        top: &top,
         tenant: "perf",
         client_key: CLIENT_KEY,
         secret_env: VENDOR_KEY_VAR,
@@ -445,11 +456,15 @@ fn ratios(results: &[(usize, &str, Measured)]) -> Value {
             .zip(runs(PAIR[0]))
             .map(|(relay, nginx)| relay / nginx)
             .collect();
+        // Memory from the first pair only: a later run of the same process reuses what the first one left.
+        let rss =
+            |m: &Measured| (m.peak_rss_kib.saturating_sub(m.idle_rss_kib)) as f64 / users as f64;
         let mut level = json!({
             "added_p50_ratio": added(r, "p50") / added(ng, "p50"),
             "added_p99_ratio": added(r, "p99") / added(ng, "p99"),
             "cpu_per_chunk_ratio": median(pairs.clone()),
             "cpu_per_chunk_ratio_runs": pairs,
+            "rss_per_stream_ratio": rss(r) / rss(ng),
         });
         // Metrics on over metrics off: what the request path's metrics cost per chunk.
         if let Some(off) = get("relay, metrics off → mock") {
@@ -467,10 +482,10 @@ fn gate(path: &Path, ratios: &Value, write: bool) -> Result<()> {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
         let margin = old["margin"].as_f64().unwrap_or(0.5);
-        let gated = if old["gated"].is_array() {
+        let gated = if old["gated"].is_object() {
             old["gated"].clone()
         } else {
-            json!(["cpu_per_chunk_ratio"])
+            json!({ "100": ["cpu_per_chunk_ratio"], "1000": ["rss_per_stream_ratio"] })
         };
         let baseline =
             json!({ "ratios": ratios, "margin": margin, "gated": gated, "note": old["note"] });
@@ -480,15 +495,16 @@ fn gate(path: &Path, ratios: &Value, write: bool) -> Result<()> {
     }
     let baseline: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let margin = baseline["margin"].as_f64().unwrap_or(0.5);
-    let gated: Vec<&str> = baseline["gated"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
     let mut failed = Vec::new();
     for (level, now) in ratios.as_object().into_iter().flatten() {
-        for key in gated.iter().copied() {
+        // `gated`: the keys compared at each level.
+        let gated: Vec<&str> = baseline["gated"][level]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for key in gated {
             let (Some(now), Some(base)) =
                 (now[key].as_f64(), baseline["ratios"][level][key].as_f64())
             else {
