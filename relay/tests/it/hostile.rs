@@ -313,3 +313,17 @@ async fn bytes_after_the_body_make_the_connection_unusable() {
         "an unasked-for answer is never read as the next one's"
     );
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_pool_idle_timeout() {
+    let raw = raw(|_| vec![Write(chunked_answer())]).await;
+    let relay = start_relay(config(&raw.addr.to_string(), "pool_idle_timeout_ms = 200")).await;
+    assert_eq!(
+        body_of(chat(&relay, &[]).send().await.unwrap()).await,
+        EVENTS
+    );
+    let mut closed = raw.closed.clone();
+    // No further call on the route: the pool's own sweep closes it.
+    let swept = tokio::time::timeout(Duration::from_secs(5), closed.wait_for(|&c| c >= 1)).await;
+    assert!(swept.is_ok(), "the idle connection was never closed");
+}
