@@ -95,7 +95,10 @@ pub async fn serve<H: Handler>(
             let service = service_fn(move |req| {
                 let handler = handler.clone();
                 let state = state.clone();
-                async move {
+                // Boxed per request: hyper keeps the slot for a service future for the connection's life, sized
+                // for the future's type. Unboxed, that was ~8 KiB (the whole vendor call: connect, TLS, head) held
+                // by every open stream; boxed, it is a pointer, and the call's state is freed with its response.
+                Box::pin(async move {
                     let fallback = handler.clone();
                     let res = AssertUnwindSafe(handler.handle(req, state))
                         .catch_unwind()
@@ -104,7 +107,7 @@ pub async fn serve<H: Handler>(
                         tracing::error!(%peer, "request handler panicked; answered 500");
                         fallback.panicked()
                     }))
-                }
+                })
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
