@@ -30,7 +30,7 @@ use crate::config::{Route, Target, TlsRoots};
 use crate::metrics::RouteMeters;
 use connect::{ConnectError, VendorConnector};
 pub use exchange::VendorBody;
-use exchange::{Conn, ExchangeError};
+use exchange::{Conn, ReadError};
 use pool::Pool;
 
 /// One route's vendor calls: its connector (egress proxy, TLS, connect timeout) and one pool of idle connections
@@ -222,7 +222,7 @@ impl Upstream {
             None => self.connected(target, head, body).await?,
         };
         let answer = conn.read_head().await.map_err(|e| match e {
-            ExchangeError::Io(io) if TlsFailure::client_certificate_refused(&io) => {
+            ReadError::Io(io) if TlsFailure::client_certificate_refused(&io) => {
                 UpstreamError::Tls(TlsFailure::ClientCertificate, Box::new(io))
             }
             e => UpstreamError::Protocol(Box::new(e)),
@@ -253,7 +253,7 @@ impl Upstream {
             if TlsFailure::client_certificate_refused(&e) {
                 UpstreamError::Tls(TlsFailure::ClientCertificate, Box::new(e))
             } else {
-                UpstreamError::Protocol(Box::new(ExchangeError::Io(e)))
+                UpstreamError::Protocol(Box::new(ReadError::Io(e)))
             }
         })?;
         tracing::trace!("vendor request sent on a new connection");

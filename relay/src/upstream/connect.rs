@@ -8,9 +8,9 @@
 //! the proxy sees only the vendor's host and port; credentials go in `Proxy-Authorization` and are never logged
 //! (errors name the proxy by host and port).
 //!
-//! hyper-rustls's connector (which the relay used before it had its own client) does the same two steps but bounds only the TCP connect (a vendor, or anything on the
-//! way, that accepts and then never finishes the handshake held the request until the first-byte timeout) and
-//! folds a handshake failure into an opaque `io::Error`.
+//! hyper-rustls's connector (which the relay used before it had its own client) does the same two steps but bounds
+//! only the TCP connect (a vendor, or anything on the way, that accepts and then never finishes the handshake held
+//! the request until the first-byte timeout) and folds a handshake failure into an opaque `io::Error`.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-/// What lies under an [`UpstreamError`]: a [`super::connect::ConnectError`], an [`super::exchange::ExchangeError`]
+/// What lies under an [`UpstreamError`]: a [`super::connect::ConnectError`], an [`super::exchange::ReadError`]
 /// or the IO error that carried a TLS alert.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 

@@ -30,9 +30,9 @@ pub struct Conn {
     buf: BytesMut,
 }
 
-/// Why an exchange failed after the connection was set up.
+/// Why the vendor's response (head or body) could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
+pub enum ReadError {
     #[error("upstream connection failed: {0}")]
     Io(#[source] io::Error),
     #[error("upstream response unreadable: {0}")]
@@ -78,16 +78,16 @@ impl Conn {
     }
 
     /// Reads until a whole response head is parsed.
-    pub async fn read_head(&mut self) -> Result<Head, ExchangeError> {
+    pub async fn read_head(&mut self) -> Result<Head, ReadError> {
         loop {
-            if let Some(head) = h1::parse_head(&mut self.buf).map_err(ExchangeError::Parse)? {
+            if let Some(head) = h1::parse_head(&mut self.buf).map_err(ReadError::Parse)? {
                 return Ok(head);
             }
             let n = std::future::poll_fn(|cx| self.poll_fill(cx))
                 .await
-                .map_err(ExchangeError::Io)?;
+                .map_err(ReadError::Io)?;
             if n == 0 {
-                return Err(ExchangeError::Parse(ParseError::EofInHead));
+                return Err(ReadError::Parse(ParseError::EofInHead));
             }
         }
     }
@@ -130,23 +130,14 @@ pub struct VendorBody {
     home: Option<Arc<Pool>>,
 }
 
-/// The body could not be read to its end.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("upstream connection failed: {0}")]
-    Io(#[source] io::Error),
-    #[error("upstream body unreadable: {0}")]
-    Parse(#[source] ParseError),
-}
-
-impl ReadFailure for BodyError {
+impl ReadFailure for ReadError {
     fn failure(&self) -> Failure {
         match self {
-            BodyError::Io(_)
-            | BodyError::Parse(ParseError::EofInLength | ParseError::EofInChunked) => {
+            ReadError::Io(_)
+            | ReadError::Parse(ParseError::EofInLength | ParseError::EofInChunked) => {
                 Failure::UpstreamReset
             }
-            BodyError::Parse(_) => Failure::UpstreamProtocol,
+            ReadError::Parse(_) => Failure::UpstreamProtocol,
         }
     }
 }
@@ -169,12 +160,12 @@ impl VendorBody {
 
 impl Body for VendorBody {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = ReadError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
         let this = self.get_mut();
         loop {
             let Some(conn) = this.conn.as_mut() else {
@@ -199,12 +190,12 @@ impl Body for VendorBody {
                             this.conn = None;
                             return Poll::Ready(None);
                         }
-                        Err(e) => BodyError::Parse(e),
+                        Err(e) => ReadError::Parse(e),
                     },
                     Poll::Ready(Ok(_)) => continue,
-                    Poll::Ready(Err(e)) => BodyError::Io(e),
+                    Poll::Ready(Err(e)) => ReadError::Io(e),
                 },
-                Err(e) => BodyError::Parse(e),
+                Err(e) => ReadError::Parse(e),
             };
             this.conn = None;
             return Poll::Ready(Some(Err(failed)));
