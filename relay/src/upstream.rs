@@ -215,7 +215,8 @@ impl Upstream {
                 // It passed the check and then could not take the request: it was closing as it was taken, and
                 // nothing reached the vendor. A new connection, as if there had been no idle one.
                 Err(e) => {
-                    tracing::debug!(endpoint = index, error = %e, "pooled vendor connection closed on reuse; connecting");
+                    let why = "pooled vendor connection closed on reuse; connecting";
+                    tracing::debug!(endpoint = index, error = %e, "{why}");
                     self.connected(target, head, body).await?
                 }
             },

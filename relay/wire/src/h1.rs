@@ -1,11 +1,11 @@
 //! The vendor's HTTP/1.1 response, parsed without IO: the head (status line and headers, with `httparse`) and the
 //! body's framing (RFC 9112 §6.3: no body, `Content-Length`, chunked, or until the connection closes).
 //!
-//! Everything works on one read buffer ([`BytesMut`]) that the relay's `upstream::exchange` fills. Body data is handed out as
-//! [`Bytes`] slices of that buffer (`split_to`), never copied; only the lines around it (chunk sizes, trailers) are
-//! parsed, each bounded so that a vendor cannot make the relay buffer without limit. Anything this reader does not
-//! accept is a [`ParseError`]: before the head, the call fails (502 `upstream_protocol`); in the body, the stream
-//! ends with an error event.
+//! Everything works on one read buffer ([`BytesMut`]) that the relay's `upstream::exchange` fills. Body data is
+//! handed out as [`Bytes`] slices of that buffer (`split_to`), never copied; only the lines around it (chunk sizes,
+//! trailers) are parsed, each bounded so that a vendor cannot make the relay buffer without limit. Anything this
+//! reader does not accept is a [`ParseError`]: before the head, the call fails (502 `upstream_protocol`); in the
+//! body, the stream ends with an error event.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
