@@ -181,7 +181,7 @@ impl Upstream {
 
     /// Sends the request to endpoint `target` and waits, until `deadline` (the route's first-byte deadline), for
     /// the response head.
-    pub async fn send(
+    async fn send(
         &self,
         target: &Target,
         index: usize,
@@ -365,7 +365,7 @@ fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 /// The upstream request head, as it goes on the wire: `POST` to the endpoint's fixed URL, allow-listed headers
 /// ([`crate::headers::forwarded`]), the trace headers the route sends, the vendor secret, `Accept-Encoding:
 /// identity` and the body's length.
-pub fn request_head(
+fn request_head(
     route: &Route,
     target: &Target,
     inbound: &HeaderMap,

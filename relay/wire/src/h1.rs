@@ -228,10 +228,6 @@ impl Decoder {
         Self { state }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Takes the next piece of the body off the front of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, ParseError> {
         loop {

@@ -134,6 +134,13 @@ struct Measured {
     idle_rss_kib: u64,
 }
 
+impl Measured {
+    /// The proxies' RSS growth during the run, per concurrent stream.
+    fn rss_per_stream(&self, users: usize) -> f64 {
+        self.peak_rss_kib.saturating_sub(self.idle_rss_kib) as f64 / users as f64
+    }
+}
+
 async fn run_load(
     base: &str,
     key: &str,
@@ -382,7 +389,7 @@ fn print_table(a: &Args, results: &[(usize, &str, Measured)], pinning: Option<&P
         let rss = if *name == "direct" {
             f64::NAN
         } else {
-            (m.peak_rss_kib.saturating_sub(m.idle_rss_kib)) as f64 / *users as f64
+            m.rss_per_stream(*users)
         };
         let errors = [
             "non_2xx",
@@ -457,8 +464,7 @@ fn ratios(results: &[(usize, &str, Measured)]) -> Value {
             .map(|(relay, nginx)| relay / nginx)
             .collect();
         // Memory from the first pair only: a later run of the same process reuses what the first one left.
-        let rss =
-            |m: &Measured| (m.peak_rss_kib.saturating_sub(m.idle_rss_kib)) as f64 / users as f64;
+        let rss = |m: &Measured| m.rss_per_stream(users);
         let mut level = json!({
             "added_p50_ratio": added(r, "p50") / added(ng, "p50"),
             "added_p99_ratio": added(r, "p99") / added(ng, "p99"),
