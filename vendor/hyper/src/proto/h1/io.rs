@@ -230,6 +230,13 @@ where
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.read_blocked = false;
+        // ssegate patch: hold no read buffer while nothing is buffered. A server connection that is streaming a
+        // response (or idle between requests) is polled for reads on every wake-up and almost never finds any;
+        // keeping INIT_BUFFER_SIZE bytes for that costs 8 KiB per open connection. Read into the stack instead
+        // and keep exactly what arrived.
+        if self.read_buf.is_empty() {
+            return self.poll_read_from_io_unbuffered(cx);
+        }
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
         let next = cmp::min(
@@ -256,6 +263,32 @@ where
                 unsafe {
                     self.read_buf.advance_mut(n);
                 }
+                self.read_buf_strategy.record(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                self.read_blocked = true;
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_read_from_io_unbuffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // Drops the allocation (or this buffer's share of one that parsed head's header values still hold).
+        self.read_buf = BytesMut::new();
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); INIT_BUFFER_SIZE];
+        let want = cmp::min(
+            cmp::min(self.read_buf_strategy.next(), self.read_buf_strategy.max()),
+            INIT_BUFFER_SIZE,
+        );
+        let mut buf = ReadBuf::uninit(&mut stack[..want]);
+        match Pin::new(&mut self.io).poll_read(cx, buf.unfilled()) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled();
+                let n = filled.len();
+                trace!("received {} bytes", n);
+                self.read_buf.extend_from_slice(filled);
                 self.read_buf_strategy.record(n);
                 Poll::Ready(Ok(n))
             }
@@ -307,6 +340,9 @@ where
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
             }
+            // ssegate patch: with the queue strategy the headers buffer holds only message heads (bodies are
+            // queued as they are), so once flushed it is let go rather than kept for the connection's life.
+            self.write_buf.headers = Cursor::new(Vec::new());
             Pin::new(&mut self.io).poll_flush(cx)
         }
     }
@@ -535,15 +571,27 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
-            headers: Cursor::new(Vec::with_capacity(INIT_BUFFER_SIZE)),
+            headers: Cursor::new(Self::headers_for(&strategy)),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
             strategy,
         }
     }
 
+    // ssegate patch: with the queue strategy the headers buffer is allocated by the first head written, not at
+    // connection start; flattening keeps hyper's up-front buffer.
+    fn headers_for(strategy: &WriteStrategy) -> Vec<u8> {
+        match strategy {
+            WriteStrategy::Flatten => Vec::with_capacity(INIT_BUFFER_SIZE),
+            WriteStrategy::Queue => Vec::new(),
+        }
+    }
+
     fn set_strategy(&mut self, strategy: WriteStrategy) {
         self.strategy = strategy;
+        if self.headers.bytes.capacity() == 0 {
+            self.headers = Cursor::new(Self::headers_for(&self.strategy));
+        }
     }
 
     pub(super) fn buffer<BB: Buf + Into<B>>(&mut self, mut buf: BB) {
