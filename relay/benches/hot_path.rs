@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p relay --bench hot_path` prints throughput: the SSE scanner and the audit decoder in bytes/s over
 //! realistic OpenAI frames, the client-key check per request, and frames/s through the tap (the body wrapper that
-//! forwards every upstream frame).
+//! forwards every upstream frame), and the audit text written into a text-format record line (`str`'s `Debug`
+//! against [`relay::logfields::Quoted`]).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use http_body_util::BodyExt;
 use relay::auth::authenticate;
 use relay::config::{ClientKey, parse_sha256};
+use relay::logfields::Quoted;
 use relay::record::Record;
 use relay::tap::{TapBody, TapParts, Timers};
 use relay::text::AuditText;
@@ -92,6 +94,27 @@ fn client_key_check(c: &mut Criterion) {
     });
 }
 
+/// A full audit text (4 KiB, the default `audit.max_text_bytes`) of a Chinese answer, as the record line writes it.
+fn record_text(c: &mut Criterion) {
+    let text = "流式输出的中文答案，逐块转发。".repeat(4096 / 45);
+    let mut line = String::with_capacity(8192);
+    let mut group = c.benchmark_group("record_text_4k_chinese");
+    group.throughput(Throughput::Bytes(text.len() as u64));
+    group.bench_function("str_debug", |b| {
+        b.iter(|| {
+            line.clear();
+            std::fmt::Write::write_fmt(&mut line, format_args!("{text:?}")).is_ok()
+        })
+    });
+    group.bench_function("quoted", |b| {
+        b.iter(|| {
+            line.clear();
+            std::fmt::Write::write_fmt(&mut line, format_args!("{:?}", Quoted(&text))).is_ok()
+        })
+    });
+    group.finish();
+}
+
 fn tap_forwarding(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -142,5 +165,11 @@ fn tap_forwarding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scanner_and_audit, client_key_check, tap_forwarding);
+criterion_group!(
+    benches,
+    scanner_and_audit,
+    client_key_check,
+    record_text,
+    tap_forwarding
+);
 criterion_main!(benches);

@@ -35,6 +35,7 @@ pub mod error;
 pub mod flushed;
 pub mod headers;
 pub mod limit;
+pub mod logfields;
 pub mod metrics;
 pub mod otel;
 pub mod outcome;
@@ -246,7 +247,11 @@ pub fn init_tracing(
     let logs = fmt::layer().with_writer(std::io::stderr);
     let logs = match format {
         config::LogFormat::Json => logs.json().flatten_event(true).with_filter(filter).boxed(),
-        config::LogFormat::Text => logs.with_ansi(false).with_filter(filter).boxed(),
+        config::LogFormat::Text => logs
+            .with_ansi(false)
+            .fmt_fields(logfields::TextFields)
+            .with_filter(filter)
+            .boxed(),
     };
     let traces = otel.map(otel::Traces::start).transpose()?;
     let layer = traces.as_ref().map(otel::Traces::layer);
