@@ -37,6 +37,7 @@ pub use workers::{ServeError, serve_workers};
 
 use crate::config::ServerLimits;
 use crate::error::BoxError;
+use crate::shutdown::Watch;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -181,7 +182,7 @@ where
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r,
-        () = stop.cancelled() => {
+        () = Watch::new(stop) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 pub use crate::outcome::{End, Failure, ReadFailure, Seen};
 pub use timers::Timers;
@@ -41,6 +41,7 @@ pub use timers::Timers;
 use crate::error::BoxError;
 use crate::flushed::Flushed;
 use crate::metrics::Buckets;
+use crate::shutdown::Watch;
 use crate::text::AuditText;
 use crate::usage::UsageScanner;
 use relay_wire::sse::EventScanner;
@@ -196,7 +197,7 @@ pub struct TapBody<B, E: OnEnd> {
     last_frame: Option<Instant>,
     last_activity: Instant,
     sleep: Pin<Box<Sleep>>,
-    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain: Watch,
     /// A keep-alive comment or error event waiting to go out.
     outbox: Option<Bytes>,
     chunk_gap: Option<Arc<Buckets>>,
@@ -219,7 +220,7 @@ impl<B, E: OnEnd> TapBody<B, E> {
             last_frame: None,
             last_activity: Instant::now(),
             sleep: Box::pin(tokio::time::sleep_until(parts.timers.first_byte_deadline)),
-            drain: Box::pin(parts.drain.cancelled_owned()),
+            drain: Watch::new(parts.drain),
             outbox: None,
             chunk_gap: parts.chunk_gap,
             added_delay: parts.added_delay,
@@ -315,7 +316,7 @@ where
                 }
                 Poll::Pending => {}
             }
-            if this.drain.as_mut().poll(cx).is_ready() {
+            if Pin::new(&mut this.drain).poll(cx).is_ready() {
                 return this.fail(Failure::Shutdown, "shutdown grace period over".to_owned());
             }
             let now = Instant::now();
