@@ -1,7 +1,8 @@
 //! `perf`: the side-by-side run. Starts mock-upstream, the relay (release, auth and audit log on) and nginx from
-//! `deploy/nginx/ssegate.conf`, runs the goose load test against seven targets (mock directly, nginx → mock,
-//! relay → mock, the same relay with `[metrics] enabled = false`, nginx → relay → mock, and nginx and the relay to
-//! the same mock over HTTPS) at each concurrency, and prints one Markdown table. Everything binds
+//! `deploy/nginx/ssegate.conf`, runs the goose load test against eight targets (mock directly, nginx → mock,
+//! relay → mock, the same relay with `[metrics] enabled = false`, nginx → relay → mock, a tokio TCP forwarder with
+//! no HTTP as the relay's floor, and nginx and the relay to the same mock over HTTPS) at each concurrency, and
+//! prints one Markdown table. Everything binds
 //! 127.0.0.1 and is stopped by its PID (processes and nginx from the workspace's test kit). `--gate` runs the short
 //! CI variant and compares same-run ratios with `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which
 //! builds the release binaries first.
@@ -269,6 +270,10 @@ async fn main() -> Result<()> {
         ..opts
     };
     let nginx_tls = nginx::start(&nginx_bin, mock_tls.addr, tls_opts).await?;
+    // The tokio floor: a forwarder with no HTTP (`loadtest/src/bin/forward.rs`), the relay's lower bound.
+    let mut forward = tokio::process::Command::new(binary("forward", "SSEGATE_FORWARD_BIN")?);
+    forward.args(["--upstream", &mock.addr.to_string()]);
+    let forward = mock_upstream::testkit::proc::spawn_listening(forward, "forward", 0).await?;
     let url = |addr: std::net::SocketAddr| format!("http://{addr}");
     let mut targets: Vec<(&str, String, &str, Vec<&dyn Cost>)> = vec![
         ("direct", url(mock.addr), VENDOR_KEY, vec![]),
@@ -292,6 +297,12 @@ async fn main() -> Result<()> {
             vec![&nginx_relay, &relay],
         ),
         (
+            "tokio forwarder, no HTTP → mock",
+            url(forward.addr),
+            VENDOR_KEY,
+            vec![&forward],
+        ),
+        (
             "nginx → mock (TLS)",
             nginx_tls.base(),
             VENDOR_KEY,
@@ -309,7 +320,7 @@ async fn main() -> Result<()> {
     }
     let pinning = if a.pin {
         let p = Pinning::new()?;
-        let proxies = [&relay, &relay_off, &relay_tls]
+        let proxies = [&relay, &relay_off, &relay_tls, &forward]
             .into_iter()
             .filter_map(|r| r.pid());
         let nginxes = [&nginx_mock, &nginx_relay, &nginx_tls]
