@@ -72,21 +72,20 @@ impl fmt::Debug for Quoted<'_> {
         f.write_char('"')?;
         let mut from = 0;
         for (i, c) in s.char_indices() {
-            let escaped = match c {
-                '"' => "\\\"",
-                '\\' => "\\\\",
-                '\t' => "\\t",
-                '\r' => "\\r",
-                '\n' => "\\n",
-                '\0' => "\\0",
-                c if needs_code(c) => "",
+            let short = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '\t' => Some("\\t"),
+                '\r' => Some("\\r"),
+                '\n' => Some("\\n"),
+                '\0' => Some("\\0"),
+                c if needs_code(c) => None,
                 _ => continue,
             };
             f.write_str(&s[from..i])?;
-            if escaped.is_empty() {
-                write!(f, "\\u{{{:x}}}", u32::from(c))?;
-            } else {
-                f.write_str(escaped)?;
+            match short {
+                Some(escape) => f.write_str(escape)?,
+                None => write!(f, "\\u{{{:x}}}", u32::from(c))?,
             }
             from = i + c.len_utf8();
         }

@@ -112,9 +112,12 @@ impl Future for Watch {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let same_task = this.task.as_ref().is_some_and(|t| t.will_wake(cx.waker()));
-        if same_task && !this.fired.woken.swap(false, Ordering::AcqRel) {
+        // A plain load on the common path (nothing fired); the flag is cleared only when it was set.
+        if same_task && !this.fired.woken.load(Ordering::Acquire) {
             return Poll::Pending;
         }
+        // Cleared before the token's future is polled: a wake-up during that poll sets it again.
+        this.fired.woken.store(false, Ordering::Release);
         if !same_task {
             this.task = Some(cx.waker().clone());
         }
