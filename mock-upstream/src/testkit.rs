@@ -6,6 +6,7 @@
 //! - [`nginx`]: a real nginx from `deploy/nginx/ssegate.conf` (only the two ports changed), stopped with its
 //!   workers when dropped.
 //! - [`client`]: a streaming chat request to the mock, the relay or nginx, and the mock's inspection endpoints.
+//! - [`idp`]: an identity provider for the JWT tests: RS256, ES256 and EdDSA keys, their JWKS file, tokens.
 //! - [`prometheus`]: a real Prometheus scraping the relay's admin listener, queried through its API.
 //! - [`sse`]: read an event stream, timing each event's one-way delay from the mock's `ts=` stamp
 //!   ([`crate::dialect::event_ts`]).
@@ -13,6 +14,7 @@
 //! Everything binds 127.0.0.1.
 
 pub mod client;
+pub mod idp;
 pub mod nginx;
 pub mod proc;
 pub mod prometheus;
