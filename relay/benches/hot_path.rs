@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::BodyExt;
-use relay::auth::authenticate;
+use relay::auth::Authenticator;
 use relay::config::{ClientKey, parse_sha256};
 use relay::logfields::Quoted;
 use relay::record::Record;
@@ -89,8 +89,9 @@ fn client_key_check(c: &mut Criterion) {
         http::header::AUTHORIZATION,
         http::HeaderValue::from_static("Bearer key-7"),
     );
+    let auth = Authenticator::with(keys, None);
     c.bench_function("client_key_check/10_keys", |b| {
-        b.iter(|| authenticate(&headers, &keys).is_ok())
+        b.iter(|| auth.authenticate(&headers).is_ok())
     });
 }
 

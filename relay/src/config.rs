@@ -18,6 +18,7 @@
 //! belong to. Durations are `_ms` integer fields throughout, one convention, each checked to lie between 1 ms and
 //! a day.
 
+mod jwt;
 mod otel;
 mod proxy;
 mod route;
@@ -30,6 +31,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::auth::ClientKey;
+pub use jwt::{RawAuth, RawJwt};
 pub use otel::{OtelConfig, RawOtel};
 pub use proxy::{Egress, ProxyConfig};
 pub use route::{RawRoute, RawTarget, Route, RouteTls, Secret, Target, TlsRoots, UpstreamAuth};
@@ -141,6 +144,12 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     /// Traces ([`otel`]): off unless this section or the standard `OTEL_*` variables name a collector.
     pub otel: Option<RawOtel>,
+    /// Credentials besides `[[clients]]` keys: `[auth.jwt]`.
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// Tenants that have no client key (JWT callers name theirs in a claim).
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
     #[serde(default)]
     pub clients: Vec<RawClient>,
     #[serde(default)]
@@ -234,11 +243,11 @@ pub struct RawClient {
     pub key_sha256: String,
 }
 
-/// A client key: who it belongs to and the SHA-256 of the key itself.
-#[derive(Clone, Debug)]
-pub struct ClientKey {
-    pub tenant: Arc<str>,
-    pub sha256: [u8; 32],
+/// `[[tenants]]`: a tenant by name (the tenants of `[[clients]]` need no entry).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub name: String,
 }
 
 /// Audit log settings.
@@ -284,6 +293,10 @@ pub struct Config {
     /// Where spans are exported ([`crate::otel`]); `None`: traces off.
     pub otel: Option<OtelConfig>,
     pub clients: Vec<ClientKey>,
+    /// JWT authentication (`[auth.jwt]`), its keys loaded.
+    pub jwt: Option<Arc<crate::auth::jwt::Verifier>>,
+    /// Every tenant: those of `[[tenants]]`, then those of `[[clients]]`, each once.
+    pub tenants: Vec<Arc<str>>,
     pub routes: Vec<Route>,
 }
 
@@ -344,7 +357,9 @@ impl Config {
             enabled: raw.audit.enabled,
             max_text_bytes: raw.audit.max_text_bytes,
         };
-        let clients = validate_clients(&raw.clients)?;
+        let clients = validate_clients(&raw.clients, raw.auth.jwt.is_some())?;
+        let tenants = validate_tenants(&raw.tenants, &clients)?;
+        let jwt = jwt::validate(raw.auth.jwt.as_ref(), &tenants)?;
         if raw.routes.is_empty() {
             return Err(field("routes", "at least one [[routes]] entry is required"));
         }
@@ -382,6 +397,8 @@ impl Config {
             metrics: raw.metrics.enabled,
             otel: otel::validate(raw.otel.as_ref(), env)?,
             clients,
+            jwt,
+            tenants,
             routes,
         })
     }
@@ -454,11 +471,11 @@ fn apply_env(table: &mut toml::Table, env: &dyn Env) -> Result<Vec<(String, Stri
     Ok(applied)
 }
 
-fn validate_clients(raw: &[RawClient]) -> Result<Vec<ClientKey>, ConfigError> {
-    if raw.is_empty() {
+fn validate_clients(raw: &[RawClient], jwt: bool) -> Result<Vec<ClientKey>, ConfigError> {
+    if raw.is_empty() && !jwt {
         return Err(field(
             "clients",
-            "at least one [[clients]] entry is required (no key, no access)",
+            "at least one [[clients]] entry (or [auth.jwt]) is required (no key, no access)",
         ));
     }
     let mut seen = HashSet::new();
@@ -486,6 +503,32 @@ fn validate_clients(raw: &[RawClient]) -> Result<Vec<ClientKey>, ConfigError> {
             })
         })
         .collect()
+}
+
+/// The tenants of `[[tenants]]` (each named once, not empty), then those only `[[clients]]` name.
+fn validate_tenants(
+    raw: &[RawTenant],
+    clients: &[ClientKey],
+) -> Result<Vec<Arc<str>>, ConfigError> {
+    let mut tenants: Vec<Arc<str>> = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        if t.name.trim().is_empty() {
+            return Err(field(format!("tenants[{i}].name"), "must not be empty"));
+        }
+        if tenants.iter().any(|known| **known == *t.name) {
+            return Err(field(
+                format!("tenants[{i}].name"),
+                format!("`{}` is configured twice", t.name),
+            ));
+        }
+        tenants.push(Arc::from(t.name.as_str()));
+    }
+    for c in clients {
+        if !tenants.contains(&c.tenant) {
+            tenants.push(c.tenant.clone());
+        }
+    }
+    Ok(tenants)
 }
 
 /// 64 hex digits → 32 bytes.

@@ -119,6 +119,14 @@ pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
     }
     if status.is_server_error() {
         tracing::warn!(error.kind = err.kind(), status = status.as_u16(), error = %chain(err), "request failed");
+    } else if let RelayError::Unauthorized(e) = err {
+        // Which check failed is for the operator only: the client gets the same 401 for every one.
+        tracing::info!(
+            error.kind = err.kind(),
+            status = status.as_u16(),
+            reason = e.reason,
+            "request rejected"
+        );
     } else {
         tracing::info!(
             error.kind = err.kind(),

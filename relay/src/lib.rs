@@ -74,10 +74,16 @@ impl Prepared {
     /// What `--check-config` prints.
     pub fn summary(&self) -> String {
         let c = &self.config;
+        let jwt = c
+            .jwt
+            .as_ref()
+            .map(|j| format!(", JWTs checked against {} keys", j.key_count()))
+            .unwrap_or_default();
         format!(
-            "config ok ({} routes, {} client keys)",
+            "config ok ({} routes, {} client keys{jwt}, {} tenants)",
             c.routes.len(),
-            c.clients.len()
+            c.clients.len(),
+            c.tenants.len()
         )
     }
 }

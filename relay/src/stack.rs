@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::auth::authenticate;
+use crate::auth::Authenticator;
 use crate::body::{discard, read_body};
 use crate::config::{Config, Route};
 use crate::error::{RelayError, json_response, respond};
@@ -65,6 +65,7 @@ pub struct Relay {
     upstreams: Vec<Upstream>,
     route_names: Vec<Arc<str>>,
     meters: Vec<RouteMeters>,
+    auth: Authenticator,
     limiter: Limiter,
     drain: CancellationToken,
 }
@@ -168,21 +169,23 @@ impl Relay {
             .iter()
             .map(|r| Arc::from(r.path.as_str()))
             .collect();
-        let tenants: Vec<Arc<str>> = config.clients.iter().map(|c| c.tenant.clone()).collect();
+        let tenants = config.tenants.clone();
         let meters = config
             .routes
             .iter()
             .map(|r| RouteMeters::new(&r.path, &tenants))
             .collect();
         let limits = &config.limits;
-        let tenants = config.clients.iter().map(|c| &c.tenant);
+        let tenants = config.tenants.iter();
         let limiter = Limiter::new(limits.max_streams, limits.max_streams_per_tenant, tenants);
+        let auth = Authenticator::with(config.clients.clone(), config.jwt.clone());
         Self {
             config,
             tls,
             upstreams,
             route_names,
             meters,
+            auth,
             limiter,
             drain,
         }
@@ -197,6 +200,7 @@ impl Relay {
             upstreams: Upstream::for_routes(&self.config.routes, &self.tls),
             route_names: self.route_names.clone(),
             meters: self.meters.clone(),
+            auth: self.auth.clone(),
             limiter: self.limiter.clone(),
             drain: self.drain.clone(),
         }
@@ -290,7 +294,7 @@ impl Relay {
     {
         let started = Instant::now();
         let route = &self.config.routes[index];
-        let principal = authenticate(headers, &self.config.clients)?;
+        let principal = self.auth.authenticate(headers)?;
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
         let permit = self.limiter.acquire(&principal.tenant)?;

@@ -325,3 +325,45 @@ fn the_admin_listener_needs_an_address_of_its_own() {
     .unwrap();
     assert_eq!(c.admin_listen.port(), 0);
 }
+
+#[test]
+fn jwt_settings_are_checked_and_the_jwks_file_read_at_load() {
+    let idp = mock_upstream::testkit::idp::Idp::new().unwrap();
+    let section = |extra: &str| idp.config_section(extra);
+    let c = load("", &section("[[tenants]]\nname = \"globex\""), &[]).unwrap();
+    assert_eq!(c.jwt.as_ref().map(|j| j.key_count()), Some(3));
+    let names: Vec<&str> = c.tenants.iter().map(|t| &**t).collect();
+    assert_eq!(names, ["globex", "acme"]);
+    let cases = [
+        (
+            "algorithms = [\"HS256\"]",
+            "auth.jwt.algorithms",
+            "HMAC and `none` are never accepted",
+        ),
+        (
+            "algorithms = [\"none\"]",
+            "auth.jwt.algorithms",
+            "is not one of RS256, ES256, EdDSA",
+        ),
+        ("algorithms = []", "auth.jwt.algorithms", "at least one"),
+        ("leeway_secs = 3600", "auth.jwt.leeway_secs", "at most 300"),
+        (
+            "tenant_claim = \"\"",
+            "auth.jwt.tenant_claim",
+            "must not be empty",
+        ),
+    ];
+    for (extra, field, reason) in cases {
+        let e = err("", &section(extra), &[]);
+        assert!(e.contains(field) && e.contains(reason), "{extra}: {e}");
+    }
+    let missing =
+        "[auth.jwt]\njwks_file = \"/nonexistent/jwks.json\"\nissuer = \"i\"\naudience = \"a\"";
+    let e = err("", missing, &[]);
+    assert!(
+        e.contains("auth.jwt.jwks_file") && e.contains("cannot read"),
+        "{e}"
+    );
+    let e = err("", &section("[[tenants]]\nname = \"\""), &[]);
+    assert!(e.contains("tenants[0].name"), "{e}");
+}

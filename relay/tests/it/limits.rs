@@ -196,6 +196,7 @@ async fn per_tenant_cap_is_429_and_leaves_other_tenants_alone() {
         tenant: Arc::from("other"),
         sha256: relay::config::parse_sha256(&sha256_hex(other_key)).unwrap(),
     });
+    cfg.tenants.push(Arc::from("other"));
     let relay = start_relay(cfg).await;
     let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")];
     let _held = chat(&relay, &long).send().await.unwrap();

@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod hostile;
 mod hygiene;
+mod jwt;
 mod limits;
 mod streaming;
 mod support;
