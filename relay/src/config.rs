@@ -23,7 +23,7 @@ mod otel;
 mod proxy;
 mod route;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,9 +147,13 @@ pub struct RawConfig {
     /// Credentials besides `[[clients]]` keys: `[auth.jwt]`.
     #[serde(default)]
     pub auth: RawAuth,
-    /// Tenants that have no client key (JWT callers name theirs in a claim).
+    /// Tenants by name, with their limits (those of `[[clients]]` need no entry unless their limits differ from
+    /// `[tenant_defaults]`).
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    /// Limits of every tenant that does not set its own.
+    #[serde(default)]
+    pub tenant_defaults: RawTenantLimits,
     #[serde(default)]
     pub clients: Vec<RawClient>,
     #[serde(default)]
@@ -243,11 +247,21 @@ pub struct RawClient {
     pub key_sha256: String,
 }
 
-/// `[[tenants]]`: a tenant by name (the tenants of `[[clients]]` need no entry).
+/// `[[tenants]]`: a tenant by name, and the limits it sets itself.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
     pub name: String,
+    /// As in [`RawTenantLimits`]; absent: `[tenant_defaults]`'s.
+    pub requests_per_minute: Option<u32>,
+}
+
+/// A tenant's limits (`[tenant_defaults]`, or in its `[[tenants]]` entry); absent: no limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantLimits {
+    /// Requests admitted per minute (a burst of all of them, then one per 60/N seconds).
+    pub requests_per_minute: Option<u32>,
 }
 
 /// Audit log settings.
@@ -297,6 +311,8 @@ pub struct Config {
     pub jwt: Option<Arc<crate::auth::jwt::Verifier>>,
     /// Every tenant: those of `[[tenants]]`, then those of `[[clients]]`, each once.
     pub tenants: Vec<Arc<str>>,
+    /// Requests per minute of each tenant that has a limit (its own or `[tenant_defaults]`'s).
+    pub requests_per_minute: HashMap<Arc<str>, u32>,
     pub routes: Vec<Route>,
 }
 
@@ -359,6 +375,7 @@ impl Config {
         };
         let clients = validate_clients(&raw.clients, raw.auth.jwt.is_some())?;
         let tenants = validate_tenants(&raw.tenants, &clients)?;
+        let requests_per_minute = tenant_rates(&raw, &tenants)?;
         let jwt = jwt::validate(raw.auth.jwt.as_ref(), &tenants)?;
         if raw.routes.is_empty() {
             return Err(field("routes", "at least one [[routes]] entry is required"));
@@ -399,6 +416,7 @@ impl Config {
             clients,
             jwt,
             tenants,
+            requests_per_minute,
             routes,
         })
     }
@@ -529,6 +547,38 @@ fn validate_tenants(
         }
     }
     Ok(tenants)
+}
+
+/// Each tenant's requests per minute: its own, else the default; a limit of 0 is refused (use no limit, or
+/// remove the tenant).
+fn tenant_rates(
+    raw: &RawConfig,
+    tenants: &[Arc<str>],
+) -> Result<HashMap<Arc<str>, u32>, ConfigError> {
+    let zero = |name: String| field(name, "must be at least 1 (leave it out for no limit)");
+    if raw.tenant_defaults.requests_per_minute == Some(0) {
+        return Err(zero("tenant_defaults.requests_per_minute".into()));
+    }
+    let mut rates = HashMap::new();
+    for tenant in tenants {
+        let own = raw
+            .tenants
+            .iter()
+            .enumerate()
+            .find(|(_, t)| *t.name == **tenant);
+        if let Some((i, t)) = own
+            && t.requests_per_minute == Some(0)
+        {
+            return Err(zero(format!("tenants[{i}].requests_per_minute")));
+        }
+        let rpm = own
+            .and_then(|(_, t)| t.requests_per_minute)
+            .or(raw.tenant_defaults.requests_per_minute);
+        if let Some(rpm) = rpm {
+            rates.insert(tenant.clone(), rpm);
+        }
+    }
+    Ok(rates)
 }
 
 /// 64 hex digits → 32 bytes.

@@ -48,7 +48,7 @@ impl RelayError {
             RelayError::Route(RouteError::MethodNotAllowed) => "method_not_allowed",
             RelayError::Unauthorized(_) => "unauthorized",
             RelayError::Limited(LimitError::Total) => "overloaded",
-            RelayError::Limited(LimitError::Tenant) => "rate_limited",
+            RelayError::Limited(LimitError::Tenant | LimitError::Requests(_)) => "rate_limited",
             RelayError::Body(BodyError::TooLarge { .. }) => "payload_too_large",
             RelayError::Body(BodyError::Unreadable(_)) => "bad_request_body",
             RelayError::Upstream(UpstreamError::Connect(_)) => "upstream_connect",
@@ -74,7 +74,9 @@ impl RelayError {
             RelayError::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
             RelayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             RelayError::Limited(LimitError::Total) => StatusCode::SERVICE_UNAVAILABLE,
-            RelayError::Limited(LimitError::Tenant) => StatusCode::TOO_MANY_REQUESTS,
+            RelayError::Limited(LimitError::Tenant | LimitError::Requests(_)) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             RelayError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::Body(BodyError::Unreadable(_)) => StatusCode::BAD_REQUEST,
             RelayError::Upstream(
@@ -144,6 +146,14 @@ pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
     if let Some((name, value)) = extra {
         res.headers_mut()
             .insert(name, HeaderValue::from_static(value));
+    }
+    if let RelayError::Limited(LimitError::Requests(refused)) = err {
+        // When one request will be admitted, in whole seconds, rounded up.
+        let secs =
+            refused.retry_after.as_secs() + u64::from(refused.retry_after.subsec_nanos() > 0);
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        crate::limit::rate_headers(&refused.state, res.headers_mut());
     }
     res
 }

@@ -1,4 +1,5 @@
-//! Limits: today, streams open at once, in all and per tenant (request and token rates arrive here later).
+//! Limits: streams open at once, in all and per tenant, and each tenant's requests per minute ([`rate`]; token
+//! rates and quotas arrive here later).
 //!
 //! A [`StreamPermit`] is taken after authentication and before the request body is read or any upstream call is
 //! made. [`crate::stack`] hands it to the stream's end-of-stream callback, so it is released when the stream ends,
@@ -6,13 +7,24 @@
 //! total limit the answer is 503 (the relay is full), over a tenant's limit 429 (that tenant is), both with
 //! `Retry-After`.
 //!
+//! The request rate is charged after a stream slot was taken (a request refused for its slot is not counted) and
+//! before the body is read; over it the answer is 429 with `Retry-After` from the rate, and the response of an
+//! admitted request carries OpenAI's `x-ratelimit-*-requests` headers.
+//!
 //! In-memory for one replica. The shared store (Redis) for limits across replicas plugs in here, behind the same
 //! `acquire`.
 
+pub mod rate;
+
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use rate::Gcra;
+pub use rate::{RateRefused, RateState};
 
 /// Which limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +33,8 @@ pub enum LimitError {
     Total,
     #[error("this tenant is at its limit of concurrent streams")]
     Tenant,
+    #[error("this tenant's limit of {} requests per minute is reached", .0.state.limit)]
+    Requests(RateRefused),
 }
 
 /// Slots held by one stream.
@@ -34,19 +48,42 @@ pub struct StreamPermit {
 #[derive(Clone)]
 pub struct Limiter {
     total: Arc<Semaphore>,
-    tenants: HashMap<Arc<str>, Arc<Semaphore>>,
+    tenants: HashMap<Arc<str>, Arc<TenantLimits>>,
 }
 
+/// One tenant's limits.
+struct TenantLimits {
+    streams: Arc<Semaphore>,
+    requests: Option<Gcra>,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
 impl Limiter {
-    /// `tenants`: every configured tenant (each gets `per_tenant` slots).
+    /// `tenants`: every configured tenant (each gets `per_tenant` slots), no request rate.
     pub fn new<'a>(
         total: u32,
         per_tenant: u32,
         tenants: impl IntoIterator<Item = &'a Arc<str>>,
     ) -> Self {
+        Self::with_rates(total, per_tenant, tenants.into_iter().map(|t| (t, None)))
+    }
+
+    /// As [`Limiter::new`], each tenant with its requests per minute (`None`: no limit).
+    pub fn with_rates<'a>(
+        total: u32,
+        per_tenant: u32,
+        tenants: impl IntoIterator<Item = (&'a Arc<str>, Option<u32>)>,
+    ) -> Self {
         let tenants = tenants
             .into_iter()
-            .map(|t| (t.clone(), Arc::new(Semaphore::new(per_tenant as usize))))
+            .map(|(t, rpm)| {
+                let limits = TenantLimits {
+                    streams: Arc::new(Semaphore::new(per_tenant as usize)),
+                    requests: rpm.map(|n| Gcra::new(n, MINUTE)),
+                };
+                (t.clone(), Arc::new(limits))
+            })
             .collect();
         Self {
             total: Arc::new(Semaphore::new(total as usize)),
@@ -54,10 +91,25 @@ impl Limiter {
         }
     }
 
+    /// Counts one request against the tenant's rate at `now`: its state for the response headers (`None`: the
+    /// tenant has no rate limit), or the refusal.
+    pub fn charge_request(
+        &self,
+        tenant: &str,
+        now: Instant,
+    ) -> Result<Option<RateState>, LimitError> {
+        let limits = self.tenants.get(tenant).ok_or(LimitError::Tenant)?;
+        match &limits.requests {
+            None => Ok(None),
+            Some(rate) => rate.admit(now).map(Some).map_err(LimitError::Requests),
+        }
+    }
+
     /// Takes one slot of each limit, or says which is full. Never waits.
     pub fn acquire(&self, tenant: &str) -> Result<StreamPermit, LimitError> {
         let tenant = self.tenants.get(tenant).ok_or(LimitError::Tenant)?;
         let tenant = tenant
+            .streams
             .clone()
             .try_acquire_owned()
             .map_err(|_| LimitError::Tenant)?;
@@ -70,6 +122,27 @@ impl Limiter {
             _total: total,
             _tenant: tenant,
         })
+    }
+}
+
+/// OpenAI's request-rate headers for `state`, replacing any the vendor sent (they describe the relay's vendor
+/// account, not this client's limit).
+pub fn rate_headers(state: &RateState, headers: &mut http::HeaderMap) {
+    let values = [
+        ("x-ratelimit-limit-requests", state.limit.to_string()),
+        (
+            "x-ratelimit-remaining-requests",
+            state.remaining.to_string(),
+        ),
+        (
+            "x-ratelimit-reset-requests",
+            rate::reset_header(state.reset),
+        ),
+    ];
+    for (name, value) in values {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
     }
 }
 

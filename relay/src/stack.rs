@@ -176,8 +176,12 @@ impl Relay {
             .map(|r| RouteMeters::new(&r.path, &tenants))
             .collect();
         let limits = &config.limits;
-        let tenants = config.tenants.iter();
-        let limiter = Limiter::new(limits.max_streams, limits.max_streams_per_tenant, tenants);
+        let tenants = config
+            .tenants
+            .iter()
+            .map(|t| (t, config.requests_per_minute.get(t).copied()));
+        let limiter =
+            Limiter::with_rates(limits.max_streams, limits.max_streams_per_tenant, tenants);
         let auth = Authenticator::with(config.clients.clone(), config.jwt.clone());
         Self {
             config,
@@ -298,6 +302,7 @@ impl Relay {
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
         let permit = self.limiter.acquire(&principal.tenant)?;
+        let rate = self.limiter.charge_request(&principal.tenant, started)?;
         let body = read_body(headers, body, self.config.max_request_body_bytes).await?;
         let model = exporting().then(|| request_model(&body)).flatten();
         let system = &route.gen_ai_system;
@@ -343,7 +348,11 @@ impl Relay {
             called,
             _permit: permit,
         };
-        Ok(self.stream_back(route, upstream, started, shown_id, on_end))
+        let mut res = self.stream_back(route, upstream, started, shown_id, on_end);
+        if let Some(rate) = &rate {
+            crate::limit::rate_headers(rate, res.headers_mut());
+        }
+        Ok(res)
     }
 
     /// Stage 7: the vendor's status and allowed headers, and its body behind the tap.

@@ -367,3 +367,23 @@ fn jwt_settings_are_checked_and_the_jwks_file_read_at_load() {
     let e = err("", &section("[[tenants]]\nname = \"\""), &[]);
     assert!(e.contains("tenants[0].name"), "{e}");
 }
+
+#[test]
+fn request_rates_come_from_the_tenant_or_the_defaults_and_zero_is_refused() {
+    let top = "[tenant_defaults]\nrequests_per_minute = 600\n[[tenants]]\nname = \"slow\"\nrequests_per_minute = 6";
+    let c = load("", top, &[]).unwrap();
+    let rpm = |t: &str| c.requests_per_minute.get(t).copied();
+    assert_eq!((rpm("slow"), rpm("acme")), (Some(6), Some(600)));
+    assert!(load("", "", &[]).unwrap().requests_per_minute.is_empty());
+    let e = err(
+        "",
+        "[[tenants]]\nname = \"slow\"\nrequests_per_minute = 0",
+        &[],
+    );
+    assert!(
+        e.contains("tenants[0].requests_per_minute") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = err("", "[tenant_defaults]\nrequests_per_minute = 0", &[]);
+    assert!(e.contains("tenant_defaults.requests_per_minute"), "{e}");
+}

@@ -628,3 +628,44 @@ async fn a_reader_that_stops_is_cut_within_the_write_timeout() {
     );
     drop(stream);
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_requests_per_minute_gets_429_with_openais_headers_and_no_vendor_call() {
+    let mock = start_mock().await;
+    let top = "[[tenants]]\nname = \"acme\"\nrequests_per_minute = 3\n";
+    let relay = start_relay(config_with(&mock.addr.to_string(), top, "")).await;
+    let short = [("x-mock-chunks", "1")];
+    // Five at once: exactly three go, each telling what is left.
+    let answers = futures_util::future::join_all((0..5).map(|_| chat(&relay, &short).send())).await;
+    let mut remaining = Vec::new();
+    let mut refused = 0;
+    for res in answers {
+        let res = res.unwrap();
+        let h = |name: &str| res.headers()[name].to_str().unwrap().to_owned();
+        assert_eq!(h("x-ratelimit-limit-requests"), "3");
+        match res.status().as_u16() {
+            200 => {
+                remaining.push(h("x-ratelimit-remaining-requests"));
+                res.text().await.unwrap();
+            }
+            429 => {
+                refused += 1;
+                assert_eq!(h("x-ratelimit-remaining-requests"), "0");
+                // One request per 20 s; the refusal comes right after the third, so the wait is 20 s.
+                assert_eq!(h("retry-after"), "20");
+                // The whole limit is back a minute after the first admission (a few ms ago).
+                let reset = h("x-ratelimit-reset-requests");
+                assert!(reset == "1m0s" || reset.starts_with("59."), "{reset}");
+                let v: serde_json::Value = res.json().await.unwrap();
+                assert_eq!(v["error"]["type"], "rate_limited", "{v}");
+                let message = v["error"]["message"].as_str().unwrap();
+                assert!(message.contains("3 requests per minute"), "{message}");
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    remaining.sort();
+    assert_eq!(remaining, ["0", "1", "2"]);
+    assert_eq!(refused, 2);
+    assert_eq!(mock.app.stats.counters().requests, 3);
+}

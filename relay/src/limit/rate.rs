@@ -1,0 +1,152 @@
+//! A request rate per tenant: the generic cell rate algorithm (GCRA) with a burst of the whole limit.
+//!
+//! `limit` requests per `period`: each admitted request moves the tenant's theoretical arrival time (TAT) one
+//! emission interval (`period / limit`) later; a request is admitted while the TAT is at most `period` ahead of
+//! now (after its own interval is added). So a tenant that has been quiet may send `limit` requests at once,
+//! exactly, and then one per interval; one number per tenant, no log of past requests. What the client is told
+//! follows OpenAI's headers: `remaining` is how many could still go now, `reset` how long until all of the limit
+//! is back.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The state after a request was admitted, or at the refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateState {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the whole limit is available again.
+    pub reset: Duration,
+}
+
+/// Refused: `retry_after` is when one request will be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateRefused {
+    pub state: RateState,
+    pub retry_after: Duration,
+}
+
+/// One tenant's rate.
+#[derive(Debug)]
+pub struct Gcra {
+    limit: u32,
+    period: Duration,
+    interval: Duration,
+    /// The theoretical arrival time; `None` until the first request (a full burst is available).
+    tat: Mutex<Option<Instant>>,
+}
+
+impl Gcra {
+    /// `limit` ≥ 1 requests per `period` (the configuration refuses 0).
+    pub fn new(limit: u32, period: Duration) -> Self {
+        let limit = limit.max(1);
+        Self {
+            limit,
+            period,
+            interval: period / limit,
+            tat: Mutex::new(None),
+        }
+    }
+
+    /// Admits one request at `now` (and counts it), or says when to retry.
+    pub fn admit(&self, now: Instant) -> Result<RateState, RateRefused> {
+        let mut tat = self
+            .tat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = tat.map_or(now, |t| t.max(now));
+        let next = current + self.interval;
+        let ahead = next - now;
+        if ahead > self.period {
+            return Err(RateRefused {
+                state: self.state(current - now),
+                retry_after: ahead - self.period,
+            });
+        }
+        *tat = Some(next);
+        Ok(self.state(ahead))
+    }
+
+    /// What the headers say when the TAT is `ahead` of now.
+    fn state(&self, ahead: Duration) -> RateState {
+        let free = self.period.saturating_sub(ahead);
+        // Whole intervals of headroom; the division is exact at the boundaries (both are multiples of `interval`).
+        let remaining = (free.as_nanos() / self.interval.as_nanos().max(1)) as u32;
+        RateState {
+            limit: self.limit,
+            remaining: remaining.min(self.limit),
+            reset: ahead,
+        }
+    }
+}
+
+/// OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`.
+pub fn reset_header(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_tenant_gets_exactly_its_limit_at_once_then_one_per_interval() {
+        let g = Gcra::new(30, Duration::from_secs(60));
+        let start = Instant::now();
+        for i in 0..30 {
+            let s = g.admit(start).unwrap();
+            assert_eq!(s.remaining, 29 - i, "request {i}");
+            assert_eq!(s.reset, Duration::from_secs(2 * u64::from(i + 1)));
+        }
+        let refused = g.admit(start).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(2));
+        assert_eq!(refused.state.remaining, 0);
+        // Refusals are not counted: after the interval exactly one more goes.
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert!(g.admit(Instant::now()).is_err());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(g.admit(Instant::now()).unwrap().remaining, 0);
+        assert!(g.admit(Instant::now()).is_err());
+        // A whole period later the whole burst is back.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..30 {
+            g.admit(Instant::now()).unwrap();
+        }
+        assert!(g.admit(Instant::now()).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_tenant_at_its_rate_is_never_refused() {
+        let g = Gcra::new(60, Duration::from_secs(60));
+        for _ in 0..200 {
+            let s = g.admit(Instant::now()).unwrap();
+            assert_eq!(s.remaining, 59);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+    }
+
+    #[test]
+    fn reset_reads_like_openais() {
+        let cases = [
+            (20, "20ms"),
+            (1500, "1.5s"),
+            (2000, "2s"),
+            (1234, "1.234s"),
+            (360_000, "6m0s"),
+            (61_500, "1m1s"),
+        ];
+        for (ms, text) in cases {
+            assert_eq!(reset_header(Duration::from_millis(ms)), text);
+        }
+    }
+}
