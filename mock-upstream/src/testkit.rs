@@ -8,6 +8,7 @@
 //! - [`client`]: a streaming chat request to the mock, the relay or nginx, and the mock's inspection endpoints.
 //! - [`idp`]: an identity provider for the JWT tests: RS256, ES256 and EdDSA keys, their JWKS file, tokens.
 //! - [`prometheus`]: a real Prometheus scraping the relay's admin listener, queried through its API.
+//! - [`redis`]: a real redis-server on a unix socket, stopped and started again at will.
 //! - [`sse`]: read an event stream, timing each event's one-way delay from the mock's `ts=` stamp
 //!   ([`crate::dialect::event_ts`]).
 //!
@@ -18,4 +19,5 @@ pub mod idp;
 pub mod nginx;
 pub mod proc;
 pub mod prometheus;
+pub mod redis;
 pub mod sse;

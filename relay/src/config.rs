@@ -151,6 +151,8 @@ pub struct RawConfig {
     /// `[tenant_defaults]`).
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    /// Where limits shared by replicas live (`[store]`); absent: in the process.
+    pub store: Option<RawStore>,
     /// Limits of every tenant that does not set its own.
     #[serde(default)]
     pub tenant_defaults: RawTenantLimits,
@@ -256,6 +258,32 @@ pub struct RawTenant {
     pub requests_per_minute: Option<u32>,
 }
 
+/// `[store]`: Redis for limits shared by replicas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `redis://host:port/db`, `rediss://…` (TLS) or `unix:///path/to/redis.sock`.
+    pub url: String,
+    /// Each store call's limit; then `on_store_error` applies.
+    #[serde(default = "default_store_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_on_store_error")]
+    pub on_store_error: crate::limit::store::OnStoreError,
+    /// Prefix of every key, so that several relay deployments can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_store_timeout_ms() -> u64 {
+    50
+}
+fn default_on_store_error() -> crate::limit::store::OnStoreError {
+    crate::limit::store::OnStoreError::Allow
+}
+fn default_key_prefix() -> String {
+    "ssegate".into()
+}
+
 /// A tenant's limits (`[tenant_defaults]`, or in its `[[tenants]]` entry); absent: no limit.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,6 +341,8 @@ pub struct Config {
     pub tenants: Vec<Arc<str>>,
     /// Requests per minute of each tenant that has a limit (its own or `[tenant_defaults]`'s).
     pub requests_per_minute: HashMap<Arc<str>, u32>,
+    /// The shared limit store (`[store]`); `None`: limits in the process.
+    pub store: Option<crate::limit::store::StoreConfig>,
     pub routes: Vec<Route>,
 }
 
@@ -376,6 +406,7 @@ impl Config {
         let clients = validate_clients(&raw.clients, raw.auth.jwt.is_some())?;
         let tenants = validate_tenants(&raw.tenants, &clients)?;
         let requests_per_minute = tenant_rates(&raw, &tenants)?;
+        let store = raw.store.as_ref().map(validate_store).transpose()?;
         let jwt = jwt::validate(raw.auth.jwt.as_ref(), &tenants)?;
         if raw.routes.is_empty() {
             return Err(field("routes", "at least one [[routes]] entry is required"));
@@ -417,6 +448,7 @@ impl Config {
             jwt,
             tenants,
             requests_per_minute,
+            store,
             routes,
         })
     }
@@ -579,6 +611,30 @@ fn tenant_rates(
         }
     }
     Ok(rates)
+}
+
+fn validate_store(raw: &RawStore) -> Result<crate::limit::store::StoreConfig, ConfigError> {
+    let client = redis::Client::open(raw.url.as_str()).map_err(|e| {
+        field(
+            "store.url",
+            format!("not a Redis URL (redis://, rediss:// or unix://): {e}"),
+        )
+    })?;
+    if !(1..=5000).contains(&raw.timeout_ms) {
+        return Err(field("store.timeout_ms", "must be from 1 to 5000"));
+    }
+    if raw.key_prefix.is_empty() || raw.key_prefix.contains(['{', '}']) {
+        return Err(field(
+            "store.key_prefix",
+            "must not be empty nor contain braces (they are the keys' hash tags)",
+        ));
+    }
+    Ok(crate::limit::store::StoreConfig {
+        client,
+        timeout: Duration::from_millis(raw.timeout_ms),
+        on_error: raw.on_store_error,
+        key_prefix: raw.key_prefix.clone(),
+    })
 }
 
 /// 64 hex digits → 32 bytes.

@@ -48,6 +48,7 @@ impl RelayError {
             RelayError::Route(RouteError::MethodNotAllowed) => "method_not_allowed",
             RelayError::Unauthorized(_) => "unauthorized",
             RelayError::Limited(LimitError::Total) => "overloaded",
+            RelayError::Limited(LimitError::StoreUnavailable) => "store_unavailable",
             RelayError::Limited(LimitError::Tenant | LimitError::Requests(_)) => "rate_limited",
             RelayError::Body(BodyError::TooLarge { .. }) => "payload_too_large",
             RelayError::Body(BodyError::Unreadable(_)) => "bad_request_body",
@@ -73,7 +74,9 @@ impl RelayError {
             RelayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
             RelayError::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
             RelayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            RelayError::Limited(LimitError::Total) => StatusCode::SERVICE_UNAVAILABLE,
+            RelayError::Limited(LimitError::Total | LimitError::StoreUnavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RelayError::Limited(LimitError::Tenant | LimitError::Requests(_)) => {
                 StatusCode::TOO_MANY_REQUESTS
             }

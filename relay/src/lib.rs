@@ -113,6 +113,8 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
 pub enum RunError {
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("cannot set up the limit store")]
+    Store(#[from] limit::store::StoreError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
 }
@@ -219,7 +221,18 @@ pub async fn serve<H: Handler>(
         // Which way each route's vendor calls go, so an operator can check it (credentials are never shown).
         tracing::info!(route = %route.path, egress = %route.egress, "vendor calls");
     }
-    let relay = stack::Relay::new(config.clone(), tls, shutdown.drain.clone());
+    let store = match &config.store {
+        None => None,
+        Some(c) => {
+            let store = limit::store::RedisStore::new(c.clone())?;
+            // Unreachable now is not fatal: `on_store_error` applies until it answers.
+            if let Err(e) = store.ping().await {
+                tracing::warn!(error = %e, "the limit store does not answer at startup; on_store_error applies until it does");
+            }
+            Some(Arc::new(store))
+        }
+    };
+    let relay = stack::Relay::with_store(config.clone(), tls, shutdown.drain.clone(), store);
     let make = || Arc::new(wrap(relay.for_worker()));
     let (workers, pinned, limits) = (config.workers, config.pin_connections, config.limits);
     let done = CancellationToken::new();

@@ -11,10 +11,11 @@
 //! before the body is read; over it the answer is 429 with `Retry-After` from the rate, and the response of an
 //! admitted request carries OpenAI's `x-ratelimit-*-requests` headers.
 //!
-//! In-memory for one replica. The shared store (Redis) for limits across replicas plugs in here, behind the same
-//! `acquire`.
+//! Concurrent streams are counted in the process. Request rates too, unless `[store]` names Redis
+//! ([`store`]), where every replica counts them together.
 
 pub mod rate;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 
 use rate::Gcra;
 pub use rate::{RateRefused, RateState};
+use store::{OnStoreError, RedisStore};
 
 /// Which limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +37,8 @@ pub enum LimitError {
     Tenant,
     #[error("this tenant's limit of {} requests per minute is reached", .0.state.limit)]
     Requests(RateRefused),
+    #[error("the limit store is unavailable")]
+    StoreUnavailable,
 }
 
 /// Slots held by one stream.
@@ -49,6 +53,8 @@ pub struct StreamPermit {
 pub struct Limiter {
     total: Arc<Semaphore>,
     tenants: HashMap<Arc<str>, Arc<TenantLimits>>,
+    /// Where request rates are counted when replicas share them; `None`: in this process.
+    store: Option<Arc<RedisStore>>,
 }
 
 /// One tenant's limits.
@@ -88,20 +94,42 @@ impl Limiter {
         Self {
             total: Arc::new(Semaphore::new(total as usize)),
             tenants,
+            store: None,
         }
+    }
+
+    /// Counts request rates in `store` (shared by replicas) instead of this process.
+    pub fn with_store(mut self, store: Option<Arc<RedisStore>>) -> Self {
+        self.store = store;
+        self
     }
 
     /// Counts one request against the tenant's rate at `now`: its state for the response headers (`None`: the
     /// tenant has no rate limit), or the refusal.
-    pub fn charge_request(
+    ///
+    /// With a store, the store counts; when it cannot answer, `on_store_error` decides: `allow` goes on without
+    /// a rate (no headers), `deny` is [`LimitError::StoreUnavailable`].
+    pub async fn charge_request(
         &self,
         tenant: &str,
         now: Instant,
     ) -> Result<Option<RateState>, LimitError> {
         let limits = self.tenants.get(tenant).ok_or(LimitError::Tenant)?;
-        match &limits.requests {
-            None => Ok(None),
-            Some(rate) => rate.admit(now).map(Some).map_err(LimitError::Requests),
+        let Some(rate) = &limits.requests else {
+            return Ok(None);
+        };
+        let Some(store) = &self.store else {
+            return rate.admit(now).map(Some).map_err(LimitError::Requests);
+        };
+        match store.admit_request(tenant, rate.limit(), MINUTE).await {
+            Ok(answer) => answer.map(Some).map_err(LimitError::Requests),
+            Err(e) => {
+                store.failed(&e);
+                match store.on_error() {
+                    OnStoreError::Allow => Ok(None),
+                    OnStoreError::Deny => Err(LimitError::StoreUnavailable),
+                }
+            }
         }
     }
 

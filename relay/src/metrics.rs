@@ -19,6 +19,7 @@
 //! | `ssegate_rejections_total` | counter | reason | requests refused before the vendor call: `headers_too_large`, `unauthorized`, `payload_too_large`, `overloaded`, `rate_limited`, `not_found`, `method_not_allowed`, `bad_request_body` |
 //! | `ssegate_upstream_errors_total` | counter | route, kind | vendor trouble: `connect`, `tls`, `proxy`, `timeout`, `protocol`, `redirect`, `credential`, `status_4xx`, `status_5xx` (every attempt) |
 //! | `ssegate_failover_attempts_total` | counter | route | calls to a route's next endpoint |
+//! | `ssegate_store_errors_total` | counter | | limit store (Redis) calls that failed or timed out; `on_store_error` applied ([`crate::limit::store`]) |
 //! | `ssegate_relayed_bytes_total` | counter | route | body bytes handed to clients |
 //! | `ssegate_relayed_events_total` | counter | route | SSE events relayed |
 //! | `ssegate_keepalives_total` | counter | route | `: keep-alive` comments sent |
@@ -50,6 +51,7 @@ pub const OUTCOMES: &str = "ssegate_stream_outcomes_total";
 pub const REJECTIONS: &str = "ssegate_rejections_total";
 pub const UPSTREAM_ERRORS: &str = "ssegate_upstream_errors_total";
 pub const FAILOVER: &str = "ssegate_failover_attempts_total";
+pub const STORE_ERRORS: &str = "ssegate_store_errors_total";
 pub const BYTES: &str = "ssegate_relayed_bytes_total";
 pub const EVENTS: &str = "ssegate_relayed_events_total";
 pub const KEEPALIVES: &str = "ssegate_keepalives_total";
@@ -143,6 +145,7 @@ fn describe() {
     );
     describe_counter!(UPSTREAM_ERRORS, "Vendor errors by kind, every attempt");
     describe_counter!(FAILOVER, "Calls to a route's next endpoint");
+    describe_counter!(STORE_ERRORS, "Limit store calls that failed or timed out");
     describe_counter!(BYTES, Unit::Bytes, "Body bytes handed to clients");
     describe_counter!(EVENTS, "SSE events relayed");
     describe_counter!(KEEPALIVES, "Keep-alive comments sent");
@@ -425,6 +428,11 @@ fn rejections() -> &'static Known {
 }
 
 /// A request refused before any vendor call.
+/// A limit store call failed or timed out (counted even with request-path metrics off: it is an outage signal).
+pub fn store_error() {
+    counter!(STORE_ERRORS).increment(1);
+}
+
 pub fn rejected(reason: &'static str) {
     if !enabled() {
         return;

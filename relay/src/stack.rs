@@ -156,12 +156,23 @@ impl StreamEnd {
 }
 
 impl Relay {
-    /// `tls`: the vendor TLS settings ([`crate::upstream::tls_config`]); `drain`: cancelled when the shutdown
-    /// grace period is over, which ends every stream with a `shutdown` event.
+    /// The relay with its limits in this process. `tls`: the vendor TLS settings
+    /// ([`crate::upstream::tls_config`]); `drain`: cancelled when the shutdown grace period is over, which ends
+    /// every stream with a `shutdown` event.
     pub fn new(
         config: Arc<Config>,
         tls: crate::upstream::VendorTls,
         drain: CancellationToken,
+    ) -> Self {
+        Self::with_store(config, tls, drain, None)
+    }
+
+    /// The relay with its request rates counted in `store` (shared by replicas) when given.
+    pub fn with_store(
+        config: Arc<Config>,
+        tls: crate::upstream::VendorTls,
+        drain: CancellationToken,
+        store: Option<Arc<crate::limit::store::RedisStore>>,
     ) -> Self {
         let upstreams = Upstream::for_routes(&config.routes, &tls);
         let route_names = config
@@ -181,7 +192,8 @@ impl Relay {
             .iter()
             .map(|t| (t, config.requests_per_minute.get(t).copied()));
         let limiter =
-            Limiter::with_rates(limits.max_streams, limits.max_streams_per_tenant, tenants);
+            Limiter::with_rates(limits.max_streams, limits.max_streams_per_tenant, tenants)
+                .with_store(store);
         let auth = Authenticator::with(config.clients.clone(), config.jwt.clone());
         Self {
             config,
@@ -302,7 +314,10 @@ impl Relay {
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
         let permit = self.limiter.acquire(&principal.tenant)?;
-        let rate = self.limiter.charge_request(&principal.tenant, started)?;
+        let rate = self
+            .limiter
+            .charge_request(&principal.tenant, started)
+            .await?;
         let body = read_body(headers, body, self.config.max_request_body_bytes).await?;
         let model = exporting().then(|| request_model(&body)).flatten();
         let system = &route.gen_ai_system;

@@ -387,3 +387,27 @@ fn request_rates_come_from_the_tenant_or_the_defaults_and_zero_is_refused() {
     let e = err("", "[tenant_defaults]\nrequests_per_minute = 0", &[]);
     assert!(e.contains("tenant_defaults.requests_per_minute"), "{e}");
 }
+
+#[test]
+fn store_settings_name_the_field_when_wrong() {
+    let ok = load("", "[store]\nurl = \"unix:///run/redis.sock\"", &[]).unwrap();
+    let store = ok.store.unwrap();
+    assert_eq!(store.timeout, Duration::from_millis(50));
+    assert_eq!(store.on_error, crate::limit::store::OnStoreError::Allow);
+    let cases = [
+        ("url = \"http://redis\"", "store.url"),
+        ("url = \"redis://h\"\ntimeout_ms = 0", "store.timeout_ms"),
+        (
+            "url = \"redis://h\"\nkey_prefix = \"a{b}\"",
+            "store.key_prefix",
+        ),
+        (
+            "url = \"redis://h\"\non_store_error = \"maybe\"",
+            "on_store_error",
+        ),
+    ];
+    for (lines, field) in cases {
+        let e = err("", &format!("[store]\n{lines}"), &[]);
+        assert!(e.contains(field), "{lines}: {e}");
+    }
+}

@@ -50,6 +50,10 @@ impl Gcra {
         }
     }
 
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
     /// Admits one request at `now` (and counts it), or says when to retry.
     pub fn admit(&self, now: Instant) -> Result<RateState, RateRefused> {
         let mut tat = self
@@ -71,14 +75,19 @@ impl Gcra {
 
     /// What the headers say when the TAT is `ahead` of now.
     fn state(&self, ahead: Duration) -> RateState {
-        let free = self.period.saturating_sub(ahead);
-        // Whole intervals of headroom; the division is exact at the boundaries (both are multiples of `interval`).
-        let remaining = (free.as_nanos() / self.interval.as_nanos().max(1)) as u32;
-        RateState {
-            limit: self.limit,
-            remaining: remaining.min(self.limit),
-            reset: ahead,
-        }
+        state_for(self.limit, self.period, self.interval, ahead)
+    }
+}
+
+/// What the headers say for `limit` per `period` (emission `interval`) when the TAT is `ahead` of now.
+pub fn state_for(limit: u32, period: Duration, interval: Duration, ahead: Duration) -> RateState {
+    let free = period.saturating_sub(ahead);
+    // Whole intervals of headroom; the division is exact at the boundaries (both are multiples of `interval`).
+    let remaining = (free.as_nanos() / interval.as_nanos().max(1)) as u32;
+    RateState {
+        limit,
+        remaining: remaining.min(limit),
+        reset: ahead,
     }
 }
 

@@ -13,5 +13,6 @@ mod hostile;
 mod hygiene;
 mod jwt;
 mod limits;
+mod store;
 mod streaming;
 mod support;

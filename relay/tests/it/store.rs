@@ -1,0 +1,104 @@
+//! Limits shared by replicas through a real redis-server: two relays count one tenant's requests together, and
+//! Redis going away applies `on_store_error` until it is back.
+
+use mock_upstream::testkit::redis::{self, Redis};
+use tokio::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn store_config(mock: &Mock, url: &str, on_error: &str) -> relay::config::Config {
+    let top = format!(
+        "[[tenants]]\nname = \"acme\"\nrequests_per_minute = 30\n\n[store]\nurl = {url:?}\non_store_error = \"{on_error}\"\n"
+    );
+    config_with(&mock.addr.to_string(), &top, "")
+}
+
+#[tokio::test]
+async fn two_replicas_admit_exactly_the_tenants_requests_per_minute_between_them() {
+    let Some(bin) = redis::available() else {
+        return;
+    };
+    let redis = Redis::start(bin).unwrap();
+    let mock = start_mock().await;
+    let a = start_relay(store_config(&mock, &redis.url(), "allow")).await;
+    let b = start_relay(store_config(&mock, &redis.url(), "allow")).await;
+    let short = [("x-mock-chunks", "1")];
+    let sends = (0..50).map(|i| chat(if i % 2 == 0 { &a } else { &b }, &short).send());
+    let mut admitted = 0;
+    for res in futures_util::future::join_all(sends).await {
+        let res = res.unwrap();
+        assert_eq!(res.headers()["x-ratelimit-limit-requests"], "30");
+        match res.status().as_u16() {
+            200 => admitted += 1,
+            429 => assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "0"),
+            other => panic!("status {other}"),
+        }
+        res.bytes().await.unwrap();
+    }
+    assert_eq!(admitted, 30);
+    assert_eq!(mock.app.stats.counters().requests, 30);
+}
+
+#[tokio::test]
+async fn redis_down_allows_or_denies_as_configured_and_the_relay_recovers_when_it_returns() {
+    let Some(bin) = redis::available() else {
+        return;
+    };
+    let mut redis = Redis::start(bin).unwrap();
+    let mock = start_mock().await;
+    let allow = start_relay(store_config(&mock, &redis.url(), "allow")).await;
+    let deny = start_relay(store_config(&mock, &redis.url(), "deny")).await;
+    let short = [("x-mock-chunks", "1")];
+    // One count for both: the second replica sees the first one's request.
+    for (relay, remaining) in [(&allow, "29"), (&deny, "28")] {
+        let res = chat(relay, &short).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-ratelimit-remaining-requests"], remaining);
+        res.bytes().await.unwrap();
+    }
+    redis.stop();
+    let res = chat(&allow, &short).send().await.unwrap();
+    assert_eq!(res.status(), 200, "allow: the request goes on");
+    assert!(res.headers().get("x-ratelimit-limit-requests").is_none());
+    res.bytes().await.unwrap();
+    let before = mock.app.stats.counters().requests;
+    let res = chat(&deny, &short).send().await.unwrap();
+    assert_eq!(res.status(), 503, "deny: refused");
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "store_unavailable", "{v}");
+    assert_eq!(
+        mock.app.stats.counters().requests,
+        before,
+        "a denied request reached the vendor"
+    );
+
+    // Back, empty (nothing was saved): the relay reconnects by itself and counts again.
+    redis.start_again().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let res = chat(&deny, &short).send().await.unwrap();
+        let status = res.status();
+        res.bytes().await.unwrap();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not reconnect to Redis"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_store_at_startup_is_not_fatal() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("unix://{}", dir.path().join("nobody.sock").display());
+    let relay = start_relay(store_config(&mock, &url, "allow")).await;
+    let res = chat(&relay, &[("x-mock-chunks", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
