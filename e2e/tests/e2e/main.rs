@@ -15,6 +15,7 @@ mod openai_sdk;
 mod paths;
 mod prometheus;
 mod proxy;
+mod replicas;
 mod stack;
 mod support;
 mod tls;

@@ -19,6 +19,11 @@ pub fn site_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/ssegate.conf")
 }
 
+/// The shipped site config for several relay replicas.
+pub fn replicas_site_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/ssegate-replicas.conf")
+}
+
 /// How to run nginx besides the site config.
 #[derive(Clone, Copy)]
 pub struct Options {
@@ -33,6 +38,9 @@ pub struct Options {
     /// The upstream speaks HTTPS with a certificate for `localhost` from this CA (PEM file): nginx proxies with
     /// `proxy_ssl_verify on` (the performance run's TLS rows).
     pub upstream_ca: Option<&'static str>,
+    /// A second relay replica: the site is `deploy/nginx/ssegate-replicas.conf`, its two servers the upstream
+    /// given to [`start`] and this one.
+    pub second_replica: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -44,6 +52,7 @@ impl Default for Options {
             access_log: true,
             tweak: |site| site,
             upstream_ca: None,
+            second_replica: None,
         }
     }
 }
@@ -125,6 +134,26 @@ pub fn render_site(upstream: SocketAddr, port: u16) -> Result<String> {
         .replace(listen, &format!("listen 127.0.0.1:{port};")))
 }
 
+/// The replicas' site config with the two replicas' and nginx's loopback ports filled in.
+pub fn render_replicas_site(replicas: [SocketAddr; 2], port: u16) -> Result<String> {
+    let path = replicas_site_path();
+    let mut site =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    for (shipped, replica) in ["server 127.0.0.1:8080 ", "server 127.0.0.1:8081 "]
+        .iter()
+        .zip(replicas)
+    {
+        if !site.contains(shipped) {
+            bail!("{} no longer has `{shipped}` to replace", path.display());
+        }
+        site = site.replace(shipped, &format!("server {replica} "));
+    }
+    if !site.contains("listen 80;") {
+        bail!("{} no longer has `listen 80;` to replace", path.display());
+    }
+    Ok(site.replace("listen 80;", &format!("listen 127.0.0.1:{port};")))
+}
+
 /// Starts `binary` in front of `upstream`.
 pub async fn start(binary: &Path, upstream: SocketAddr, opts: Options) -> Result<Nginx> {
     let mut last_error = String::new();
@@ -137,7 +166,11 @@ pub async fn start(binary: &Path, upstream: SocketAddr, opts: Options) -> Result
             .prefix("ssegate-nginx-")
             .tempdir()?;
         let d = dir.path().display();
-        let mut site = (opts.tweak)(render_site(upstream, port)?);
+        let site = match opts.second_replica {
+            None => render_site(upstream, port)?,
+            Some(second) => render_replicas_site([upstream, second], port)?,
+        };
+        let mut site = (opts.tweak)(site);
         if let Some(ca) = opts.upstream_ca {
             let plain = "proxy_pass http://ssegate_relay;";
             if !site.contains(plain) {

@@ -1,0 +1,69 @@
+//! Two relay processes behind the shipped `deploy/nginx/ssegate-replicas.conf`, sharing one real redis-server:
+//! a tenant's requests per minute hold across the replicas, as a client going through nginx sees them.
+
+use anyhow::Result;
+use mock_upstream::testkit::nginx;
+use mock_upstream::testkit::redis::{self, Redis};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn two_replicas_behind_nginx_admit_exactly_the_tenants_requests_per_minute() -> Result<()> {
+    let (Some(nginx_bin), Some(redis_bin)) = (nginx::available(), redis::available()) else {
+        return Ok(());
+    };
+    let redis = Redis::start(redis_bin)?;
+    let mock = start_mock().await?;
+    let top = format!(
+        "[[tenants]]\nname = \"e2e\"\nrequests_per_minute = 30\n\n[store]\nurl = {:?}\n",
+        redis.url()
+    );
+    let a = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
+    let b = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
+    let opts = nginx::Options {
+        second_replica: Some(b.addr),
+        ..nginx::Options::default()
+    };
+    let front = nginx::start(&nginx_bin, a.addr, opts).await?;
+    let base = front.base();
+    let sends = (0..50).map(|_| drain(chat(&base, CLIENT_KEY, &[("x-mock-chunks", "1")])));
+    let statuses = futures_util::future::join_all(sends).await;
+    let count = |want: u16| {
+        statuses
+            .iter()
+            .filter(|s| matches!(s, Ok(s) if *s == want))
+            .count()
+    };
+    assert_eq!((count(200), count(429)), (30, 20), "{statuses:?}");
+    assert_eq!(mock_stats(&mock).await?["requests"], 30);
+    // nginx spread them: both replicas relayed streams and refused requests.
+    for (name, relay) in [("first", &a), ("second", &b)] {
+        let logs = relay.logs();
+        assert!(
+            logs.contains("stream ended"),
+            "the {name} replica relayed nothing"
+        );
+        assert!(
+            logs.contains("rate_limited"),
+            "the {name} replica refused nothing"
+        );
+    }
+    Ok(())
+}
+
+/// The replicas' site differs from the single relay's only in its upstream block.
+#[test]
+fn the_replicas_site_serves_like_the_single_relay_site() -> Result<()> {
+    let server_block = |path: std::path::PathBuf| -> Result<String> {
+        let site = std::fs::read_to_string(&path)?;
+        let at = site
+            .find("\nserver {")
+            .ok_or_else(|| anyhow::anyhow!("{} has no server block", path.display()))?;
+        Ok(site[at..].to_owned())
+    };
+    assert_eq!(
+        server_block(nginx::replicas_site_path())?,
+        server_block(nginx::site_path())?
+    );
+    Ok(())
+}
