@@ -256,6 +256,8 @@ pub struct RawTenant {
     pub name: String,
     /// As in [`RawTenantLimits`]; absent: `[tenant_defaults]`'s.
     pub requests_per_minute: Option<u32>,
+    /// This tenant's concurrent streams; absent: `max_streams_per_tenant`.
+    pub max_streams: Option<u32>,
 }
 
 /// `[store]`: Redis for limits shared by replicas.
@@ -272,6 +274,14 @@ pub struct RawStore {
     /// Prefix of every key, so that several relay deployments can share one Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// A stream's tenant slot expires this long after the last renewal by the replica holding it (renewed every
+    /// third of it): how long a dead replica's slots stay taken.
+    #[serde(default = "default_stream_lease_ms")]
+    pub stream_lease_ms: u64,
+}
+
+fn default_stream_lease_ms() -> u64 {
+    10_000
 }
 
 fn default_store_timeout_ms() -> u64 {
@@ -341,6 +351,8 @@ pub struct Config {
     pub tenants: Vec<Arc<str>>,
     /// Requests per minute of each tenant that has a limit (its own or `[tenant_defaults]`'s).
     pub requests_per_minute: HashMap<Arc<str>, u32>,
+    /// Concurrent streams of the tenants that set their own (the others have `max_streams_per_tenant`).
+    pub tenant_max_streams: HashMap<Arc<str>, u32>,
     /// The shared limit store (`[store]`); `None`: limits in the process.
     pub store: Option<crate::limit::store::StoreConfig>,
     pub routes: Vec<Route>,
@@ -406,6 +418,21 @@ impl Config {
         let clients = validate_clients(&raw.clients, raw.auth.jwt.is_some())?;
         let tenants = validate_tenants(&raw.tenants, &clients)?;
         let requests_per_minute = tenant_rates(&raw, &tenants)?;
+        let mut tenant_max_streams = HashMap::new();
+        for (i, t) in raw.tenants.iter().enumerate() {
+            match t.max_streams {
+                None => {}
+                Some(0) => {
+                    return Err(field(
+                        format!("tenants[{i}].max_streams"),
+                        "must be at least 1 (leave it out for max_streams_per_tenant)",
+                    ));
+                }
+                Some(n) => {
+                    tenant_max_streams.insert(Arc::from(t.name.as_str()), n);
+                }
+            }
+        }
         let store = raw.store.as_ref().map(validate_store).transpose()?;
         let jwt = jwt::validate(raw.auth.jwt.as_ref(), &tenants)?;
         if raw.routes.is_empty() {
@@ -448,6 +475,7 @@ impl Config {
             jwt,
             tenants,
             requests_per_minute,
+            tenant_max_streams,
             store,
             routes,
         })
@@ -629,11 +657,19 @@ fn validate_store(raw: &RawStore) -> Result<crate::limit::store::StoreConfig, Co
             "must not be empty nor contain braces (they are the keys' hash tags)",
         ));
     }
+    // Renewed every third of the lease, each renewal within the timeout: a lease must outlast a late renewal.
+    if raw.stream_lease_ms < 300 || raw.stream_lease_ms < raw.timeout_ms * 6 {
+        return Err(field(
+            "store.stream_lease_ms",
+            "must be at least 300 and at least six times timeout_ms",
+        ));
+    }
     Ok(crate::limit::store::StoreConfig {
         client,
         timeout: Duration::from_millis(raw.timeout_ms),
         on_error: raw.on_store_error,
         key_prefix: raw.key_prefix.clone(),
+        stream_lease: Duration::from_millis(raw.stream_lease_ms),
     })
 }
 

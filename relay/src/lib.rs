@@ -232,7 +232,8 @@ pub async fn serve<H: Handler>(
             Some(Arc::new(store))
         }
     };
-    let relay = stack::Relay::with_store(config.clone(), tls, shutdown.drain.clone(), store);
+    let relay =
+        stack::Relay::with_store(config.clone(), tls, shutdown.drain.clone(), store.clone());
     let make = || Arc::new(wrap(relay.for_worker()));
     let (workers, pinned, limits) = (config.workers, config.pin_connections, config.limits);
     let done = CancellationToken::new();
@@ -248,7 +249,13 @@ pub async fn serve<H: Handler>(
             admin::serve(l, registry, stop, done.clone()).await;
         }
     };
-    let (served, ()) = tokio::join!(serving, admin);
+    // The leases of streams this replica holds, renewed until it stops serving.
+    let renewing = async {
+        if let Some(store) = &store {
+            store.renew_until(done.clone()).await;
+        }
+    };
+    let (served, (), ()) = tokio::join!(serving, admin, renewing);
     Ok(served?)
 }
 

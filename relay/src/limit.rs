@@ -11,8 +11,9 @@
 //! before the body is read; over it the answer is 429 with `Retry-After` from the rate, and the response of an
 //! admitted request carries OpenAI's `x-ratelimit-*-requests` headers.
 //!
-//! Concurrent streams are counted in the process. Request rates too, unless `[store]` names Redis
-//! ([`store`]), where every replica counts them together.
+//! The relay-wide stream slots are this process's. A tenant's stream slots and request rate are too, unless
+//! `[store]` names Redis ([`store`]): then every replica counts them together (a stream's tenant slot is a
+//! lease there).
 
 pub mod rate;
 pub mod store;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 
 use rate::Gcra;
 pub use rate::{RateRefused, RateState};
-use store::{OnStoreError, RedisStore};
+use store::{Lease, OnStoreError, RedisStore};
 
 /// Which limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +46,20 @@ pub enum LimitError {
 #[derive(Debug)]
 pub struct StreamPermit {
     _total: OwnedSemaphorePermit,
-    _tenant: OwnedSemaphorePermit,
+    _tenant: TenantSlot,
+}
+
+/// Where a stream's tenant slot is held (held for its drop, which gives the slot back).
+#[derive(Debug)]
+#[expect(
+    dead_code,
+    reason = "the slots are held, never read: dropping them gives them back"
+)]
+enum TenantSlot {
+    Local(OwnedSemaphorePermit),
+    Lease(Lease),
+    /// The store did not answer and `on_store_error = "allow"`.
+    Unlimited,
 }
 
 /// The limits of one relay process; clones share the same slots (one per worker thread).
@@ -60,6 +74,7 @@ pub struct Limiter {
 /// One tenant's limits.
 struct TenantLimits {
     streams: Arc<Semaphore>,
+    max_streams: u32,
     requests: Option<Gcra>,
 }
 
@@ -72,20 +87,27 @@ impl Limiter {
         per_tenant: u32,
         tenants: impl IntoIterator<Item = &'a Arc<str>>,
     ) -> Self {
-        Self::with_rates(total, per_tenant, tenants.into_iter().map(|t| (t, None)))
+        Self::with_rates(
+            total,
+            per_tenant,
+            tenants.into_iter().map(|t| (t, None, None)),
+        )
     }
 
-    /// As [`Limiter::new`], each tenant with its requests per minute (`None`: no limit).
+    /// As [`Limiter::new`], each tenant with its requests per minute (`None`: no limit) and its own concurrent
+    /// streams (`None`: `per_tenant`).
     pub fn with_rates<'a>(
         total: u32,
         per_tenant: u32,
-        tenants: impl IntoIterator<Item = (&'a Arc<str>, Option<u32>)>,
+        tenants: impl IntoIterator<Item = (&'a Arc<str>, Option<u32>, Option<u32>)>,
     ) -> Self {
         let tenants = tenants
             .into_iter()
-            .map(|(t, rpm)| {
+            .map(|(t, rpm, streams)| {
+                let streams = streams.unwrap_or(per_tenant);
                 let limits = TenantLimits {
-                    streams: Arc::new(Semaphore::new(per_tenant as usize)),
+                    streams: Arc::new(Semaphore::new(streams as usize)),
+                    max_streams: streams,
                     requests: rpm.map(|n| Gcra::new(n, MINUTE)),
                 };
                 (t.clone(), Arc::new(limits))
@@ -133,19 +155,38 @@ impl Limiter {
         }
     }
 
-    /// Takes one slot of each limit, or says which is full. Never waits.
-    pub fn acquire(&self, tenant: &str) -> Result<StreamPermit, LimitError> {
-        let tenant = self.tenants.get(tenant).ok_or(LimitError::Tenant)?;
-        let tenant = tenant
-            .streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| LimitError::Tenant)?;
+    /// Takes one slot of each limit, or says which is full. Never waits for a slot. The relay-wide slots are
+    /// this process's; the tenant's are the store's when there is one (a lease, see [`store`]), so that replicas
+    /// share them; when the store cannot answer, `on_store_error` decides (`allow`: no tenant slot is taken).
+    pub async fn acquire(&self, tenant: &str) -> Result<StreamPermit, LimitError> {
+        let (name, limits) = self
+            .tenants
+            .get_key_value(tenant)
+            .ok_or(LimitError::Tenant)?;
         let total = self
             .total
             .clone()
             .try_acquire_owned()
             .map_err(|_| LimitError::Total)?;
+        let tenant = match &self.store {
+            None => limits
+                .streams
+                .clone()
+                .try_acquire_owned()
+                .map(TenantSlot::Local)
+                .map_err(|_| LimitError::Tenant)?,
+            Some(store) => match store.acquire_stream(name, limits.max_streams).await {
+                Ok(Some(lease)) => TenantSlot::Lease(lease),
+                Ok(None) => return Err(LimitError::Tenant),
+                Err(e) => {
+                    store.failed(&e);
+                    match store.on_error() {
+                        OnStoreError::Allow => TenantSlot::Unlimited,
+                        OnStoreError::Deny => return Err(LimitError::StoreUnavailable),
+                    }
+                }
+            },
+        };
         Ok(StreamPermit {
             _total: total,
             _tenant: tenant,
@@ -178,17 +219,20 @@ pub fn rate_headers(state: &RateState, headers: &mut http::HeaderMap) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tenant_limit_then_total_limit_and_release_on_drop() {
+    #[tokio::test]
+    async fn tenant_limit_then_total_limit_and_release_on_drop() {
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
         let limiter = Limiter::new(3, 2, [&a, &b]);
-        let a1 = limiter.acquire("a").unwrap();
-        let _a2 = limiter.acquire("a").unwrap();
-        assert_eq!(limiter.acquire("a").unwrap_err(), LimitError::Tenant);
-        let _b1 = limiter.acquire("b").unwrap();
-        assert_eq!(limiter.acquire("b").unwrap_err(), LimitError::Total);
+        let a1 = limiter.acquire("a").await.unwrap();
+        let _a2 = limiter.acquire("a").await.unwrap();
+        assert_eq!(limiter.acquire("a").await.unwrap_err(), LimitError::Tenant);
+        let _b1 = limiter.acquire("b").await.unwrap();
+        assert_eq!(limiter.acquire("b").await.unwrap_err(), LimitError::Total);
         drop(a1);
-        assert!(limiter.acquire("b").is_ok());
-        assert_eq!(limiter.acquire("nobody").unwrap_err(), LimitError::Tenant);
+        assert!(limiter.acquire("b").await.is_ok());
+        assert_eq!(
+            limiter.acquire("nobody").await.unwrap_err(),
+            LimitError::Tenant
+        );
     }
 }

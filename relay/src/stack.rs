@@ -187,10 +187,10 @@ impl Relay {
             .map(|r| RouteMeters::new(&r.path, &tenants))
             .collect();
         let limits = &config.limits;
-        let tenants = config
-            .tenants
-            .iter()
-            .map(|t| (t, config.requests_per_minute.get(t).copied()));
+        let tenants = config.tenants.iter().map(|t| {
+            let rpm = config.requests_per_minute.get(t).copied();
+            (t, rpm, config.tenant_max_streams.get(t).copied())
+        });
         let limiter =
             Limiter::with_rates(limits.max_streams, limits.max_streams_per_tenant, tenants)
                 .with_store(store);
@@ -313,7 +313,7 @@ impl Relay {
         let principal = self.auth.authenticate(headers)?;
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
-        let permit = self.limiter.acquire(&principal.tenant)?;
+        let permit = self.limiter.acquire(&principal.tenant).await?;
         let rate = self
             .limiter
             .charge_request(&principal.tenant, started)

@@ -67,3 +67,72 @@ fn the_replicas_site_serves_like_the_single_relay_site() -> Result<()> {
     );
     Ok(())
 }
+
+/// `kill -9` of a replica holding streams: its slots are free again within the lease time, not before.
+#[tokio::test]
+async fn a_killed_replicas_stream_slots_come_back_within_the_lease() -> Result<()> {
+    let Some(redis_bin) = redis::available() else {
+        return Ok(());
+    };
+    let redis = Redis::start(redis_bin)?;
+    let mock = start_mock().await?;
+    let top = format!(
+        "max_streams_per_tenant = 5\n\n[store]\nurl = {:?}\nstream_lease_ms = 1500\n",
+        redis.url()
+    );
+    let doomed = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
+    let survivor = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
+    let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")];
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let res = chat(&doomed.url(""), CLIENT_KEY, &long).send().await?;
+        anyhow::ensure!(res.status() == 200, "doomed replica: {}", res.status());
+        held.push(res);
+    }
+    for _ in 0..2 {
+        let res = chat(&survivor.url(""), CLIENT_KEY, &long).send().await?;
+        anyhow::ensure!(res.status() == 200, "survivor: {}", res.status());
+        held.push(res);
+    }
+    let status = |res: &reqwest::Response| res.status().as_u16();
+    let sixth = chat(&survivor.url(""), CLIENT_KEY, &long).send().await?;
+    assert_eq!(status(&sixth), 429, "five slots, five streams");
+
+    doomed.signal("KILL")?;
+    let killed = tokio::time::Instant::now();
+    let res = chat(&survivor.url(""), CLIENT_KEY, &long).send().await?;
+    assert_eq!(
+        status(&res),
+        429,
+        "the dead replica's leases are still unexpired"
+    );
+    let deadline = killed + std::time::Duration::from_secs(10);
+    let mut admitted = 0;
+    while admitted < 3 {
+        let res = chat(&survivor.url(""), CLIENT_KEY, &long).send().await?;
+        match status(&res) {
+            200 => {
+                admitted += 1;
+                held.push(res);
+            }
+            429 => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dead replica's slots never came back"
+            ),
+            other => panic!("status {other}"),
+        }
+    }
+    // The lease ran from the dead replica's last renewal, at most 1.5 s before the kill.
+    let freed = killed.elapsed();
+    assert!(
+        freed <= std::time::Duration::from_millis(2500),
+        "slots came back after {freed:?}"
+    );
+    // Five again, all on the survivor, which renews its leases: for twice the lease time not one slot frees.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let res = chat(&survivor.url(""), CLIENT_KEY, &long).send().await?;
+        assert_eq!(status(&res), 429, "a live replica's lease expired");
+    }
+    Ok(())
+}

@@ -405,9 +405,26 @@ fn store_settings_name_the_field_when_wrong() {
             "url = \"redis://h\"\non_store_error = \"maybe\"",
             "on_store_error",
         ),
+        (
+            "url = \"redis://h\"\nstream_lease_ms = 200",
+            "store.stream_lease_ms",
+        ),
+        (
+            "url = \"redis://h\"\ntimeout_ms = 500\nstream_lease_ms = 1000",
+            "store.stream_lease_ms",
+        ),
     ];
     for (lines, field) in cases {
         let e = err("", &format!("[store]\n{lines}"), &[]);
         assert!(e.contains(field), "{lines}: {e}");
     }
+}
+
+#[test]
+fn a_tenant_may_set_its_own_concurrent_streams() {
+    let c = load("", "[[tenants]]\nname = \"big\"\nmax_streams = 50", &[]).unwrap();
+    assert_eq!(c.tenant_max_streams.get("big"), Some(&50));
+    assert_eq!(c.tenant_max_streams.get("acme"), None);
+    let e = err("", "[[tenants]]\nname = \"big\"\nmax_streams = 0", &[]);
+    assert!(e.contains("tenants[0].max_streams"), "{e}");
 }

@@ -1,17 +1,27 @@
 //! The shared state store for limits across replicas (`[store]`): Redis. Without it the limits live in the
 //! process ([`crate::limit`]), which is exact for one replica only.
 //!
-//! Each limit is one atomic server-side script, so replicas never race: today the request rate (GCRA, the same
-//! algorithm as [`crate::limit::rate`], on the server's clock, so replicas' clocks do not matter). Keys are
-//! `<key_prefix>:{<tenant>}:<limit>`: the braces are a Redis Cluster hash tag, so one tenant's keys live on one
-//! shard. The store is asked at a request's start, never per chunk.
+//! Each limit is one atomic server-side script, so replicas never race, on the server's clock, so the replicas'
+//! clocks do not matter:
+//!
+//! - the request rate: GCRA, the same algorithm as [`crate::limit::rate`] (`…:requests`, one number);
+//! - concurrent streams: leases (`…:streams`, a sorted set of lease ids scored by their expiry). A stream takes a
+//!   lease when fewer than the tenant's limit are unexpired, gives it back when it ends (however it ends: the lease
+//!   is dropped with the stream's permit), and this replica renews all the leases it holds every third of
+//!   `stream_lease_ms` ([`RedisStore::renew_until`], one call per tenant). A replica that dies stops renewing: its
+//!   slots are free again within `stream_lease_ms`.
+//!
+//! Keys are `<key_prefix>:{<tenant>}:<limit>`: the braces are a Redis Cluster hash tag, so one tenant's keys live
+//! on one shard. The store is asked at a stream's start and end and for the renewals, never per chunk.
 //!
 //! Every call has `timeout_ms`; a call that fails or times out applies `on_store_error` (`allow`: the request
 //! goes on unlimited; `deny`: 503 `store_unavailable`), is counted in `ssegate_store_errors_total` and logged
 //! at most once per [`LOG_EVERY`]. The connection is made on first use and re-made by itself after Redis comes
 //! back (`redis::aio::ConnectionManager`): an unreachable Redis at startup is a warning, not an exit.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -36,6 +46,8 @@ pub struct StoreConfig {
     pub timeout: Duration,
     pub on_error: OnStoreError,
     pub key_prefix: String,
+    /// How long a stream's slot outlives the last renewal of the replica holding it.
+    pub stream_lease: Duration,
 }
 
 /// At most one log line per this long about store errors (each is counted in the metrics).
@@ -58,12 +70,77 @@ redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(ahead / 1000) + 1000)
 return {1, ahead, 0}
 ";
 
+/// Leases: `KEYS[1]` the tenant's sorted set; `ARGV` the limit, the lease (ms) and the new lease's id. Returns 1
+/// when taken, 0 when the tenant's unexpired leases are at the limit.
+const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return 1
+";
+
+/// Renewal: `ARGV` the lease (ms), then the ids this replica holds; only ids still in the set are renewed (`XX`).
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return 1
+";
+
 /// A Redis store shared by every worker.
 pub struct RedisStore {
     conn: ConnectionManager,
     config: StoreConfig,
     gcra: redis::Script,
+    acquire: redis::Script,
+    renew: redis::Script,
     last_logged: Mutex<Option<Instant>>,
+    /// This process, in lease ids (a fresh UUID per start).
+    replica: String,
+    next_lease: AtomicU64,
+    /// The leases this replica holds, by id: their tenant.
+    held: Mutex<HashMap<u64, Arc<str>>>,
+}
+
+/// A tenant's stream slot in the store; given back when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    store: Arc<RedisStore>,
+    tenant: Arc<str>,
+    id: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.store.held().remove(&self.id);
+        let (store, tenant, id) = (self.store.clone(), self.tenant.clone(), self.id);
+        // The stream has ended; giving the slot back must not hold up what ends it. A release that fails leaves
+        // the slot to expire with its lease.
+        let release = async move {
+            let mut conn = store.conn.clone();
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(store.key(&tenant, "streams"))
+                .arg(store.lease_id(id));
+            let zrem = cmd.query_async::<i64>(&mut conn);
+            match tokio::time::timeout(store.config.timeout, zrem).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => store.failed(&StoreError::Redis(e)),
+                Err(_) => store.failed(&StoreError::Timeout(store.config.timeout)),
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(release);
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -100,8 +177,95 @@ impl RedisStore {
             conn,
             config,
             gcra: redis::Script::new(GCRA),
+            acquire: redis::Script::new(ACQUIRE),
+            renew: redis::Script::new(RENEW),
             last_logged: Mutex::new(None),
+            replica: uuid::Uuid::new_v4().simple().to_string(),
+            next_lease: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn key(&self, tenant: &str, limit: &str) -> String {
+        format!("{}:{{{tenant}}}:{limit}", self.config.key_prefix)
+    }
+
+    fn lease_id(&self, id: u64) -> String {
+        format!("{}-{id}", self.replica)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<str>>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes one of `tenant`'s `limit` stream slots: `None` when all are taken.
+    pub async fn acquire_stream(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        limit: u32,
+    ) -> Result<Option<Lease>, StoreError> {
+        let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        // Held (renewed) from before the call: a lease granted just as a renewal runs is renewed too.
+        self.held().insert(id, tenant.clone());
+        let mut conn = self.conn.clone();
+        let mut call = self.acquire.key(self.key(tenant, "streams"));
+        let lease_ms = self.config.stream_lease.as_millis() as u64;
+        call.arg(limit).arg(lease_ms).arg(self.lease_id(id));
+        let taken =
+            tokio::time::timeout(self.config.timeout, call.invoke_async::<i64>(&mut conn)).await;
+        let lease = || Lease {
+            store: self.clone(),
+            tenant: tenant.clone(),
+            id,
+        };
+        match taken {
+            Ok(Ok(1)) => Ok(Some(lease())),
+            Ok(Ok(_)) => {
+                self.held().remove(&id);
+                Ok(None)
+            }
+            // Unknown whether the script ran: dropping the lease gives it back (or lets it expire).
+            Ok(Err(e)) => {
+                drop(lease());
+                Err(e.into())
+            }
+            Err(_) => {
+                drop(lease());
+                Err(StoreError::Timeout(self.config.timeout))
+            }
+        }
+    }
+
+    /// Renews every lease this replica holds, every third of the lease time, until `done` is cancelled.
+    pub async fn renew_until(&self, done: tokio_util::sync::CancellationToken) {
+        let every = self.config.stream_lease / 3;
+        loop {
+            tokio::select! {
+                () = done.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let mut by_tenant: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+            for (id, tenant) in self.held().iter() {
+                by_tenant.entry(tenant.clone()).or_default().push(*id);
+            }
+            for (tenant, ids) in by_tenant {
+                let mut conn = self.conn.clone();
+                let mut call = self.renew.key(self.key(&tenant, "streams"));
+                call.arg(self.config.stream_lease.as_millis() as u64);
+                for id in ids {
+                    call.arg(self.lease_id(id));
+                }
+                match tokio::time::timeout(self.config.timeout, call.invoke_async::<i64>(&mut conn))
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => self.failed(&StoreError::Redis(e)),
+                    Err(_) => self.failed(&StoreError::Timeout(self.config.timeout)),
+                }
+            }
+        }
     }
 
     /// One round trip, within the timeout (at least a second: the first call also connects).
@@ -127,7 +291,7 @@ impl RedisStore {
         limit: u32,
         period: Duration,
     ) -> Result<Result<RateState, RateRefused>, StoreError> {
-        let key = format!("{}:{{{tenant}}}:requests", self.config.key_prefix);
+        let key = self.key(tenant, "requests");
         let interval = period / limit.max(1);
         let mut conn = self.conn.clone();
         let mut call = self.gcra.key(key);

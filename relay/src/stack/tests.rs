@@ -119,7 +119,7 @@ async fn each_stage_before_the_vendor_answers_for_itself() {
 #[tokio::test]
 async fn the_concurrency_limit_answers_before_the_body_is_read() {
     let r = relay("max_streams = 1");
-    let _held = r.limiter.acquire("t").unwrap();
+    let _held = r.limiter.acquire("t").await.unwrap();
     let req = request(Method::POST, "/v1/chat/completions", Some(KEY), "{}");
     let (status, kind, headers) = answer(&r, req).await;
     assert_eq!((status, kind.as_str()), (503, "overloaded"));

@@ -669,3 +669,16 @@ async fn a_tenant_over_its_requests_per_minute_gets_429_with_openais_headers_and
     assert_eq!(refused, 2);
     assert_eq!(mock.app.stats.counters().requests, 3);
 }
+
+#[tokio::test]
+async fn a_tenants_own_max_streams_overrides_the_default() {
+    let mock = start_mock().await;
+    let top = "max_streams_per_tenant = 100\n[[tenants]]\nname = \"acme\"\nmax_streams = 1\n";
+    let relay = start_relay(config_with(&mock.addr.to_string(), top, "")).await;
+    let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")];
+    let held = chat(&relay, &long).send().await.unwrap();
+    assert_eq!(held.status(), 200);
+    let res = chat(&relay, &long).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    drop(held);
+}

@@ -102,3 +102,43 @@ async fn an_unreachable_store_at_startup_is_not_fatal() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn replicas_share_a_tenants_stream_slots_and_an_ended_stream_gives_its_slot_back() {
+    let Some(bin) = redis::available() else {
+        return;
+    };
+    let redis = Redis::start(bin).unwrap();
+    let mock = start_mock().await;
+    let top = format!(
+        "max_streams_per_tenant = 3\n\n[store]\nurl = {:?}\n",
+        redis.url()
+    );
+    let a = start_relay(config_with(&mock.addr.to_string(), &top, "")).await;
+    let b = start_relay(config_with(&mock.addr.to_string(), &top, "")).await;
+    let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "100")];
+    let mut held = Vec::new();
+    for relay in [&a, &a, &b] {
+        let res = chat(relay, &long).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        held.push(res);
+    }
+    for relay in [&a, &b] {
+        let res = chat(relay, &long).send().await.unwrap();
+        assert_eq!(res.status(), 429, "a fourth stream between the replicas");
+    }
+    // One of the first replica's streams ends (its client leaves): the second replica may take its slot.
+    drop(held.remove(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = chat(&b, &long).send().await.unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert_eq!(res.status(), 429);
+        assert!(
+            Instant::now() < deadline,
+            "the ended stream's slot never came back"
+        );
+    }
+}
