@@ -244,21 +244,27 @@ impl Relay {
         let max_head = self.config.limits.max_header_bytes;
         let head_too_large = head_len(&parts.method, &parts.uri, &parts.headers) > max_head;
         async {
-            let mut tenant = None;
+            let (mut tenant, mut rate) = (None, None);
             let (meters, result) = match routed {
                 _ if head_too_large => (None, Err(RelayError::HeadTooLarge { limit: max_head })),
                 Ok(Routed::Health) => return complete(json_ok()),
                 Ok(Routed::Route(index)) => {
+                    let who = (&mut tenant, &mut rate);
                     let forwarded =
-                        self.forward(index, &parts.headers, &mut body, &trace, conn, &mut tenant);
+                        self.forward(index, &parts.headers, &mut body, &trace, conn, who);
                     (Some(&self.meters[index]), forwarded.await)
                 }
                 Err(e) => (None, Err(e.into())),
             };
-            let res = match result {
+            let mut res = match result {
                 Ok(res) => res,
                 Err(e) => complete(self.refuse(&e, &trace.id, &mut body).await),
             };
+            // Once the request was counted, every answer says what is left of the rate: the stream's, and a later
+            // refusal's (body too large, vendor unreachable…) alike.
+            if let Some(rate) = &rate {
+                crate::limit::rate_headers(rate, res.headers_mut());
+            }
             let (tenant, status) = (tenant.as_deref().unwrap_or("none"), res.status().as_u16());
             trace.responded(status);
             match meters {
@@ -302,7 +308,7 @@ impl Relay {
         body: &mut B,
         trace: &RequestTrace,
         conn: Arc<ConnState>,
-        tenant: &mut Option<Arc<str>>,
+        (tenant, rate_out): (&mut Option<Arc<str>>, &mut Option<crate::limit::RateState>),
     ) -> Result<Response<RelayBody>, RelayError>
     where
         B: Body + Unpin,
@@ -314,7 +320,7 @@ impl Relay {
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
         let permit = self.limiter.acquire(&principal.tenant).await?;
-        let rate = self
+        *rate_out = self
             .limiter
             .charge_request(&principal.tenant, started)
             .await?;
@@ -363,11 +369,7 @@ impl Relay {
             called,
             _permit: permit,
         };
-        let mut res = self.stream_back(route, upstream, started, shown_id, on_end);
-        if let Some(rate) = &rate {
-            crate::limit::rate_headers(rate, res.headers_mut());
-        }
-        Ok(res)
+        Ok(self.stream_back(route, upstream, started, shown_id, on_end))
     }
 
     /// Stage 7: the vendor's status and allowed headers, and its body behind the tap.

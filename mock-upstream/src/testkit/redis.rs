@@ -38,6 +38,11 @@ impl Redis {
         Ok(redis)
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The URL the relay's `[store] url` takes.
     pub fn url(&self) -> String {
         format!("unix://{}", self.socket().display())

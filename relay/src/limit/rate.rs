@@ -34,8 +34,9 @@ pub struct Gcra {
     limit: u32,
     period: Duration,
     interval: Duration,
-    /// The theoretical arrival time; `None` until the first request (a full burst is available).
-    tat: Mutex<Option<Instant>>,
+    /// The theoretical arrival time and the latest `now` seen; `None` until the first request (a full burst is
+    /// available).
+    tat: Mutex<Option<(Instant, Instant)>>,
 }
 
 impl Gcra {
@@ -60,16 +61,20 @@ impl Gcra {
             .tat
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = tat.map_or(now, |t| t.max(now));
+        // Requests that started a moment apart may arrive here in either order: time never goes back, or a later
+        // one would see the limit a fraction of an interval fuller than it is (one request less remaining).
+        let now = tat.map_or(now, |(_, seen)| seen.max(now));
+        let current = tat.map_or(now, |(t, _)| t.max(now));
         let next = current + self.interval;
         let ahead = next - now;
         if ahead > self.period {
+            *tat = Some((current, now));
             return Err(RateRefused {
                 state: self.state(current - now),
                 retry_after: ahead - self.period,
             });
         }
-        *tat = Some(next);
+        *tat = Some((next, now));
         Ok(self.state(ahead))
     }
 
@@ -132,6 +137,18 @@ mod tests {
             g.admit(Instant::now()).unwrap();
         }
         assert!(g.admit(Instant::now()).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_that_arrive_out_of_their_start_order_count_the_same() {
+        let g = Gcra::new(3, Duration::from_secs(60));
+        let early = Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let late = Instant::now();
+        assert_eq!(g.admit(late).unwrap().remaining, 2);
+        assert_eq!(g.admit(early).unwrap().remaining, 1);
+        assert_eq!(g.admit(early).unwrap().remaining, 0);
+        assert!(g.admit(late).is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -671,6 +671,27 @@ async fn a_tenant_over_its_requests_per_minute_gets_429_with_openais_headers_and
 }
 
 #[tokio::test]
+async fn a_request_counted_then_refused_later_still_carries_the_rate_headers() {
+    let top =
+        "max_request_body_bytes = 16\n[[tenants]]\nname = \"acme\"\nrequests_per_minute = 5\n";
+    let relay = start_relay(config_with("127.0.0.1:9", top, "")).await;
+    // Counted, then refused for its body (413)…
+    let res = chat(&relay, &[]).send().await.unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "4");
+    // …and counted, then failed at the vendor (nothing listens on port 9).
+    let res = client()
+        .post(relay.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_server_error(), "{}", res.status());
+    assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "3");
+}
+
+#[tokio::test]
 async fn a_tenants_own_max_streams_overrides_the_default() {
     let mock = start_mock().await;
     let top = "max_streams_per_tenant = 100\n[[tenants]]\nname = \"acme\"\nmax_streams = 1\n";

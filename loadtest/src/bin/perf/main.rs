@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use mock_upstream::testkit::nginx::{self, Nginx};
 use mock_upstream::testkit::proc::{Proc, binary};
+use mock_upstream::testkit::redis::{self, Redis};
 use serde_json::{Value, json};
 
 const VENDOR_KEY: &str = "perf-vendor-key";
@@ -244,6 +245,24 @@ async fn main() -> Result<()> {
     // The same relay with its request-path metrics off: what metrics cost, measured in the same run.
     let off = config.replacen("[audit]", "[metrics]\nenabled = false\n[audit]", 1);
     let relay_off = mock_upstream::testkit::proc::start_relay(&off, &env, "info").await?;
+    // The same relay with its tenant's limits in a real redis-server (`[store]`: a stream lease and a request-rate
+    // script per request): what the shared store costs, measured in the same run. Not in the gate; skipped when
+    // redis-server is not installed.
+    let redis = match (a.gate, redis::available()) {
+        (false, Some(bin)) => Some(Redis::start(bin)?),
+        _ => None,
+    };
+    let relay_redis = match &redis {
+        Some(r) => {
+            let store = format!(
+                "[tenant_defaults]\nrequests_per_minute = 100000000\n\n[store]\nurl = {:?}\n\n[audit]",
+                r.url()
+            );
+            let stored = config.replacen("[audit]", &store, 1);
+            Some(mock_upstream::testkit::proc::start_relay(&stored, &env, "info").await?)
+        }
+        None => None,
+    };
     let nginx_bin =
         nginx::available().context("nginx is not installed (apt-get install nginx-light)")?;
     let opts = nginx::Options {
@@ -315,6 +334,14 @@ async fn main() -> Result<()> {
             vec![&relay_tls],
         ),
     ];
+    if let Some(r) = &relay_redis {
+        targets.push((
+            "relay, Redis store → mock",
+            url(r.addr),
+            CLIENT_KEY,
+            vec![r],
+        ));
+    }
     if a.gate {
         targets.truncate(4);
     }
@@ -322,12 +349,18 @@ async fn main() -> Result<()> {
         let p = Pinning::new()?;
         let proxies = [&relay, &relay_off, &relay_tls, &forward]
             .into_iter()
+            .chain(&relay_redis)
             .filter_map(|r| r.pid());
         let nginxes = [&nginx_mock, &nginx_relay, &nginx_tls]
             .into_iter()
             .flat_map(|n| n.pids());
         Pinning::pin(proxies.chain(nginxes), &p.proxies)?;
-        let rest = [mock.pid(), mock_tls.pid(), Some(std::process::id())];
+        let rest = [
+            mock.pid(),
+            mock_tls.pid(),
+            redis.as_ref().and_then(Redis::pid),
+            Some(std::process::id()),
+        ];
         Pinning::pin(rest.into_iter().flatten(), &p.rest)?;
         Some(p)
     } else {
