@@ -417,22 +417,7 @@ impl Config {
         };
         let clients = validate_clients(&raw.clients, raw.auth.jwt.is_some())?;
         let tenants = validate_tenants(&raw.tenants, &clients)?;
-        let requests_per_minute = tenant_rates(&raw, &tenants)?;
-        let mut tenant_max_streams = HashMap::new();
-        for (i, t) in raw.tenants.iter().enumerate() {
-            match t.max_streams {
-                None => {}
-                Some(0) => {
-                    return Err(field(
-                        format!("tenants[{i}].max_streams"),
-                        "must be at least 1 (leave it out for max_streams_per_tenant)",
-                    ));
-                }
-                Some(n) => {
-                    tenant_max_streams.insert(Arc::from(t.name.as_str()), n);
-                }
-            }
-        }
+        let (requests_per_minute, tenant_max_streams) = tenant_limits(&raw, &tenants)?;
         let store = raw.store.as_ref().map(validate_store).transpose()?;
         let jwt = jwt::validate(raw.auth.jwt.as_ref(), &tenants)?;
         if raw.routes.is_empty() {
@@ -609,36 +594,47 @@ fn validate_tenants(
     Ok(tenants)
 }
 
-/// Each tenant's requests per minute: its own, else the default; a limit of 0 is refused (use no limit, or
-/// remove the tenant).
-fn tenant_rates(
+/// Each tenant's requests per minute (its own, else `[tenant_defaults]`'s) and the concurrent streams of those that
+/// set their own. A limit of 0 is refused (leave it out for the default). `tenants` is [`validate_tenants`]'s list:
+/// the `[[tenants]]` entries first, in order, then the tenants only `[[clients]]` name.
+#[expect(
+    clippy::type_complexity,
+    reason = "two maps by tenant, named where they are used"
+)]
+fn tenant_limits(
     raw: &RawConfig,
     tenants: &[Arc<str>],
-) -> Result<HashMap<Arc<str>, u32>, ConfigError> {
-    let zero = |name: String| field(name, "must be at least 1 (leave it out for no limit)");
-    if raw.tenant_defaults.requests_per_minute == Some(0) {
-        return Err(zero("tenant_defaults.requests_per_minute".into()));
-    }
-    let mut rates = HashMap::new();
-    for tenant in tenants {
-        let own = raw
-            .tenants
-            .iter()
-            .enumerate()
-            .find(|(_, t)| *t.name == **tenant);
-        if let Some((i, t)) = own
-            && t.requests_per_minute == Some(0)
-        {
-            return Err(zero(format!("tenants[{i}].requests_per_minute")));
+) -> Result<(HashMap<Arc<str>, u32>, HashMap<Arc<str>, u32>), ConfigError> {
+    let positive = |name: String, limit: Option<u32>| match limit {
+        Some(0) => Err(field(
+            name,
+            "must be at least 1 (leave it out for the default)",
+        )),
+        other => Ok(other),
+    };
+    let default_rpm = positive(
+        "tenant_defaults.requests_per_minute".into(),
+        raw.tenant_defaults.requests_per_minute,
+    )?;
+    let (mut rates, mut streams) = (HashMap::new(), HashMap::new());
+    for (i, (t, name)) in raw.tenants.iter().zip(tenants).enumerate() {
+        let own_rpm = positive(
+            format!("tenants[{i}].requests_per_minute"),
+            t.requests_per_minute,
+        )?;
+        if let Some(n) = own_rpm.or(default_rpm) {
+            rates.insert(name.clone(), n);
         }
-        let rpm = own
-            .and_then(|(_, t)| t.requests_per_minute)
-            .or(raw.tenant_defaults.requests_per_minute);
-        if let Some(rpm) = rpm {
-            rates.insert(tenant.clone(), rpm);
+        if let Some(n) = positive(format!("tenants[{i}].max_streams"), t.max_streams)? {
+            streams.insert(name.clone(), n);
         }
     }
-    Ok(rates)
+    if let Some(n) = default_rpm {
+        for name in &tenants[raw.tenants.len()..] {
+            rates.insert(name.clone(), n);
+        }
+    }
+    Ok((rates, streams))
 }
 
 fn validate_store(raw: &RawStore) -> Result<crate::limit::store::StoreConfig, ConfigError> {

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use rate::Gcra;
 pub use rate::{RateRefused, RateState};
-use store::{Lease, OnStoreError, RedisStore};
+use store::{Lease, RedisStore};
 
 /// Which limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -145,13 +145,7 @@ impl Limiter {
         };
         match store.admit_request(tenant, rate.limit(), MINUTE).await {
             Ok(answer) => answer.map(Some).map_err(LimitError::Requests),
-            Err(e) => {
-                store.failed(&e);
-                match store.on_error() {
-                    OnStoreError::Allow => Ok(None),
-                    OnStoreError::Deny => Err(LimitError::StoreUnavailable),
-                }
-            }
+            Err(e) => store.unavailable(&e).map(|()| None),
         }
     }
 
@@ -179,11 +173,8 @@ impl Limiter {
                 Ok(Some(lease)) => TenantSlot::Lease(lease),
                 Ok(None) => return Err(LimitError::Tenant),
                 Err(e) => {
-                    store.failed(&e);
-                    match store.on_error() {
-                        OnStoreError::Allow => TenantSlot::Unlimited,
-                        OnStoreError::Deny => return Err(LimitError::StoreUnavailable),
-                    }
+                    store.unavailable(&e)?;
+                    TenantSlot::Unlimited
                 }
             },
         };

@@ -130,11 +130,8 @@ impl Drop for Lease {
             let mut cmd = redis::cmd("ZREM");
             cmd.arg(store.key(&tenant, "streams"))
                 .arg(store.lease_id(id));
-            let zrem = cmd.query_async::<i64>(&mut conn);
-            match tokio::time::timeout(store.config.timeout, zrem).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => store.failed(&StoreError::Redis(e)),
-                Err(_) => store.failed(&StoreError::Timeout(store.config.timeout)),
+            if let Err(e) = store.within(cmd.query_async::<i64>(&mut conn)).await {
+                store.failed(&e);
             }
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -213,27 +210,22 @@ impl RedisStore {
         let mut call = self.acquire.key(self.key(tenant, "streams"));
         let lease_ms = self.config.stream_lease.as_millis() as u64;
         call.arg(limit).arg(lease_ms).arg(self.lease_id(id));
-        let taken =
-            tokio::time::timeout(self.config.timeout, call.invoke_async::<i64>(&mut conn)).await;
+        let taken = self.within(call.invoke_async::<i64>(&mut conn)).await;
         let lease = || Lease {
             store: self.clone(),
             tenant: tenant.clone(),
             id,
         };
         match taken {
-            Ok(Ok(1)) => Ok(Some(lease())),
-            Ok(Ok(_)) => {
+            Ok(1) => Ok(Some(lease())),
+            Ok(_) => {
                 self.held().remove(&id);
                 Ok(None)
             }
             // Unknown whether the script ran: dropping the lease gives it back (or lets it expire).
-            Ok(Err(e)) => {
+            Err(e) => {
                 drop(lease());
-                Err(e.into())
-            }
-            Err(_) => {
-                drop(lease());
-                Err(StoreError::Timeout(self.config.timeout))
+                Err(e)
             }
         }
     }
@@ -257,12 +249,8 @@ impl RedisStore {
                 for id in ids {
                     call.arg(self.lease_id(id));
                 }
-                match tokio::time::timeout(self.config.timeout, call.invoke_async::<i64>(&mut conn))
-                    .await
-                {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => self.failed(&StoreError::Redis(e)),
-                    Err(_) => self.failed(&StoreError::Timeout(self.config.timeout)),
+                if let Err(e) = self.within(call.invoke_async::<i64>(&mut conn)).await {
+                    self.failed(&e);
                 }
             }
         }
@@ -280,8 +268,26 @@ impl RedisStore {
         Ok(())
     }
 
-    pub fn on_error(&self) -> OnStoreError {
-        self.config.on_error
+    /// `call` within the store's timeout.
+    async fn within<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.config.timeout;
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| StoreError::Timeout(timeout))?
+            .map_err(StoreError::from)
+    }
+
+    /// After a failed call: counted and logged ([`RedisStore::failed`]), then `on_store_error`: `Ok` to go on
+    /// without the limit, or the refusal.
+    pub fn unavailable(&self, e: &StoreError) -> Result<(), super::LimitError> {
+        self.failed(e);
+        match self.config.on_error {
+            OnStoreError::Allow => Ok(()),
+            OnStoreError::Deny => Err(super::LimitError::StoreUnavailable),
+        }
     }
 
     /// Counts one request of `tenant` against `limit` per `period`, on the server.
@@ -297,10 +303,7 @@ impl RedisStore {
         let mut call = self.gcra.key(key);
         call.arg(interval.as_micros() as u64)
             .arg(period.as_micros() as u64);
-        let reply: Vec<i64> =
-            tokio::time::timeout(self.config.timeout, call.invoke_async(&mut conn))
-                .await
-                .map_err(|_| StoreError::Timeout(self.config.timeout))??;
+        let reply: Vec<i64> = self.within(call.invoke_async(&mut conn)).await?;
         let &[admitted, ahead, retry] = reply.as_slice() else {
             return Err(StoreError::Reply);
         };
