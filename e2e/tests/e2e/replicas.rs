@@ -36,16 +36,12 @@ async fn two_replicas_behind_nginx_admit_exactly_the_tenants_requests_per_minute
     };
     assert_eq!((count(200), count(429)), (30, 20), "{statuses:?}");
     assert_eq!(mock_stats(&mock).await?["requests"], 30);
-    // nginx spread them: both replicas relayed streams and refused requests.
+    // nginx spread them (round robin: ~25 each, and 20 refusals cannot cover one replica's share): both relayed
+    // streams. Which replica refused which request is timing, not asserted.
     for (name, relay) in [("first", &a), ("second", &b)] {
-        let logs = relay.logs();
         assert!(
-            logs.contains("stream ended"),
+            relay.logs().contains("stream ended"),
             "the {name} replica relayed nothing"
-        );
-        assert!(
-            logs.contains("rate_limited"),
-            "the {name} replica refused nothing"
         );
     }
     Ok(())
