@@ -101,6 +101,15 @@ impl Dialect {
         }
     }
 
+    /// Whether the closing events report usage (prompt 9, completion one per chunk: [`usage`]).
+    pub fn reports_usage(self) -> bool {
+        match self {
+            Dialect::OpenAi { include_usage } => include_usage,
+            Dialect::SendMessage => false,
+            Dialect::Responses => true,
+        }
+    }
+
     /// Events after the last content chunk of a complete answer, terminal event included.
     pub fn closing_events(self, id: &str, chunks: u32) -> String {
         match self {

@@ -28,6 +28,10 @@ pub struct Counters {
     pub streams_cancelled: u64,
     /// Streaming bodies ended by an injected reset.
     pub streams_faulted: u64,
+    /// Tokens reported in the `usage` of streams' closing events, as sent (the sum of every usage the mock
+    /// reported, for accounting tests).
+    pub usage_prompt_tokens: u64,
+    pub usage_completion_tokens: u64,
 }
 
 impl Counters {
@@ -40,6 +44,8 @@ impl Counters {
             "streams_completed" => self.streams_completed,
             "streams_cancelled" => self.streams_cancelled,
             "streams_faulted" => self.streams_faulted,
+            "usage_prompt_tokens" => self.usage_prompt_tokens,
+            "usage_completion_tokens" => self.usage_completion_tokens,
             _ => return None,
         })
     }

@@ -97,9 +97,14 @@ impl Emission {
                 if self.script.stop_after > 0 {
                     tokio::time::sleep(self.script.interval).await;
                 }
-                let closing = self
-                    .dialect
-                    .closing_events(&self.trace_id, self.script.stop_after);
+                let chunks = self.script.stop_after;
+                let closing = self.dialect.closing_events(&self.trace_id, chunks);
+                if self.dialect.reports_usage() {
+                    self.stats.bump(|c| {
+                        c.usage_prompt_tokens += 9;
+                        c.usage_completion_tokens += u64::from(chunks);
+                    });
+                }
                 Some(Ok(self.sent(Bytes::from(closing))))
             }
             Ending::NoTerminal => {

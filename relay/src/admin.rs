@@ -1,6 +1,12 @@
 //! The admin listener, beside the request path and never behind the public proxy: `GET /metrics` (Prometheus text
-//! format, [`crate::metrics`]), `GET /healthz` (the process is up) and `GET /readyz` (it takes new streams: 200
-//! until shutdown begins, then 503 while in-flight streams drain, so a load balancer stops sending first).
+//! format, [`crate::metrics`]), `GET /healthz` (the process is up), `GET /readyz` (it takes new streams: 200
+//! until shutdown begins, then 503 while in-flight streams drain, so a load balancer stops sending first), and
+//! `GET /admin/usage` (token usage, [`crate::account`]).
+//!
+//! `/admin/usage?tenant=T&from=YYYY-MM-DD&to=YYYY-MM-DD` needs `Authorization: Bearer <admin key>`, the key whose
+//! SHA-256 is `admin_key_sha256` (401 otherwise; 404 when none is configured). Every parameter is optional: all
+//! tenants, today (UTC). Days are UTC, both ends included, at most [`MAX_DAYS`]. The answer is JSON: one row per
+//! tenant, route and model, summed over the days, and the total. With `[store]` it reports every replica's streams.
 //!
 //! It runs on the main thread's runtime, not on the relay's workers, so a saturated relay still answers scrapes. It
 //! also folds histogram samples into buckets every few seconds, so memory stays bounded without scrapes.
@@ -14,11 +20,26 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::account::{Account, Row};
+use crate::limit::Calendar;
 use crate::metrics::Registry;
+use crate::usage::Totals;
+
+/// The usage endpoint: where usage is read, and the SHA-256 of its key.
+#[derive(Clone)]
+pub struct UsageAccess {
+    pub account: Account,
+    pub key_sha256: Option<[u8; 32]>,
+}
+
+/// The longest report, in days.
+pub const MAX_DAYS: u64 = 400;
 
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// A scrape or probe gets this long to send its request head.
@@ -28,6 +49,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     registry: &'static Registry,
+    usage: Option<UsageAccess>,
     stop: CancellationToken,
     done: CancellationToken,
 ) {
@@ -49,10 +71,17 @@ pub async fn serve(
             },
         };
         let stop = stop.clone();
+        let usage = usage.clone();
         tracker.spawn(async move {
             let service = service_fn(move |req| {
                 let ready = !stop.is_cancelled();
-                async move { Ok::<_, Infallible>(answer(&req, registry, ready)) }
+                let usage = usage.clone();
+                async move {
+                    if req.uri().path() == "/admin/usage" && req.method() == Method::GET {
+                        return Ok::<_, Infallible>(usage_report(&req, usage.as_ref()).await);
+                    }
+                    Ok::<_, Infallible>(answer(&req, registry, ready))
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -85,6 +114,150 @@ fn answer<B>(req: &Request<B>, registry: &Registry, ready: bool) -> Response<Ful
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /admin/usage`.
+pub async fn usage_report<B>(
+    req: &Request<B>,
+    usage: Option<&UsageAccess>,
+) -> Response<Full<Bytes>> {
+    let Some((access, key)) = usage.and_then(|u| Some((u, u.key_sha256?))) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &error("not_found", "set admin_key_sha256 to read usage here"),
+        );
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|k| <[u8; 32]>::from(Sha256::digest(k.trim().as_bytes())));
+    if !presented.is_some_and(|p| bool::from(p.ct_eq(&key))) {
+        tracing::info!(
+            path = "/admin/usage",
+            "admin request rejected: no or wrong admin key"
+        );
+        let mut res = json(
+            StatusCode::UNAUTHORIZED,
+            &error("unauthorized", "needs the admin key"),
+        );
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return res;
+    }
+    let query = match UsageQuery::parse(req.uri().query().unwrap_or(""), access.account.tenants()) {
+        Ok(q) => q,
+        Err(reason) => return json(StatusCode::BAD_REQUEST, &error("bad_request", &reason)),
+    };
+    match access
+        .account
+        .usage(&query.tenants, query.from, query.to)
+        .await
+    {
+        Ok(rows) => {
+            let mut total = Totals::default();
+            rows.iter().for_each(|r: &Row| total.add(&r.totals));
+            let body = serde_json::json!({
+                "from": Calendar::date(query.from),
+                "to": Calendar::date(query.to),
+                "tenant": query.tenant,
+                "rows": rows,
+                "total": total,
+            });
+            json(StatusCode::OK, &body)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "usage report failed: the store did not answer");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &error("store_unavailable", "the usage store did not answer"),
+            )
+        }
+    }
+}
+
+/// A usage report's parameters.
+#[derive(Debug, PartialEq, Eq)]
+struct UsageQuery {
+    tenant: Option<String>,
+    tenants: Vec<std::sync::Arc<str>>,
+    from: u64,
+    to: u64,
+}
+
+impl UsageQuery {
+    fn parse(query: &str, known: &[std::sync::Arc<str>]) -> Result<Self, String> {
+        let today = Calendar::now().day();
+        let (mut tenant, mut from, mut to) = (None, None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value)
+                .ok_or_else(|| format!("`{name}` is not valid percent-encoded UTF-8"))?;
+            let day = |v: &str| {
+                Calendar::parse_date(v)
+                    .ok_or_else(|| format!("`{name}` must be a date, YYYY-MM-DD (UTC)"))
+            };
+            match name {
+                "tenant" => tenant = Some(value),
+                "from" => from = Some(day(&value)?),
+                "to" => to = Some(day(&value)?),
+                other => return Err(format!("unknown parameter `{other}` (tenant, from, to)")),
+            }
+        }
+        let (from, to) = (from.unwrap_or(today), to.unwrap_or(today));
+        if from > to || to - from >= MAX_DAYS {
+            return Err(format!(
+                "`from` must not be after `to`, and at most {MAX_DAYS} days apart"
+            ));
+        }
+        let tenants = match &tenant {
+            None => known.to_vec(),
+            Some(t) => match known.iter().find(|k| ***k == **t) {
+                Some(k) => vec![k.clone()],
+                None => return Err(format!("no tenant `{t}` is configured")),
+            },
+        };
+        Ok(Self {
+            tenant,
+            tenants,
+            from,
+            to,
+        })
+    }
+}
+
+/// `%XX` and `+` decoded; `None` when that is not UTF-8 or a `%` is not followed by two hex digits.
+fn percent_decode(v: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut bytes = v.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn error(kind: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"type": kind, "message": message}})
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -122,6 +295,35 @@ mod tests {
         assert_eq!(get("/readyz", false).await.0, 503);
         assert_eq!(get("/healthz", false).await.0, 200);
         assert_eq!(get("/nothing", true).await.0, 404);
+    }
+
+    #[test]
+    fn usage_queries_default_to_today_and_name_what_is_wrong() {
+        let known: Vec<std::sync::Arc<str>> = vec!["a b".into(), "c".into()];
+        let today = Calendar::now().day();
+        let q = UsageQuery::parse("", &known).unwrap();
+        assert_eq!((q.from, q.to, q.tenants.len()), (today, today, 2));
+        let q = UsageQuery::parse("tenant=a+b&from=2026-11-01&to=2026-11-28", &known).unwrap();
+        assert_eq!(q.tenants, vec![known[0].clone()]);
+        assert_eq!(q.to - q.from, 27);
+        assert_eq!(
+            UsageQuery::parse("tenant=a%20b", &known)
+                .unwrap()
+                .tenants
+                .len(),
+            1
+        );
+        for (bad, says) in [
+            ("tenant=zz", "no tenant"),
+            ("from=2026-13-01", "`from` must be a date"),
+            ("from=2026-11-02&to=2026-11-01", "must not be after"),
+            ("from=2024-01-01&to=2026-01-01", "at most 400"),
+            ("x=1", "unknown parameter"),
+            ("tenant=%zz", "percent-encoded"),
+        ] {
+            let e = UsageQuery::parse(bad, &known).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[tokio::test]

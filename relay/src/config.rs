@@ -35,7 +35,9 @@ pub use crate::auth::ClientKey;
 pub use jwt::{RawAuth, RawJwt};
 pub use otel::{OtelConfig, RawOtel};
 pub use proxy::{Egress, ProxyConfig};
-pub use route::{RawRoute, RawTarget, Route, RouteTls, Secret, Target, TlsRoots, UpstreamAuth};
+pub use route::{
+    RawRoute, RawTarget, Route, RouteTls, Secret, Target, TlsRoots, UpstreamAuth, UsageMode,
+};
 use route::{timeout, validate_route};
 
 /// Prefix of environment overrides.
@@ -144,6 +146,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     /// Traces ([`otel`]): off unless this section or the standard `OTEL_*` variables name a collector.
     pub otel: Option<RawOtel>,
+    /// SHA-256 (hex) of the bearer key that reads `GET /admin/usage` on the admin listener; absent: off.
+    pub admin_key_sha256: Option<String>,
     /// Credentials besides `[[clients]]` keys: `[auth.jwt]`.
     #[serde(default)]
     pub auth: RawAuth,
@@ -254,8 +258,11 @@ pub struct RawClient {
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
     pub name: String,
-    /// As in [`RawTenantLimits`]; absent: `[tenant_defaults]`'s.
+    /// As in [`RawTenantLimits`]; each absent one is `[tenant_defaults]`'s.
     pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub tokens_per_day: Option<u64>,
+    pub tokens_per_month: Option<u64>,
     /// This tenant's concurrent streams; absent: `max_streams_per_tenant`.
     pub max_streams: Option<u32>,
 }
@@ -300,6 +307,12 @@ fn default_key_prefix() -> String {
 pub struct RawTenantLimits {
     /// Requests admitted per minute (a burst of all of them, then one per 60/N seconds).
     pub requests_per_minute: Option<u32>,
+    /// Tokens per minute (prompt + completion, as the vendor's usage reports them): a request goes while any are
+    /// left, and its stream is charged what it used when it ends.
+    pub tokens_per_minute: Option<u32>,
+    /// Tokens per UTC day and per UTC month, charged the same way.
+    pub tokens_per_day: Option<u64>,
+    pub tokens_per_month: Option<u64>,
 }
 
 /// Audit log settings.
@@ -349,10 +362,10 @@ pub struct Config {
     pub jwt: Option<Arc<crate::auth::jwt::Verifier>>,
     /// Every tenant: those of `[[tenants]]`, then those of `[[clients]]`, each once.
     pub tenants: Vec<Arc<str>>,
-    /// Requests per minute of each tenant that has a limit (its own or `[tenant_defaults]`'s).
-    pub requests_per_minute: HashMap<Arc<str>, u32>,
-    /// Concurrent streams of the tenants that set their own (the others have `max_streams_per_tenant`).
-    pub tenant_max_streams: HashMap<Arc<str>, u32>,
+    /// Every tenant's limits (its own, else `[tenant_defaults]`'s; `max_streams` only when it sets its own).
+    pub tenant_limits: HashMap<Arc<str>, crate::limit::Limits>,
+    /// SHA-256 of the key that reads `/admin/usage` on the admin listener; `None`: that endpoint is off.
+    pub admin_key: Option<[u8; 32]>,
     /// The shared limit store (`[store]`); `None`: limits in the process.
     pub store: Option<crate::limit::store::StoreConfig>,
     pub routes: Vec<Route>,
@@ -417,7 +430,19 @@ impl Config {
         };
         let clients = validate_clients(&raw.clients, raw.auth.jwt.is_some())?;
         let tenants = validate_tenants(&raw.tenants, &clients)?;
-        let (requests_per_minute, tenant_max_streams) = tenant_limits(&raw, &tenants)?;
+        let tenant_limits = tenant_limits(&raw, &tenants)?;
+        let admin_key = raw
+            .admin_key_sha256
+            .as_deref()
+            .map(|d| {
+                parse_sha256(d).ok_or_else(|| {
+                    field(
+                        "admin_key_sha256",
+                        "must be 64 lower-case hex digits (printf %s KEY | sha256sum)",
+                    )
+                })
+            })
+            .transpose()?;
         let store = raw.store.as_ref().map(validate_store).transpose()?;
         let jwt = jwt::validate(raw.auth.jwt.as_ref(), &tenants)?;
         if raw.routes.is_empty() {
@@ -459,8 +484,8 @@ impl Config {
             clients,
             jwt,
             tenants,
-            requests_per_minute,
-            tenant_max_streams,
+            tenant_limits,
+            admin_key,
             store,
             routes,
         })
@@ -594,47 +619,62 @@ fn validate_tenants(
     Ok(tenants)
 }
 
-/// Each tenant's requests per minute (its own, else `[tenant_defaults]`'s) and the concurrent streams of those that
-/// set their own. A limit of 0 is refused (leave it out for the default). `tenants` is [`validate_tenants`]'s list:
-/// the `[[tenants]]` entries first, in order, then the tenants only `[[clients]]` name.
-#[expect(
-    clippy::type_complexity,
-    reason = "two maps by tenant, named where they are used"
-)]
+/// Each tenant's limits: its own, else `[tenant_defaults]`'s, one by one. A limit of 0 is refused (leave it out
+/// for the default). `tenants` is [`validate_tenants`]'s list: the `[[tenants]]` entries first, in order, then the
+/// tenants only `[[clients]]` name.
 fn tenant_limits(
     raw: &RawConfig,
     tenants: &[Arc<str>],
-) -> Result<(HashMap<Arc<str>, u32>, HashMap<Arc<str>, u32>), ConfigError> {
-    let positive = |name: String, limit: Option<u32>| match limit {
-        Some(0) => Err(field(
-            name,
-            "must be at least 1 (leave it out for the default)",
-        )),
-        other => Ok(other),
+) -> Result<HashMap<Arc<str>, crate::limit::Limits>, ConfigError> {
+    fn positive<T: Copy + Default + PartialEq>(
+        name: &str,
+        limit: Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match limit {
+            Some(n) if n == T::default() => Err(field(
+                name,
+                "must be at least 1 (leave it out for the default)",
+            )),
+            other => Ok(other),
+        }
+    }
+    let limits = |at: &str, l: &RawTenantLimits, streams: Option<u32>| {
+        let name = |f: &str| format!("{at}.{f}");
+        Ok::<_, ConfigError>(crate::limit::Limits {
+            requests_per_minute: positive(&name("requests_per_minute"), l.requests_per_minute)?,
+            tokens: crate::limit::TokenLimits {
+                per_minute: positive(&name("tokens_per_minute"), l.tokens_per_minute)?,
+                per_day: positive(&name("tokens_per_day"), l.tokens_per_day)?,
+                per_month: positive(&name("tokens_per_month"), l.tokens_per_month)?,
+            },
+            max_streams: positive(&name("max_streams"), streams)?,
+        })
     };
-    let default_rpm = positive(
-        "tenant_defaults.requests_per_minute".into(),
-        raw.tenant_defaults.requests_per_minute,
-    )?;
-    let (mut rates, mut streams) = (HashMap::new(), HashMap::new());
+    let defaults = limits("tenant_defaults", &raw.tenant_defaults, None)?;
+    let mut out = HashMap::new();
     for (i, (t, name)) in raw.tenants.iter().zip(tenants).enumerate() {
-        let own_rpm = positive(
-            format!("tenants[{i}].requests_per_minute"),
-            t.requests_per_minute,
-        )?;
-        if let Some(n) = own_rpm.or(default_rpm) {
-            rates.insert(name.clone(), n);
-        }
-        if let Some(n) = positive(format!("tenants[{i}].max_streams"), t.max_streams)? {
-            streams.insert(name.clone(), n);
-        }
+        let own = RawTenantLimits {
+            requests_per_minute: t.requests_per_minute,
+            tokens_per_minute: t.tokens_per_minute,
+            tokens_per_day: t.tokens_per_day,
+            tokens_per_month: t.tokens_per_month,
+        };
+        let own = limits(&format!("tenants[{i}]"), &own, t.max_streams)?;
+        let merged = crate::limit::Limits {
+            requests_per_minute: own.requests_per_minute.or(defaults.requests_per_minute),
+            tokens: crate::limit::TokenLimits {
+                per_minute: own.tokens.per_minute.or(defaults.tokens.per_minute),
+                per_day: own.tokens.per_day.or(defaults.tokens.per_day),
+                per_month: own.tokens.per_month.or(defaults.tokens.per_month),
+            },
+            max_streams: own.max_streams,
+        };
+        out.insert(name.clone(), merged);
     }
-    if let Some(n) = default_rpm {
-        for name in &tenants[raw.tenants.len()..] {
-            rates.insert(name.clone(), n);
-        }
+    for name in &tenants[raw.tenants.len()..] {
+        out.insert(name.clone(), defaults);
     }
-    Ok((rates, streams))
+    Ok(out)
 }
 
 fn validate_store(raw: &RawStore) -> Result<crate::limit::store::StoreConfig, ConfigError> {

@@ -13,7 +13,7 @@ use http_body_util::Full;
 
 use crate::auth::AuthError;
 use crate::body::BodyError;
-use crate::limit::LimitError;
+use crate::limit::{LimitError, RateOf};
 use crate::route::RouteError;
 use crate::trace::TRACE_ID;
 use crate::upstream::{UpstreamError, chain};
@@ -49,7 +49,10 @@ impl RelayError {
             RelayError::Unauthorized(_) => "unauthorized",
             RelayError::Limited(LimitError::Total) => "overloaded",
             RelayError::Limited(LimitError::StoreUnavailable) => "store_unavailable",
-            RelayError::Limited(LimitError::Tenant | LimitError::Requests(_)) => "rate_limited",
+            RelayError::Limited(
+                LimitError::Tenant | LimitError::Requests(_) | LimitError::Tokens(_),
+            ) => "rate_limited",
+            RelayError::Limited(LimitError::Quota(_)) => "quota_exceeded",
             RelayError::Body(BodyError::TooLarge { .. }) => "payload_too_large",
             RelayError::Body(BodyError::Unreadable(_)) => "bad_request_body",
             RelayError::Upstream(UpstreamError::Connect(_)) => "upstream_connect",
@@ -77,9 +80,12 @@ impl RelayError {
             RelayError::Limited(LimitError::Total | LimitError::StoreUnavailable) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            RelayError::Limited(LimitError::Tenant | LimitError::Requests(_)) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            RelayError::Limited(
+                LimitError::Tenant
+                | LimitError::Requests(_)
+                | LimitError::Tokens(_)
+                | LimitError::Quota(_),
+            ) => StatusCode::TOO_MANY_REQUESTS,
             RelayError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::Body(BodyError::Unreadable(_)) => StatusCode::BAD_REQUEST,
             RelayError::Upstream(
@@ -150,13 +156,23 @@ pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
         res.headers_mut()
             .insert(name, HeaderValue::from_static(value));
     }
-    if let RelayError::Limited(LimitError::Requests(refused)) = err {
-        // When one request will be admitted, in whole seconds, rounded up.
-        let secs =
-            refused.retry_after.as_secs() + u64::from(refused.retry_after.subsec_nanos() > 0);
+    // When a request will be admitted again, in whole seconds, rounded up; and the refused rate's headers.
+    let retry = match err {
+        RelayError::Limited(LimitError::Requests(r)) => {
+            crate::limit::rate_headers(RateOf::Requests, &r.state, res.headers_mut());
+            Some(r.retry_after)
+        }
+        RelayError::Limited(LimitError::Tokens(r)) => {
+            crate::limit::rate_headers(RateOf::Tokens, &r.state, res.headers_mut());
+            Some(r.retry_after)
+        }
+        RelayError::Limited(LimitError::Quota(q)) => Some(q.retry_after),
+        _ => None,
+    };
+    if let Some(after) = retry {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        crate::limit::rate_headers(&refused.state, res.headers_mut());
     }
     res
 }

@@ -25,6 +25,7 @@
 //! configured. [`shutdown`] watches signals; [`demo`] wraps the handler with the demo page (its in-process mock
 //! vendor only with the cargo feature `demo`).
 
+pub mod account;
 pub mod admin;
 pub mod alloc;
 pub mod auth;
@@ -244,9 +245,13 @@ pub async fn serve<H: Handler>(
         done.cancel();
         served
     };
+    let usage = admin::UsageAccess {
+        account: relay.account(),
+        key_sha256: config.admin_key,
+    };
     let admin = async {
         if let Some(l) = listeners.admin {
-            admin::serve(l, registry, stop, done.clone()).await;
+            admin::serve(l, registry, Some(usage), stop, done.clone()).await;
         }
     };
     // The leases of streams this replica holds, renewed until it stops serving.

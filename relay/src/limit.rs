@@ -1,5 +1,5 @@
-//! Limits: streams open at once, in all and per tenant, and each tenant's requests per minute ([`rate`]; token
-//! rates and quotas arrive here later).
+//! Limits: streams open at once, in all and per tenant, each tenant's requests per minute ([`rate`]) and its tokens
+//! per minute, per day and per month ([`tokens`]).
 //!
 //! A [`StreamPermit`] is taken after authentication and before the request body is read or any upstream call is
 //! made. [`crate::stack`] hands it to the stream's end-of-stream callback, so it is released when the stream ends,
@@ -7,9 +7,11 @@
 //! total limit the answer is 503 (the relay is full), over a tenant's limit 429 (that tenant is), both with
 //! `Retry-After`.
 //!
-//! The request rate is charged after a stream slot was taken (a request refused for its slot is not counted) and
-//! before the body is read; over it the answer is 429 with `Retry-After` from the rate, and the response of an
-//! admitted request carries OpenAI's `x-ratelimit-*-requests` headers.
+//! Then [`Limiter::admit`], after a stream slot was taken (a request refused for its slot is not counted) and
+//! before the body is read: the tenant's tokens first (any left? nothing is charged), then its request rate
+//! (charged). Over either the answer is 429 naming the limit, with `Retry-After` from the rate or window, and the
+//! response of an admitted request carries OpenAI's `x-ratelimit-*-requests` and `x-ratelimit-*-tokens` headers.
+//! The tokens a stream used are charged when it ends ([`Limiter::charge_tokens`], or the store's charge).
 //!
 //! The relay-wide stream slots are this process's. A tenant's stream slots and request rate are too, unless
 //! `[store]` names Redis ([`store`]): then every replica counts them together (a stream's tenant slot is a
@@ -17,6 +19,7 @@
 
 pub mod rate;
 pub mod store;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +31,23 @@ use tokio::time::Instant;
 use rate::Gcra;
 pub use rate::{RateRefused, RateState};
 use store::{Lease, RedisStore};
+use tokens::TokenBudget;
+pub use tokens::{Calendar, QuotaRefused, TokenLimits, TokensRefused};
+
+/// One tenant's limits as configured; each `None` is no limit (`max_streams`: the relay's per-tenant default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_minute: Option<u32>,
+    pub tokens: TokenLimits,
+    pub max_streams: Option<u32>,
+}
+
+/// What an admitted request is told of its rates (each `None`: no such limit, or the store did not answer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Admitted {
+    pub requests: Option<RateState>,
+    pub tokens: Option<RateState>,
+}
 
 /// Which limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +58,10 @@ pub enum LimitError {
     Tenant,
     #[error("this tenant's limit of {} requests per minute is reached", .0.state.limit)]
     Requests(RateRefused),
+    #[error("this tenant's limit of {} tokens per minute is used up", .0.state.limit)]
+    Tokens(RateRefused),
+    #[error("this tenant's quota of {} tokens per {} is used up", .0.limit, .0.window.name())]
+    Quota(QuotaRefused),
     #[error("the limit store is unavailable")]
     StoreUnavailable,
 }
@@ -76,39 +100,40 @@ struct TenantLimits {
     streams: Arc<Semaphore>,
     max_streams: u32,
     requests: Option<Gcra>,
+    tokens: TokenBudget,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 impl Limiter {
-    /// `tenants`: every configured tenant (each gets `per_tenant` slots), no request rate.
+    /// `tenants`: every configured tenant (each gets `per_tenant` slots), no other limit.
     pub fn new<'a>(
         total: u32,
         per_tenant: u32,
         tenants: impl IntoIterator<Item = &'a Arc<str>>,
     ) -> Self {
-        Self::with_rates(
+        Self::with_limits(
             total,
             per_tenant,
-            tenants.into_iter().map(|t| (t, None, None)),
+            tenants.into_iter().map(|t| (t, Limits::default())),
         )
     }
 
-    /// As [`Limiter::new`], each tenant with its requests per minute (`None`: no limit) and its own concurrent
-    /// streams (`None`: `per_tenant`).
-    pub fn with_rates<'a>(
+    /// As [`Limiter::new`], each tenant with its own [`Limits`].
+    pub fn with_limits<'a>(
         total: u32,
         per_tenant: u32,
-        tenants: impl IntoIterator<Item = (&'a Arc<str>, Option<u32>, Option<u32>)>,
+        tenants: impl IntoIterator<Item = (&'a Arc<str>, Limits)>,
     ) -> Self {
         let tenants = tenants
             .into_iter()
-            .map(|(t, rpm, streams)| {
-                let streams = streams.unwrap_or(per_tenant);
+            .map(|(t, l)| {
+                let streams = l.max_streams.unwrap_or(per_tenant);
                 let limits = TenantLimits {
                     streams: Arc::new(Semaphore::new(streams as usize)),
                     max_streams: streams,
-                    requests: rpm.map(|n| Gcra::new(n, MINUTE)),
+                    requests: l.requests_per_minute.map(|n| Gcra::new(n, MINUTE)),
+                    tokens: TokenBudget::new(l.tokens),
                 };
                 (t.clone(), Arc::new(limits))
             })
@@ -126,27 +151,56 @@ impl Limiter {
         self
     }
 
-    /// Counts one request against the tenant's rate at `now`: its state for the response headers (`None`: the
-    /// tenant has no rate limit), or the refusal.
+    /// Admits one request of `tenant` at `now` (`cal`: the wall clock's UTC day and month): its tokens first (is
+    /// any left? nothing is charged), then its request rate (counted). What the response headers say, or the
+    /// refusal.
     ///
-    /// With a store, the store counts; when it cannot answer, `on_store_error` decides: `allow` goes on without
-    /// a rate (no headers), `deny` is [`LimitError::StoreUnavailable`].
-    pub async fn charge_request(
+    /// With a store, the store decides, in one call; when it cannot answer, `on_store_error` decides: `allow` goes
+    /// on without these limits (no headers), `deny` is [`LimitError::StoreUnavailable`].
+    pub async fn admit(
         &self,
         tenant: &str,
         now: Instant,
-    ) -> Result<Option<RateState>, LimitError> {
+        cal: Calendar,
+    ) -> Result<Admitted, LimitError> {
         let limits = self.tenants.get(tenant).ok_or(LimitError::Tenant)?;
-        let Some(rate) = &limits.requests else {
-            return Ok(None);
-        };
-        let Some(store) = &self.store else {
-            return rate.admit(now).map(Some).map_err(LimitError::Requests);
-        };
-        match store.admit_request(tenant, rate.limit(), MINUTE).await {
-            Ok(answer) => answer.map(Some).map_err(LimitError::Requests),
-            Err(e) => store.unavailable(&e).map(|()| None),
+        let token_limits = limits.tokens.limits();
+        if limits.requests.is_none() && !token_limits.any() {
+            return Ok(Admitted::default());
         }
+        let Some(store) = &self.store else {
+            let tokens = limits.tokens.check(now, cal).map_err(refused_tokens)?;
+            let requests = match &limits.requests {
+                Some(rate) => Some(rate.admit(now).map_err(LimitError::Requests)?),
+                None => None,
+            };
+            return Ok(Admitted { requests, tokens });
+        };
+        let rpm = limits.requests.as_ref().map(Gcra::limit);
+        match store.admit(tenant, rpm, token_limits, cal).await {
+            Ok(answer) => answer,
+            Err(e) => store.unavailable(&e).map(|()| Admitted::default()),
+        }
+    }
+
+    /// Charges the `tokens` a stream of `tenant` used, in this process (with a store, the store's charge does it).
+    pub fn charge_tokens(&self, tenant: &str, tokens: u64, now: Instant, cal: Calendar) {
+        if let Some(limits) = self.tenants.get(tenant) {
+            limits.tokens.charge(tokens, now, cal);
+        }
+    }
+
+    /// A tenant's token limits (none for an unknown tenant).
+    pub fn token_limits(&self, tenant: &str) -> TokenLimits {
+        self.tenants
+            .get(tenant)
+            .map(|l| l.tokens.limits())
+            .unwrap_or_default()
+    }
+
+    /// The shared store, when there is one.
+    pub fn store(&self) -> Option<&Arc<RedisStore>> {
+        self.store.as_ref()
     }
 
     /// Takes one slot of each limit, or says which is full. Never waits for a slot. The relay-wide slots are
@@ -185,24 +239,55 @@ impl Limiter {
     }
 }
 
-/// OpenAI's request-rate headers for `state`, replacing any the vendor sent (they describe the relay's vendor
-/// account, not this client's limit).
-pub fn rate_headers(state: &RateState, headers: &mut http::HeaderMap) {
-    let values = [
-        ("x-ratelimit-limit-requests", state.limit.to_string()),
-        (
+/// A token refusal as a [`LimitError`].
+pub fn refused_tokens(r: TokensRefused) -> LimitError {
+    match r {
+        TokensRefused::PerMinute(r) => LimitError::Tokens(r),
+        TokensRefused::Quota(q) => LimitError::Quota(q),
+    }
+}
+
+/// Which of OpenAI's header families a state fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateOf {
+    Requests,
+    Tokens,
+}
+
+/// OpenAI's rate headers (`x-ratelimit-limit-requests`, `…-remaining-…`, `…-reset-…`, or the same for tokens) for
+/// `state`, replacing any the vendor sent (they describe the relay's vendor account, not this client's limit).
+pub fn rate_headers(of: RateOf, state: &RateState, headers: &mut http::HeaderMap) {
+    let names = match of {
+        RateOf::Requests => [
+            "x-ratelimit-limit-requests",
             "x-ratelimit-remaining-requests",
-            state.remaining.to_string(),
-        ),
-        (
             "x-ratelimit-reset-requests",
-            rate::reset_header(state.reset),
-        ),
+        ],
+        RateOf::Tokens => [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    };
+    let values = [
+        state.limit.to_string(),
+        state.remaining.to_string(),
+        rate::reset_header(state.reset),
     ];
-    for (name, value) in values {
+    for (name, value) in names.into_iter().zip(values) {
         if let Ok(v) = http::HeaderValue::from_str(&value) {
             headers.insert(name, v);
         }
+    }
+}
+
+/// Both families' headers of an admitted request.
+pub fn admitted_headers(admitted: &Admitted, headers: &mut http::HeaderMap) {
+    if let Some(s) = &admitted.requests {
+        rate_headers(RateOf::Requests, s, headers);
+    }
+    if let Some(s) = &admitted.tokens {
+        rate_headers(RateOf::Tokens, s, headers);
     }
 }
 

@@ -107,4 +107,6 @@ pub struct Seen {
     pub text: Option<(String, bool)>,
     /// Token counts the stream reported in an OpenAI-style `usage` object.
     pub tokens: Option<crate::usage::Tokens>,
+    /// Vendor bytes not passed to the client: the usage-only chunk it did not ask for (`tap/hide.rs`).
+    pub hidden: u64,
 }

@@ -52,6 +52,11 @@ impl Record {
         &self.tenant
     }
 
+    /// The same, shared.
+    pub fn tenant_arc(&self) -> Arc<str> {
+        self.tenant.clone()
+    }
+
     /// The request ended with an error response before any stream; that response's log line is the record.
     pub fn refused(mut self) {
         self.written = true;

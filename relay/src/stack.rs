@@ -33,20 +33,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::account::{Account, StreamUsage};
 use crate::auth::Authenticator;
 use crate::body::{discard, read_body};
-use crate::config::{Config, Route};
+use crate::config::{Config, Route, UsageMode};
 use crate::error::{RelayError, json_response, respond};
 use crate::headers::head_len;
-use crate::limit::{Limiter, StreamPermit};
+use crate::limit::{Admitted, Calendar, Limiter, StreamPermit};
 use crate::metrics::RouteMeters;
 use crate::record::Record;
 use crate::route::{Routed, route};
 use crate::server::{ConnState, Delivery, Handler};
 use crate::tap::{AddedDelay, End, OnEnd, Seen, TapBody, TapParts, Timers};
-use crate::trace::{
-    RequestTrace, StreamSpans, TRACE_ID, exporting, new_trace_id, request_model, upstream_trace_id,
-};
+use crate::trace::{RequestTrace, StreamSpans, TRACE_ID, new_trace_id, upstream_trace_id};
 use crate::upstream::Upstream;
 use relay_wire::sse::EventScanner;
 
@@ -67,6 +66,7 @@ pub struct Relay {
     meters: Vec<RouteMeters>,
     auth: Authenticator,
     limiter: Limiter,
+    account: Account,
     drain: CancellationToken,
 }
 
@@ -102,6 +102,8 @@ pub struct StreamEnd {
     /// When the request started and when the vendor request was sent.
     started: Instant,
     called: Instant,
+    /// Where the stream's usage goes, with its route and model; `None`: the vendor refused (not a stream).
+    account: Option<(Account, Arc<str>, Option<String>)>,
     _permit: StreamPermit,
 }
 
@@ -151,6 +153,18 @@ impl StreamEnd {
         if let Some(spans) = self.spans {
             spans.ended(&end, kind, &seen);
         }
+        if let Some((account, route, model)) = self.account {
+            account.stream_ended(StreamUsage {
+                tenant: self.record.tenant_arc(),
+                route,
+                model,
+                totals: crate::usage::Totals::stream(
+                    seen.tokens,
+                    seen.bytes,
+                    seen.events.unwrap_or(0),
+                ),
+            });
+        }
         self.record.stream_ended(&end, write_timed_out, &seen);
     }
 }
@@ -188,12 +202,13 @@ impl Relay {
             .collect();
         let limits = &config.limits;
         let tenants = config.tenants.iter().map(|t| {
-            let rpm = config.requests_per_minute.get(t).copied();
-            (t, rpm, config.tenant_max_streams.get(t).copied())
+            let own = config.tenant_limits.get(t).copied().unwrap_or_default();
+            (t, own)
         });
         let limiter =
-            Limiter::with_rates(limits.max_streams, limits.max_streams_per_tenant, tenants)
+            Limiter::with_limits(limits.max_streams, limits.max_streams_per_tenant, tenants)
                 .with_store(store);
+        let account = Account::new(limiter.clone(), config.tenants.clone());
         let auth = Authenticator::with(config.clients.clone(), config.jwt.clone());
         Self {
             config,
@@ -203,8 +218,14 @@ impl Relay {
             meters,
             auth,
             limiter,
+            account,
             drain,
         }
+    }
+
+    /// Where stream usage is charged and recorded (the admin listener reads it).
+    pub fn account(&self) -> Account {
+        self.account.clone()
     }
 
     /// The same relay for another worker thread: same configuration, stream limits and drain token, but its own
@@ -218,6 +239,7 @@ impl Relay {
             meters: self.meters.clone(),
             auth: self.auth.clone(),
             limiter: self.limiter.clone(),
+            account: self.account.clone(),
             drain: self.drain.clone(),
         }
     }
@@ -262,8 +284,8 @@ impl Relay {
             };
             // Once the request was counted, every answer says what is left of the rate: the stream's, and a later
             // refusal's (body too large, vendor unreachable…) alike.
-            if let Some(rate) = &rate {
-                crate::limit::rate_headers(rate, res.headers_mut());
+            if let Some(admitted) = &rate {
+                crate::limit::admitted_headers(admitted, res.headers_mut());
             }
             let (tenant, status) = (tenant.as_deref().unwrap_or("none"), res.status().as_u16());
             trace.responded(status);
@@ -308,7 +330,7 @@ impl Relay {
         body: &mut B,
         trace: &RequestTrace,
         conn: Arc<ConnState>,
-        (tenant, rate_out): (&mut Option<Arc<str>>, &mut Option<crate::limit::RateState>),
+        (tenant, rate_out): (&mut Option<Arc<str>>, &mut Option<Admitted>),
     ) -> Result<Response<RelayBody>, RelayError>
     where
         B: Body + Unpin,
@@ -320,12 +342,19 @@ impl Relay {
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
         let permit = self.limiter.acquire(&principal.tenant).await?;
-        *rate_out = self
-            .limiter
-            .charge_request(&principal.tenant, started)
-            .await?;
-        let body = read_body(headers, body, self.config.max_request_body_bytes).await?;
-        let model = exporting().then(|| request_model(&body)).flatten();
+        let cal = Calendar::now();
+        *rate_out = Some(self.limiter.admit(&principal.tenant, started, cal).await?);
+        let mut body = read_body(headers, body, self.config.max_request_body_bytes).await?;
+        let asked = crate::usage::asked(&body);
+        let model = asked.as_ref().and_then(|a| a.model.clone());
+        // The one rewrite of the client's bytes: ask for usage on its behalf, and hide the answer it did not ask for.
+        let mut hide_usage = false;
+        if let (UsageMode::Openai, Some(a)) = (route.usage, &asked) {
+            if let Some(rewritten) = crate::usage::ask_for_usage(&body, a) {
+                body = rewritten;
+                hide_usage = true;
+            }
+        }
         let system = &route.gen_ai_system;
         trace.gen_ai(system, model.as_deref());
         let name = self.route_names[index].clone();
@@ -360,6 +389,10 @@ impl Relay {
         // The client sees the vendor's id when there is one: the id the vendor's support knows the stream by.
         let shown_id = vendor_id.unwrap_or_else(|| trace.id.clone());
         meters.in_flight.increment(1.0);
+        let account = upstream
+            .status()
+            .is_success()
+            .then(|| (self.account.clone(), self.route_names[index].clone(), model));
         let on_end = StreamEnd {
             record,
             spans: StreamSpans::new(trace, vendor),
@@ -367,9 +400,10 @@ impl Relay {
             meters: meters.clone(),
             started,
             called,
+            account,
             _permit: permit,
         };
-        Ok(self.stream_back(route, upstream, started, shown_id, on_end))
+        Ok(self.stream_back(route, upstream, started, shown_id, on_end, hide_usage))
     }
 
     /// Stage 7: the vendor's status and allowed headers, and its body behind the tap.
@@ -380,6 +414,7 @@ impl Relay {
         started: Instant,
         trace_id: Arc<str>,
         on_end: StreamEnd,
+        hide_usage: bool,
     ) -> Response<RelayBody> {
         let (parts, body) = upstream.into_parts();
         let event_stream =
@@ -406,6 +441,7 @@ impl Relay {
                 .meters
                 .enabled
                 .then(|| AddedDelay::new(on_end.conn.flushed(), on_end.meters.added_delay.clone())),
+            hide_usage,
             on_end,
         };
         let mut res = Response::new(Either::Left(TapBody::new(body, tap)));

@@ -23,8 +23,10 @@
 //! no channel. Tokens generated but not yet relayed are not counted; the record has the bytes relayed so far.
 
 pub mod failure;
+pub mod hide;
 pub mod timers;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ use crate::metrics::Buckets;
 use crate::shutdown::Watch;
 use crate::text::AuditText;
 use crate::usage::UsageScanner;
+use hide::HideUsage;
 use relay_wire::sse::EventScanner;
 use timers::Due;
 
@@ -56,7 +59,9 @@ impl Seen {
     pub fn cut(&mut self, got: Option<u64>) {
         if let Some(got) = got {
             let own = self.pings * KEEPALIVE.len() as u64;
-            self.bytes = self.bytes.min(got.saturating_sub(own));
+            self.bytes = self
+                .bytes
+                .min(got.saturating_sub(own).saturating_add(self.hidden));
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct TapParts<E> {
     pub chunk_gap: Option<Arc<Buckets>>,
     /// Records the relay-added delay of each frame.
     pub added_delay: Option<AddedDelay>,
+    /// Drop the usage-only chunk ([`hide`]): the relay asked for usage on the client's behalf. Event streams only.
+    pub hide_usage: bool,
     pub on_end: E,
 }
 
@@ -198,14 +205,18 @@ pub struct TapBody<B, E: OnEnd> {
     last_activity: Instant,
     sleep: Pin<Box<Sleep>>,
     drain: Watch,
-    /// A keep-alive comment or error event waiting to go out.
+    /// A keep-alive comment or error event waiting to go out (after `ready`).
     outbox: Option<Bytes>,
+    /// With `hide`: the vendor's bytes that go out next, as slices of its frames.
+    hide: Option<HideUsage>,
+    ready: VecDeque<Bytes>,
     chunk_gap: Option<Arc<Buckets>>,
     added_delay: Option<AddedDelay>,
 }
 
 impl<B, E: OnEnd> TapBody<B, E> {
     pub fn new(inner: B, parts: TapParts<E>) -> Self {
+        let scanner_on = parts.scanner.is_some();
         let observer = Observer {
             seen: Seen::default(),
             text: parts.text_max.map(AuditText::new),
@@ -222,6 +233,8 @@ impl<B, E: OnEnd> TapBody<B, E> {
             sleep: Box::pin(tokio::time::sleep_until(parts.timers.first_byte_deadline)),
             drain: Watch::new(parts.drain),
             outbox: None,
+            hide: (parts.hide_usage && scanner_on).then(HideUsage::new),
+            ready: VecDeque::new(),
             chunk_gap: parts.chunk_gap,
             added_delay: parts.added_delay,
         }
@@ -233,7 +246,9 @@ impl<B, E: OnEnd> TapBody<B, E> {
             d.settle();
         }
         if let Some((observer, on_end)) = self.live.take() {
-            on_end.on_end(end, observer.into_seen());
+            let mut seen = observer.into_seen();
+            seen.hidden = self.hide.as_ref().map_or(0, HideUsage::hidden);
+            on_end.on_end(end, seen);
         }
     }
 
@@ -253,7 +268,16 @@ impl<B, E: OnEnd> TapBody<B, E> {
         });
         self.finish(End::Failed(failure, detail));
         match event {
-            Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+            Some(event) => {
+                // A half event held back goes out first, as it would have without the hider.
+                if let Some(h) = self.hide.as_mut().filter(|h| h.holding()) {
+                    h.flush(&mut self.ready);
+                    self.outbox = Some(event);
+                    let first = self.ready.pop_front().unwrap_or_default();
+                    return Poll::Ready(Some(Ok(Frame::data(first))));
+                }
+                Poll::Ready(Some(Ok(Frame::data(event))))
+            }
             None => Poll::Ready(Some(Err(failure.message().into()))),
         }
     }
@@ -277,6 +301,9 @@ where
             d.settle();
         }
         loop {
+            if let Some(out) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
             if let Some(out) = this.outbox.take() {
                 return Poll::Ready(Some(Ok(Frame::data(out))));
             }
@@ -299,6 +326,13 @@ where
                         if let Some(d) = this.added_delay.as_mut() {
                             d.yielded(now);
                         }
+                    }
+                    if let Some(hide) = this.hide.as_mut() {
+                        match frame.into_data() {
+                            Ok(data) => hide.frame(data, &mut this.ready),
+                            Err(other) => return Poll::Ready(Some(Ok(other))),
+                        }
+                        continue;
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -350,7 +384,7 @@ where
     /// Ends only once the end was reported, so hyper always polls to the upstream's own end (a `complete`
     /// record) instead of dropping a body it believes finished (which would read as cancelled).
     fn is_end_stream(&self) -> bool {
-        self.live.is_none() && self.outbox.is_none()
+        self.live.is_none() && self.outbox.is_none() && self.ready.is_empty()
     }
 
     /// Unknown length: the body may gain keep-alive comments or an error event, so it is always sent chunked.

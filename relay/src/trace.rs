@@ -258,14 +258,9 @@ fn wall_clock(at: Instant) -> SystemTime {
     SystemTime::now() - Instant::now().saturating_duration_since(at)
 }
 
-/// The model a request asks for (`"model"` at the top of its JSON body), read only when traces are on.
+/// The model a request asks for (`"model"` at the top of its JSON body).
 pub fn request_model(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Model {
-        model: Option<String>,
-    }
-    let model = serde_json::from_slice::<Model>(body).ok()?.model?;
-    (model.len() <= 256).then_some(model)
+    crate::usage::asked(body)?.model
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);

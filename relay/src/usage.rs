@@ -7,6 +7,7 @@
 //! previous frame so that a key or a number split across two frames is still read. Inside JSON strings a quote is
 //! always escaped, so the text of an answer cannot forge the key.
 
+use bytes::Bytes;
 use memchr::memmem;
 
 const NEEDLE: &[u8] = b"_tokens\"";
@@ -25,6 +26,161 @@ enum Kind {
 pub struct Tokens {
     pub prompt: u64,
     pub completion: u64,
+}
+
+/// What streams added up to, for one tenant, route and model (usage accounting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Streams that ended (however they ended).
+    pub streams: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Streams that ended without reporting usage (cancelled, truncated, or a vendor that reports none): their
+    /// tokens are unknown, their bytes and events are counted.
+    pub streams_without_usage: u64,
+    /// Body bytes relayed from the vendor, and complete events.
+    pub bytes: u64,
+    pub events: u64,
+}
+
+impl Totals {
+    /// Field names, in [`Totals::values`] order (the store's hash fields).
+    pub const FIELDS: [&'static str; 6] = [
+        "streams",
+        "prompt_tokens",
+        "completion_tokens",
+        "streams_without_usage",
+        "bytes",
+        "events",
+    ];
+
+    /// One stream's share: its usage if it reported one, its bytes and events.
+    pub fn stream(tokens: Option<Tokens>, bytes: u64, events: u64) -> Self {
+        let t = tokens.unwrap_or_default();
+        Self {
+            streams: 1,
+            prompt_tokens: t.prompt,
+            completion_tokens: t.completion,
+            streams_without_usage: u64::from(tokens.is_none()),
+            bytes,
+            events,
+        }
+    }
+
+    pub fn values(&self) -> [u64; 6] {
+        [
+            self.streams,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.streams_without_usage,
+            self.bytes,
+            self.events,
+        ]
+    }
+
+    /// Adds `value` to the field named `name` (unknown names are ignored).
+    pub fn add_field(&mut self, name: &str, value: u64) {
+        if let Some(i) = Self::FIELDS.iter().position(|f| *f == name) {
+            let field = match i {
+                0 => &mut self.streams,
+                1 => &mut self.prompt_tokens,
+                2 => &mut self.completion_tokens,
+                3 => &mut self.streams_without_usage,
+                4 => &mut self.bytes,
+                _ => &mut self.events,
+            };
+            *field = field.saturating_add(value);
+        }
+    }
+
+    pub fn add(&mut self, other: &Totals) {
+        for (name, value) in Self::FIELDS.into_iter().zip(other.values()) {
+            self.add_field(name, value);
+        }
+    }
+}
+
+/// What the relay knows of an OpenAI-style request body before calling the vendor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// The request's `model` (at most 128 bytes, control characters replaced), for the usage records.
+    pub model: Option<String>,
+    /// `"stream": true`.
+    pub stream: bool,
+    /// `stream_options.include_usage` is `true`: the client wants the usage chunk.
+    pub usage: bool,
+}
+
+/// Reads `model`, `stream` and `stream_options.include_usage` (`None`: not a JSON object).
+pub fn asked(body: &[u8]) -> Option<Asked> {
+    #[derive(serde::Deserialize)]
+    struct Options {
+        include_usage: Option<bool>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        model: Option<String>,
+        stream: Option<bool>,
+        stream_options: Option<Options>,
+    }
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let p: Probe = serde_json::from_slice(body).ok()?;
+    let model = p.model.map(|m| {
+        let mut m: String = m
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        if m.len() > 128 {
+            let cut = (0..=128)
+                .rev()
+                .find(|i| m.is_char_boundary(*i))
+                .unwrap_or(0);
+            m.truncate(cut);
+        }
+        m
+    });
+    Some(Asked {
+        model,
+        stream: p.stream == Some(true),
+        usage: p.stream_options.and_then(|o| o.include_usage) == Some(true),
+    })
+}
+
+/// The body with `stream_options.include_usage` set to `true`, for a streaming request that did not ask for usage
+/// (`None`: leave the body as it is). Without `stream_options` the key is added as the object's first member and
+/// every other byte stays as the client sent it; when `stream_options` is there (without `include_usage: true`) the
+/// body is written again from its parsed form (same members and values; key order and number spelling may
+/// change).
+pub fn ask_for_usage(body: &[u8], asked: &Asked) -> Option<Bytes> {
+    if !asked.stream || asked.usage {
+        return None;
+    }
+    let mut value: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).ok()?;
+    match value.get_mut("stream_options") {
+        None => {
+            let open = body.iter().position(|b| *b == b'{')?;
+            let member = b"\"stream_options\":{\"include_usage\":true},";
+            let rest = &body[open + 1..];
+            // `{}` would need no comma; a streaming request always has members.
+            let mut out = Vec::with_capacity(body.len() + member.len());
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(member);
+            out.extend_from_slice(rest);
+            Some(Bytes::from(out))
+        }
+        Some(serde_json::Value::Object(options)) => {
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            serde_json::to_vec(&value).ok().map(Bytes::from)
+        }
+        // `stream_options: null` or another non-object: replaced.
+        Some(other) => {
+            *other = serde_json::json!({"include_usage": true});
+            serde_json::to_vec(&value).ok().map(Bytes::from)
+        }
+    }
 }
 
 /// Incremental scanner over one stream's bytes.
@@ -130,6 +286,37 @@ impl UsageScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_asked_for_on_streams_that_did_not_ask_and_nothing_else_changes() {
+        let body = br#" {"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"1.50e3 \u00e9"}],"temperature":0.70}"#;
+        let a = asked(body).unwrap();
+        assert_eq!(a.model.as_deref(), Some("gpt-4o-mini"));
+        assert!(a.stream && !a.usage);
+        let out = ask_for_usage(body, &a).unwrap();
+        let want = br#" {"stream_options":{"include_usage":true},"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"1.50e3 \u00e9"}],"temperature":0.70}"#;
+        assert_eq!(&out[..], &want[..]);
+        // Asked already, or not streaming: left alone.
+        let yes = br#"{"stream":true,"stream_options":{"include_usage":true}}"#;
+        assert_eq!(ask_for_usage(yes, &asked(yes).unwrap()), None);
+        let no_stream = br#"{"model":"m","messages":[]}"#;
+        assert_eq!(ask_for_usage(no_stream, &asked(no_stream).unwrap()), None);
+        // stream_options without include_usage (or false): set to true, the rest kept.
+        let off = br#"{"stream":true,"stream_options":{"include_usage":false,"x":1},"n":2}"#;
+        let out = ask_for_usage(off, &asked(off).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
+        assert_eq!(v["n"], 2);
+        // Not JSON objects.
+        assert_eq!(asked(b"[1]"), None);
+        assert_eq!(asked(b"{"), None);
+        let long = format!("{{\"model\":\"{}\\n\"}}", "é".repeat(100));
+        let m = asked(long.as_bytes()).unwrap().model.unwrap();
+        assert!(m.len() <= 128 && !m.contains('\n'), "{m}");
+    }
 
     fn scan(frames: &[&[u8]]) -> Option<Tokens> {
         let mut s = UsageScanner::default();

@@ -70,6 +70,20 @@ pub struct RawRoute {
     pub proxy: Option<String>,
     /// A file holding the proxy's `user:password` (instead of putting them in the URL).
     pub proxy_auth_file: Option<PathBuf>,
+    /// `openai`: make every streaming request report its usage (`stream_options.include_usage`), so tokens are
+    /// counted and charged; a client that did not ask does not get the usage-only chunk. `none` (the default): the
+    /// request body goes as sent, and tokens are counted only when the vendor reports them anyway.
+    #[serde(default)]
+    pub usage: UsageMode,
+}
+
+/// How a route gets the vendor's token usage.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageMode {
+    #[default]
+    None,
+    Openai,
 }
 
 /// The CA certificates a route trusts.
@@ -189,6 +203,7 @@ pub struct Route {
     pub gen_ai_system: String,
     pub tls: RouteTls,
     pub egress: super::Egress,
+    pub usage: UsageMode,
 }
 
 pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
@@ -289,6 +304,7 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
             client_auth,
         },
         egress: super::proxy::egress(&at, r.proxy.as_deref(), r.proxy_auth_file.as_deref(), env)?,
+        usage: r.usage,
     })
 }
 

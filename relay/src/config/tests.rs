@@ -372,9 +372,14 @@ fn jwt_settings_are_checked_and_the_jwks_file_read_at_load() {
 fn request_rates_come_from_the_tenant_or_the_defaults_and_zero_is_refused() {
     let top = "[tenant_defaults]\nrequests_per_minute = 600\n[[tenants]]\nname = \"slow\"\nrequests_per_minute = 6";
     let c = load("", top, &[]).unwrap();
-    let rpm = |t: &str| c.requests_per_minute.get(t).copied();
+    let rpm = |t: &str| c.tenant_limits.get(t).and_then(|l| l.requests_per_minute);
     assert_eq!((rpm("slow"), rpm("acme")), (Some(6), Some(600)));
-    assert!(load("", "", &[]).unwrap().requests_per_minute.is_empty());
+    let none = load("", "", &[]).unwrap();
+    assert!(
+        none.tenant_limits
+            .values()
+            .all(|l| *l == crate::limit::Limits::default())
+    );
     let e = err(
         "",
         "[[tenants]]\nname = \"slow\"\nrequests_per_minute = 0",
@@ -423,8 +428,40 @@ fn store_settings_name_the_field_when_wrong() {
 #[test]
 fn a_tenant_may_set_its_own_concurrent_streams() {
     let c = load("", "[[tenants]]\nname = \"big\"\nmax_streams = 50", &[]).unwrap();
-    assert_eq!(c.tenant_max_streams.get("big"), Some(&50));
-    assert_eq!(c.tenant_max_streams.get("acme"), None);
+    let streams = |t: &str| c.tenant_limits.get(t).and_then(|l| l.max_streams);
+    assert_eq!(streams("big"), Some(50));
+    assert_eq!(streams("acme"), None);
     let e = err("", "[[tenants]]\nname = \"big\"\nmax_streams = 0", &[]);
     assert!(e.contains("tenants[0].max_streams"), "{e}");
+}
+
+#[test]
+fn token_limits_come_from_the_tenant_or_the_defaults_one_by_one() {
+    let top = "[tenant_defaults]\ntokens_per_minute = 1000\ntokens_per_month = 90000\n\
+[[tenants]]\nname = \"small\"\ntokens_per_minute = 10\ntokens_per_day = 500";
+    let c = load("", top, &[]).unwrap();
+    let small = c.tenant_limits["small"].tokens;
+    assert_eq!(
+        (small.per_minute, small.per_day, small.per_month),
+        (Some(10), Some(500), Some(90000))
+    );
+    let acme = c.tenant_limits["acme"].tokens;
+    assert_eq!(
+        (acme.per_minute, acme.per_day, acme.per_month),
+        (Some(1000), None, Some(90000))
+    );
+    for (lines, field) in [
+        (
+            "[tenant_defaults]\ntokens_per_day = 0",
+            "tenant_defaults.tokens_per_day",
+        ),
+        (
+            "[[tenants]]\nname = \"x\"\ntokens_per_minute = 0",
+            "tenants[0].tokens_per_minute",
+        ),
+        ("admin_key_sha256 = \"abc\"", "admin_key_sha256"),
+    ] {
+        let e = err("", lines, &[]);
+        assert!(e.contains(field) && !e.is_empty(), "{lines}: {e}");
+    }
 }

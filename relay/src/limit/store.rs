@@ -4,7 +4,11 @@
 //! Each limit is one atomic server-side script, so replicas never race, on the server's clock, so the replicas'
 //! clocks do not matter:
 //!
-//! - the request rate: GCRA, the same algorithm as [`crate::limit::rate`] (`…:requests`, one number);
+//! - admission ([`RedisStore::admit`], one call): the tenant's tokens (`…:tokens`, a GCRA with a cost per
+//!   token; `…:tokens:day:<n>` and `…:tokens:month:<n>`, counters) and then its request rate (`…:requests`,
+//!   GCRA, the same algorithm as [`crate::limit::rate`]);
+//! - a stream's end ([`RedisStore::charge`], one call): its tokens charged, its totals added to the day's usage
+//!   (`…:usage:<day>`, a hash by route, model and figure, kept 400 days);
 //! - concurrent streams: leases (`…:streams`, a sorted set of lease ids scored by their expiry). A stream takes a
 //!   lease when fewer than the tenant's limit are unexpired, gives it back when it ends (however it ends: the lease
 //!   is dropped with the stream's permit), and this replica renews all the leases it holds every third of
@@ -12,7 +16,8 @@
 //!   slots are free again within `stream_lease_ms`.
 //!
 //! Keys are `<key_prefix>:{<tenant>}:<limit>`: the braces are a Redis Cluster hash tag, so one tenant's keys live
-//! on one shard. The store is asked at a stream's start and end and for the renewals, never per chunk.
+//! on one shard. The store is asked at a stream's start (slot, admission) and end (slot, charge) and for the renewals, never
+//! per chunk.
 //!
 //! Every call has `timeout_ms`; a call that fails or times out applies `on_store_error` (`allow`: the request
 //! goes on unlimited; `deny`: 503 `store_unavailable`), is counted in `ssegate_store_errors_total` and logged
@@ -27,7 +32,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
-use super::rate::{self, RateRefused, RateState};
+use super::rate::{self, RateRefused};
+use super::tokens::{Calendar, TokenLimits};
+use super::{Admitted, LimitError, refused_tokens};
+use crate::usage::Totals;
 
 /// What a request does when the store cannot answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -50,24 +58,74 @@ pub struct StoreConfig {
     pub stream_lease: Duration,
 }
 
+const MINUTE: Duration = Duration::from_secs(60);
+
 /// At most one log line per this long about store errors (each is counted in the metrics).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// GCRA on the server: `KEYS[1]` the tenant's theoretical arrival time (µs), `ARGV` the emission interval and the
-/// period (µs). Returns `{admitted, ahead_us, retry_after_us}`.
-const GCRA: &str = r"
+/// Admission, on the server: tokens first, then the request rate. `KEYS`: the tenant's requests TAT, tokens TAT,
+/// tokens used today and this month. `ARGV`: requests per minute (0: none), tokens per minute (0: none), the day
+/// and month quotas (0: none). TATs are µs of the server's clock, written with `%.0f` (Lua would write a float as
+/// `%.14g`, losing microseconds). Returns `{verdict, requests_ahead_us, requests_retry_us, tokens_ahead_us,
+/// day_used, month_used}`; verdict 1 admitted (the request counted), 0 refused by the request rate, 2 refused by
+/// tokens (nothing counted).
+const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
+local period = 60000000
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local day_quota, month_quota = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tok_ahead = 0
+if tpm > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[2]) or now)
+  if tat > now then tok_ahead = tat - now end
+end
+local day_used = tonumber(redis.call('GET', KEYS[3]) or 0)
+local month_used = tonumber(redis.call('GET', KEYS[4]) or 0)
+if (tpm > 0 and tok_ahead + period / tpm > period)
+  or (day_quota > 0 and day_used >= day_quota)
+  or (month_quota > 0 and month_used >= month_quota) then
+  return {2, 0, 0, tok_ahead, day_used, month_used}
+end
+if rpm == 0 then
+  return {1, 0, 0, tok_ahead, day_used, month_used}
+end
+local interval = period / rpm
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local ahead = tat + interval - now
 if ahead > period then
-  return {0, tat - now, ahead - period}
+  return {0, tat - now, ahead - period, tok_ahead, day_used, month_used}
 end
-redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(ahead / 1000) + 1000)
-return {1, ahead, 0}
+redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', math.ceil(ahead / 1000) + 1000)
+return {1, ahead, 0, tok_ahead, day_used, month_used}
+";
+
+/// A stream's end: its tokens charged and its usage added. `KEYS`: tokens TAT, tokens used today, this month, the
+/// day's usage hash. `ARGV`: tokens per minute (0: none), the tokens, the field prefix (`route\nmodel\n`), then
+/// field/value pairs of the usage.
+const CHARGE: &str = r"
+local n = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[1])
+if tpm > 0 and n > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+  if tat < now then tat = now end
+  tat = tat + n * (60000000 / tpm)
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+if n > 0 then
+  redis.call('INCRBY', KEYS[2], n)
+  redis.call('EXPIRE', KEYS[2], 172800)
+  redis.call('INCRBY', KEYS[3], n)
+  redis.call('EXPIRE', KEYS[3], 3024000)
+end
+for i = 4, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[4], ARGV[3] .. ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[4], 34560000)
+return 1
 ";
 
 /// Leases: `KEYS[1]` the tenant's sorted set; `ARGV` the limit, the lease (ms) and the new lease's id. Returns 1
@@ -100,7 +158,8 @@ return 1
 pub struct RedisStore {
     conn: ConnectionManager,
     config: StoreConfig,
-    gcra: redis::Script,
+    admit: redis::Script,
+    charge: redis::Script,
     acquire: redis::Script,
     renew: redis::Script,
     last_logged: Mutex<Option<Instant>>,
@@ -173,7 +232,8 @@ impl RedisStore {
         Ok(Self {
             conn,
             config,
-            gcra: redis::Script::new(GCRA),
+            admit: redis::Script::new(ADMIT),
+            charge: redis::Script::new(CHARGE),
             acquire: redis::Script::new(ACQUIRE),
             renew: redis::Script::new(RENEW),
             last_logged: Mutex::new(None),
@@ -290,33 +350,139 @@ impl RedisStore {
         }
     }
 
-    /// Counts one request of `tenant` against `limit` per `period`, on the server.
-    pub async fn admit_request(
+    /// Admits one request of `tenant` ([`super::Limiter::admit`]), on the server, in one call.
+    pub async fn admit(
         &self,
         tenant: &str,
-        limit: u32,
-        period: Duration,
-    ) -> Result<Result<RateState, RateRefused>, StoreError> {
-        let key = self.key(tenant, "requests");
-        let interval = period / limit.max(1);
+        rpm: Option<u32>,
+        tokens: TokenLimits,
+        cal: Calendar,
+    ) -> Result<Result<Admitted, LimitError>, StoreError> {
         let mut conn = self.conn.clone();
-        let mut call = self.gcra.key(key);
-        call.arg(interval.as_micros() as u64)
-            .arg(period.as_micros() as u64);
+        let mut call = self.admit.key(self.key(tenant, "requests"));
+        let [tat, day, month] = self.token_keys(tenant, cal);
+        call.key(tat).key(day).key(month);
+        call.arg(rpm.unwrap_or(0))
+            .arg(tokens.per_minute.unwrap_or(0))
+            .arg(tokens.per_day.unwrap_or(0))
+            .arg(tokens.per_month.unwrap_or(0));
         let reply: Vec<i64> = self.within(call.invoke_async(&mut conn)).await?;
-        let &[admitted, ahead, retry] = reply.as_slice() else {
+        let &[verdict, ahead, retry, tok_ahead, day_used, month_used] = reply.as_slice() else {
             return Err(StoreError::Reply);
         };
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        let state = rate::state_for(limit, period, interval, us(ahead));
-        Ok(if admitted == 1 {
-            Ok(state)
-        } else {
-            Err(RateRefused {
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        let tokens = match tokens.verdict(us(tok_ahead), count(day_used), count(month_used), cal) {
+            Ok(state) => state,
+            Err(refused) => return Ok(Err(refused_tokens(refused))),
+        };
+        // The server said refused by tokens, the relay's arithmetic did not (a rounding at the boundary): refused.
+        if verdict == 2 {
+            return Ok(Err(LimitError::Tokens(RateRefused {
+                state: tokens.unwrap_or(rate::RateState {
+                    limit: 0,
+                    remaining: 0,
+                    reset: Duration::ZERO,
+                }),
+                retry_after: Duration::from_secs(1),
+            })));
+        }
+        let requests = rpm.map(|limit| {
+            let interval = MINUTE / limit.max(1);
+            (rate::state_for(limit, MINUTE, interval, us(ahead)), limit)
+        });
+        Ok(match (verdict, requests) {
+            (0, Some((state, _))) => Err(LimitError::Requests(RateRefused {
                 state,
                 retry_after: us(retry),
-            })
+            })),
+            (_, requests) => Ok(Admitted {
+                requests: requests.map(|(s, _)| s),
+                tokens,
+            }),
         })
+    }
+
+    /// The end of a stream of `tenant` on `route` for `model`: its tokens charged against the tenant's limits and
+    /// its totals added to the day's usage, in one call.
+    pub async fn charge(
+        &self,
+        tenant: &str,
+        per_minute: Option<u32>,
+        (route, model): (&str, &str),
+        usage: &Totals,
+        cal: Calendar,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let [tat, day, month] = self.token_keys(tenant, cal);
+        let mut call = self.charge.key(tat);
+        call.key(day)
+            .key(month)
+            .key(self.usage_key(tenant, cal.day()));
+        call.arg(per_minute.unwrap_or(0))
+            .arg(usage.prompt_tokens + usage.completion_tokens)
+            .arg(format!("{route}\n{model}\n"));
+        for (name, value) in Totals::FIELDS.into_iter().zip(usage.values()) {
+            call.arg(name).arg(value);
+        }
+        self.within(call.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// The usage of `tenants` on each day of `days`: (tenant, route, model, totals) rows, one per day and key.
+    pub async fn usage(
+        &self,
+        tenants: &[Arc<str>],
+        days: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(Arc<str>, String, String, Totals)>, StoreError> {
+        let mut pipe = redis::pipe();
+        let mut asked = Vec::new();
+        for tenant in tenants {
+            for day in days.clone() {
+                pipe.cmd("HGETALL").arg(self.usage_key(tenant, day));
+                asked.push(tenant.clone());
+            }
+        }
+        let mut conn = self.conn.clone();
+        // A report may read many days: ten times a limit call's time.
+        let replies: Vec<HashMap<String, u64>> =
+            tokio::time::timeout(self.config.timeout * 10, pipe.query_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::Timeout(self.config.timeout * 10))??;
+        let mut rows = Vec::new();
+        for (tenant, fields) in asked.into_iter().zip(replies) {
+            let mut by_key: HashMap<(String, String), Totals> = HashMap::new();
+            for (field, value) in fields {
+                let mut parts = field.splitn(3, '\n');
+                let (Some(route), Some(model), Some(name)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                by_key
+                    .entry((route.to_owned(), model.to_owned()))
+                    .or_default()
+                    .add_field(name, value);
+            }
+            rows.extend(
+                by_key
+                    .into_iter()
+                    .map(|((route, model), totals)| (tenant.clone(), route, model, totals)),
+            );
+        }
+        Ok(rows)
+    }
+
+    fn token_keys(&self, tenant: &str, cal: Calendar) -> [String; 3] {
+        [
+            self.key(tenant, "tokens"),
+            self.key(tenant, &format!("tokens:day:{}", cal.day())),
+            self.key(tenant, &format!("tokens:month:{}", cal.month())),
+        ]
+    }
+
+    fn usage_key(&self, tenant: &str, day: u64) -> String {
+        self.key(tenant, &format!("usage:{day}"))
     }
 
     /// Counts a failed call and logs it unless one was logged within [`LOG_EVERY`].

@@ -92,6 +92,7 @@ fn tap_with(l: Limits, added_delay: Option<AddedDelay>) -> Tapped {
         trace_id: Arc::from("trace-1"),
         chunk_gap: None,
         added_delay,
+        hide_usage: false,
         on_end: Recorder(ends.clone()),
     };
     Tapped {

@@ -16,3 +16,4 @@ mod limits;
 mod store;
 mod streaming;
 mod support;
+mod usage;

@@ -107,6 +107,64 @@ pub async fn start_relay(config: Config) -> Relay {
     }
 }
 
+/// The admin key of [`start_relay_with_admin`]'s relays (`admin_key_sha256` of it in `top`).
+pub const ADMIN_KEY: &str = "admin-key-CANARY-31";
+
+/// `admin_key_sha256 = "…"` for [`ADMIN_KEY`], a top-level line.
+pub fn admin_key_line() -> String {
+    format!("admin_key_sha256 = \"{}\"\n", sha256_hex(ADMIN_KEY))
+}
+
+/// A relay with its admin listener too: the relay and the admin listener's address.
+pub async fn start_relay_with_admin(config: Config) -> (Relay, SocketAddr) {
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let prepared = relay::prepare(config).unwrap();
+    let listeners = relay::Listeners {
+        public,
+        admin: Some(admin),
+    };
+    let run = relay::serve(prepared, listeners, stop.clone(), |r| r, || {});
+    let done = tokio::spawn(async move { run.await.unwrap() });
+    let relay = Relay {
+        addr,
+        stop,
+        done: Some(done),
+    };
+    (relay, admin_addr)
+}
+
+/// `GET /admin/usage?{query}` with the admin key: the JSON report.
+pub async fn usage_report(admin: SocketAddr, query: &str) -> serde_json::Value {
+    let res = client()
+        .get(format!("http://{admin}/admin/usage?{query}"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// Waits until the usage report counts `streams` streams in all: a stream's usage is charged and recorded just
+/// after its last byte, so the next request must not race it. Polls the report (the condition itself).
+pub async fn await_usage(admin: SocketAddr, streams: u64) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = usage_report(admin, "").await;
+        if report["total"]["streams"].as_u64() >= Some(streams) {
+            return report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "usage never reached {streams} streams: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A streaming chat request with the right client key and `x-mock-*` scenario headers.
 pub fn chat(relay: &Relay, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder {
     mock_upstream::testkit::client::chat(&relay.url(""), CLIENT_KEY, scenario)

@@ -1,0 +1,241 @@
+//! Usage accounting, at the end of each stream (stage 8, beside the record): the tokens a stream used are charged
+//! against its tenant's token limits, and its totals are added to the usage of its tenant, route and model for the
+//! UTC day. Read back on the admin listener (`GET /admin/usage`, [`crate::admin`]).
+//!
+//! Without `[store]` both live in this process (the [`Ledger`]; usage is lost when it exits). With it, one store
+//! call does both ([`crate::limit::store::RedisStore::charge`]), so every replica's streams add up in one place and
+//! any replica's admin endpoint reports them all. That call runs in its own task after the stream has ended: it
+//! never holds up the stream's last bytes. When it fails, the store error is counted and the stream's usage is in
+//! the log line (with its tenant, route, model and tokens), so nothing is lost silently.
+//!
+//! The model is the request's `model` (client input): at most [`MAX_KEYS`] tenant/route/model/day keys are kept in
+//! the process; past that, new models are counted under `(other)`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+use crate::limit::store::StoreError;
+use crate::limit::{Calendar, Limiter};
+use crate::usage::Totals;
+
+/// Most tenant/route/model/day keys the in-process ledger keeps.
+pub const MAX_KEYS: usize = 100_000;
+/// Days the in-process ledger keeps.
+pub const KEEP_DAYS: u64 = 400;
+/// The model of streams past [`MAX_KEYS`], and of requests that named none.
+pub const OTHER: &str = "(other)";
+pub const UNNAMED: &str = "(none)";
+
+/// (day, tenant, route, model).
+type Key = (u64, Arc<str>, Arc<str>, Box<str>);
+/// (tenant, route, model).
+type RowKey = (Arc<str>, Arc<str>, Box<str>);
+
+/// Usage in this process, by day, tenant, route and model.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    days: Mutex<BTreeMap<Key, Totals>>,
+}
+
+impl Ledger {
+    fn days(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Totals>> {
+        self.days
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn add(&self, day: u64, tenant: &Arc<str>, route: &Arc<str>, model: &str, t: &Totals) {
+        let mut days = self.days();
+        // Old days go first; then a new key past the cap is counted as `(other)`.
+        let oldest = day.saturating_sub(KEEP_DAYS);
+        while days.first_key_value().is_some_and(|(k, _)| k.0 < oldest) {
+            days.pop_first();
+        }
+        let mut key = (day, tenant.clone(), route.clone(), Box::<str>::from(model));
+        if days.len() >= MAX_KEYS && !days.contains_key(&key) {
+            key.3 = OTHER.into();
+        }
+        days.entry(key).or_default().add(t);
+    }
+
+    /// Rows of `tenants` from day `from` to day `to`, summed over the days.
+    pub fn rows(&self, tenants: &[Arc<str>], from: u64, to: u64) -> Vec<Row> {
+        let days = self.days();
+        let mut sum: BTreeMap<RowKey, Totals> = BTreeMap::new();
+        for ((day, tenant, route, model), t) in days.iter() {
+            if (from..=to).contains(day) && tenants.contains(tenant) {
+                let key = (tenant.clone(), route.clone(), model.clone());
+                sum.entry(key).or_default().add(t);
+            }
+        }
+        sum.into_iter()
+            .map(|((tenant, route, model), totals)| Row {
+                tenant: tenant.to_string(),
+                route: route.to_string(),
+                model: model.into(),
+                totals,
+            })
+            .collect()
+    }
+}
+
+/// One tenant, route and model's usage over a report's days.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Row {
+    pub tenant: String,
+    pub route: String,
+    pub model: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Charges and records streams; reads usage back.
+#[derive(Clone)]
+pub struct Account {
+    limiter: Limiter,
+    ledger: Arc<Ledger>,
+    tenants: Vec<Arc<str>>,
+}
+
+/// What one ended stream is charged and recorded as.
+#[derive(Debug)]
+pub struct StreamUsage {
+    pub tenant: Arc<str>,
+    pub route: Arc<str>,
+    pub model: Option<String>,
+    pub totals: Totals,
+}
+
+impl Account {
+    pub fn new(limiter: Limiter, tenants: Vec<Arc<str>>) -> Self {
+        Self {
+            limiter,
+            ledger: Arc::default(),
+            tenants,
+        }
+    }
+
+    /// A stream ended: charges its tokens and adds its totals (in the store's own task when there is a store).
+    pub fn stream_ended(&self, usage: StreamUsage) {
+        let cal = Calendar::now();
+        let tokens = usage.totals.prompt_tokens + usage.totals.completion_tokens;
+        let model = usage.model.as_deref().unwrap_or(UNNAMED).to_owned();
+        let Some(store) = self.limiter.store().cloned() else {
+            self.limiter
+                .charge_tokens(&usage.tenant, tokens, Instant::now(), cal);
+            let ledger = &self.ledger;
+            ledger.add(
+                cal.day(),
+                &usage.tenant,
+                &usage.route,
+                &model,
+                &usage.totals,
+            );
+            return;
+        };
+        let per_minute = self.limiter.token_limits(&usage.tenant).per_minute;
+        let charge = async move {
+            let StreamUsage {
+                tenant,
+                route,
+                totals,
+                ..
+            } = usage;
+            let result = store
+                .charge(&tenant, per_minute, (&route, &model), &totals, cal)
+                .await;
+            if let Err(e) = result {
+                store.failed(&e);
+                tracing::warn!(
+                    error = %e,
+                    tenant = %tenant,
+                    route = %route,
+                    model = %model,
+                    prompt_tokens = totals.prompt_tokens,
+                    completion_tokens = totals.completion_tokens,
+                    "stream usage not recorded in the store"
+                );
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(charge);
+        }
+    }
+
+    /// Every configured tenant.
+    pub fn tenants(&self) -> &[Arc<str>] {
+        &self.tenants
+    }
+
+    /// Usage of `tenants` from day `from` to day `to` (inclusive), summed over the days, by tenant, route and model.
+    pub async fn usage(
+        &self,
+        tenants: &[Arc<str>],
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Row>, StoreError> {
+        let Some(store) = self.limiter.store() else {
+            return Ok(self.ledger.rows(tenants, from, to));
+        };
+        let mut sum: BTreeMap<(Arc<str>, String, String), Totals> = BTreeMap::new();
+        for (tenant, route, model, t) in store.usage(tenants, from..=to).await? {
+            sum.entry((tenant, route, model)).or_default().add(&t);
+        }
+        Ok(sum
+            .into_iter()
+            .map(|((tenant, route, model), totals)| Row {
+                tenant: tenant.to_string(),
+                route,
+                model,
+                totals,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_sums_days_per_key_and_caps_its_keys() {
+        let ledger = Ledger::default();
+        let (a, b, r): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "/v1".into());
+        let one = Totals::stream(
+            Some(crate::usage::Tokens {
+                prompt: 9,
+                completion: 3,
+            }),
+            100,
+            5,
+        );
+        ledger.add(10, &a, &r, "m", &one);
+        ledger.add(11, &a, &r, "m", &one);
+        ledger.add(11, &b, &r, "m", &Totals::stream(None, 7, 1));
+        let rows = ledger.rows(std::slice::from_ref(&a), 10, 11);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].totals.streams, 2);
+        assert_eq!(rows[0].totals.prompt_tokens, 18);
+        assert_eq!(
+            ledger.rows(std::slice::from_ref(&a), 11, 11)[0]
+                .totals
+                .streams,
+            1
+        );
+        let b_rows = ledger.rows(std::slice::from_ref(&b), 0, 100);
+        assert_eq!(b_rows[0].totals.streams_without_usage, 1);
+        // Days older than KEEP_DAYS go when a later day is added.
+        ledger.add(10 + KEEP_DAYS + 1, &a, &r, "m", &one);
+        assert!(ledger.rows(std::slice::from_ref(&a), 10, 10).is_empty());
+        // Past the cap, new models are `(other)`.
+        for i in 0..MAX_KEYS {
+            ledger.add(500, &a, &r, &format!("m{i}"), &one);
+        }
+        ledger.add(500, &a, &r, "late", &one);
+        let rows = ledger.rows(&[a], 500, 500);
+        assert!(rows.iter().any(|r| r.model == OTHER));
+        assert!(!rows.iter().any(|r| r.model == "late"));
+    }
+}

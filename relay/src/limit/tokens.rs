@@ -1,0 +1,388 @@
+//! A tenant's tokens: per minute, per UTC day and per UTC month.
+//!
+//! Tokens are known only when a stream ends (the vendor's usage chunk), so a token limit cannot refuse the request
+//! that crosses it: a request is admitted while the tenant has **any** tokens left (checked before the vendor call,
+//! nothing charged), and its stream is **charged** when it ends with the tokens it actually used. A tenant that used
+//! more than was left is in debt, and waits until the debt is repaid.
+//!
+//! - **Per minute**: the same GCRA as [`super::rate`] with a cost: each token moves the tenant's theoretical arrival
+//!   time one interval (`60 s / limit`) later; a request is admitted while at least one token is free. `remaining`
+//!   and `reset` read like OpenAI's `x-ratelimit-*-tokens` headers.
+//! - **Per day / per month**: fixed UTC calendar windows (a quota resets at 00:00 UTC, and on the first of the
+//!   month); `Retry-After` is the time until the window turns.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::rate::{RateRefused, RateState, state_for};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: u64 = 86_400;
+
+/// A calendar window of a token quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Day,
+    Month,
+}
+
+impl Window {
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+}
+
+/// Refused by a quota: `used` of `limit` in this `window`, which turns in `retry_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaRefused {
+    pub window: Window,
+    pub limit: u64,
+    pub used: u64,
+    pub retry_after: Duration,
+}
+
+/// Why tokens refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokensRefused {
+    PerMinute(RateRefused),
+    Quota(QuotaRefused),
+}
+
+/// The UTC calendar at one instant of the wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Calendar {
+    /// Seconds since the Unix epoch.
+    pub unix: u64,
+}
+
+impl Calendar {
+    pub fn now() -> Self {
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self { unix }
+    }
+
+    /// Days since 1970-01-01.
+    pub fn day(self) -> u64 {
+        self.unix / DAY
+    }
+
+    /// Months since 1970-01.
+    pub fn month(self) -> u64 {
+        let (y, m, _) = civil(self.day());
+        (y - 1970) * 12 + (m - 1)
+    }
+
+    /// `YYYY-MM-DD` of a day number.
+    pub fn date(day: u64) -> String {
+        let (y, m, d) = civil(day);
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+
+    /// The day number of `YYYY-MM-DD`, if it is a real date from 1970 on.
+    pub fn parse_date(text: &str) -> Option<u64> {
+        let mut parts = text.splitn(3, '-');
+        let mut next = |len: usize| {
+            let p = parts.next()?;
+            (p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse::<u64>().ok())
+                .flatten()
+        };
+        let (y, m, d) = (next(4)?, next(2)?, next(2)?);
+        let day = days_from_civil(y, m, d)?;
+        (civil(day) == (y, m, d)).then_some(day)
+    }
+
+    /// Until the window that holds this instant ends.
+    pub fn until_end(self, window: Window) -> Duration {
+        let next_day = (self.day() + 1) * DAY;
+        let end = match window {
+            Window::Day => next_day,
+            Window::Month => {
+                let (y, m, _) = civil(self.day());
+                let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                days_from_civil(y, m, 1).map_or(next_day, |d| d * DAY)
+            }
+        };
+        Duration::from_secs(end.saturating_sub(self.unix))
+    }
+}
+
+/// (year, month, day) of a day number (Howard Hinnant's `civil_from_days`, for days from 1970 on).
+fn civil(day: u64) -> (u64, u64, u64) {
+    let z = day + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The day number of a date from 1970 on (`days_from_civil`).
+fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).checked_sub(719_468)
+}
+
+/// A tenant's token limits; each `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenLimits {
+    pub per_minute: Option<u32>,
+    pub per_day: Option<u64>,
+    pub per_month: Option<u64>,
+}
+
+impl TokenLimits {
+    pub fn any(&self) -> bool {
+        self.per_minute.is_some() || self.per_day.is_some() || self.per_month.is_some()
+    }
+
+    /// The per-minute limit's emission interval (one token).
+    pub fn interval(limit: u32) -> Duration {
+        MINUTE / limit.max(1)
+    }
+
+    /// What is left of the per-minute limit when its TAT is `ahead` of now: the headers' state, or the refusal
+    /// (not one token left).
+    pub fn per_minute_state(limit: u32, ahead: Duration) -> Result<RateState, RateRefused> {
+        let interval = Self::interval(limit);
+        let state = state_for(limit, MINUTE, interval, ahead);
+        let need = ahead + interval;
+        if need > MINUTE {
+            return Err(RateRefused {
+                state,
+                retry_after: need - MINUTE,
+            });
+        }
+        Ok(state)
+    }
+
+    /// The quotas' verdict on `day_used` and `month_used` tokens at `cal`.
+    pub fn quotas(
+        &self,
+        day_used: u64,
+        month_used: u64,
+        cal: Calendar,
+    ) -> Result<(), QuotaRefused> {
+        let windows = [
+            (Window::Day, self.per_day, day_used),
+            (Window::Month, self.per_month, month_used),
+        ];
+        for (window, limit, used) in windows {
+            if let Some(limit) = limit.filter(|l| used >= *l) {
+                return Err(QuotaRefused {
+                    window,
+                    limit,
+                    used,
+                    retry_after: cal.until_end(window),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole verdict: the per-minute state for the headers (`None` without a per-minute limit), or why not.
+    pub fn verdict(
+        &self,
+        ahead: Duration,
+        day_used: u64,
+        month_used: u64,
+        cal: Calendar,
+    ) -> Result<Option<RateState>, TokensRefused> {
+        self.quotas(day_used, month_used, cal)
+            .map_err(TokensRefused::Quota)?;
+        self.per_minute
+            .map(|limit| Self::per_minute_state(limit, ahead))
+            .transpose()
+            .map_err(TokensRefused::PerMinute)
+    }
+}
+
+/// One tenant's tokens in this process.
+#[derive(Debug)]
+pub struct TokenBudget {
+    limits: TokenLimits,
+    state: Mutex<Spent>,
+}
+
+#[derive(Debug, Default)]
+struct Spent {
+    /// The per-minute theoretical arrival time; `None`: nothing owed.
+    tat: Option<Instant>,
+    /// (day number, tokens used that day), (month number, tokens used that month).
+    day: (u64, u64),
+    month: (u64, u64),
+}
+
+impl Spent {
+    fn used(&self, cal: Calendar) -> (u64, u64) {
+        let day = if self.day.0 == cal.day() {
+            self.day.1
+        } else {
+            0
+        };
+        let month = if self.month.0 == cal.month() {
+            self.month.1
+        } else {
+            0
+        };
+        (day, month)
+    }
+}
+
+impl TokenBudget {
+    pub fn new(limits: TokenLimits) -> Self {
+        Self {
+            limits,
+            state: Mutex::new(Spent::default()),
+        }
+    }
+
+    pub fn limits(&self) -> TokenLimits {
+        self.limits
+    }
+
+    fn spent(&self) -> std::sync::MutexGuard<'_, Spent> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a request may go now (nothing is charged).
+    pub fn check(&self, now: Instant, cal: Calendar) -> Result<Option<RateState>, TokensRefused> {
+        let spent = self.spent();
+        let ahead = spent
+            .tat
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        let (day, month) = spent.used(cal);
+        self.limits.verdict(ahead, day, month, cal)
+    }
+
+    /// Charges the `tokens` a stream used, when it ended.
+    pub fn charge(&self, tokens: u64, now: Instant, cal: Calendar) {
+        let mut spent = self.spent();
+        if let Some(limit) = self.limits.per_minute {
+            let cost = TokenLimits::interval(limit)
+                .saturating_mul(u32::try_from(tokens).unwrap_or(u32::MAX));
+            let from = spent.tat.map_or(now, |t| t.max(now));
+            spent.tat = from.checked_add(cost).or(Some(from));
+        }
+        let (day, month) = spent.used(cal);
+        spent.day = (cal.day(), day.saturating_add(tokens));
+        spent.month = (cal.month(), month.saturating_add(tokens));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-28 12:00:00 UTC.
+    const NOON: u64 = 1_795_867_200;
+
+    #[test]
+    fn the_calendar_knows_days_months_and_when_they_turn() {
+        let cal = Calendar { unix: NOON };
+        assert_eq!(Calendar::date(cal.day()), "2026-11-28");
+        assert_eq!(Calendar::parse_date("2026-11-28"), Some(cal.day()));
+        assert_eq!(Calendar::parse_date("2026-02-30"), None);
+        assert_eq!(Calendar::parse_date("26-11-28"), None);
+        assert_eq!(Calendar::parse_date("1970-01-01"), Some(0));
+        assert_eq!(cal.until_end(Window::Day), Duration::from_secs(12 * 3600));
+        // November has 30 days: two and a half days to go.
+        assert_eq!(cal.until_end(Window::Month), Duration::from_secs(60 * 3600));
+        let dec31 = Calendar::parse_date("2026-12-31").unwrap();
+        let last = Calendar {
+            unix: dec31 * DAY + DAY - 1,
+        };
+        assert_eq!(last.until_end(Window::Month), Duration::from_secs(1));
+        assert_eq!(
+            Calendar {
+                unix: last.unix + 1
+            }
+            .month(),
+            last.month() + 1
+        );
+        // Every day of four years round-trips.
+        for day in 20_000..21_500 {
+            assert_eq!(Calendar::parse_date(&Calendar::date(day)), Some(day));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_goes_while_any_token_is_left_and_pays_its_debt_after() {
+        let cal = Calendar { unix: NOON };
+        let b = TokenBudget::new(TokenLimits {
+            per_minute: Some(100),
+            ..TokenLimits::default()
+        });
+        let s = b.check(Instant::now(), cal).unwrap().unwrap();
+        assert_eq!((s.limit, s.remaining), (100, 100));
+        b.charge(60, Instant::now(), cal);
+        let s = b.check(Instant::now(), cal).unwrap().unwrap();
+        assert_eq!(s.remaining, 40);
+        assert_eq!(s.reset, Duration::from_secs(36));
+        // 60 more: 20 over. Refused until the debt and one token are back: 21 tokens of 0.6 s.
+        b.charge(60, Instant::now(), cal);
+        let Err(TokensRefused::PerMinute(r)) = b.check(Instant::now(), cal) else {
+            panic!("not refused");
+        };
+        assert_eq!(r.retry_after, Duration::from_millis(12_600));
+        assert_eq!(r.state.remaining, 0);
+        tokio::time::advance(Duration::from_millis(12_599)).await;
+        assert!(b.check(Instant::now(), cal).is_err());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(b.check(Instant::now(), cal).unwrap().unwrap().remaining, 1);
+    }
+
+    #[test]
+    fn quotas_count_per_utc_day_and_month() {
+        let limits = TokenLimits {
+            per_day: Some(100),
+            per_month: Some(150),
+            ..TokenLimits::default()
+        };
+        let b = TokenBudget::new(limits);
+        let now = Instant::now();
+        let noon = Calendar { unix: NOON };
+        b.charge(99, now, noon);
+        assert_eq!(b.check(now, noon), Ok(None));
+        b.charge(1, now, noon);
+        let Err(TokensRefused::Quota(q)) = b.check(now, noon) else {
+            panic!("not refused");
+        };
+        assert_eq!((q.window, q.limit, q.used), (Window::Day, 100, 100));
+        assert_eq!(q.retry_after, Duration::from_secs(12 * 3600));
+        // The next day: the day's quota is back, the month's has 50 left.
+        let tomorrow = Calendar { unix: NOON + DAY };
+        assert_eq!(b.check(now, tomorrow), Ok(None));
+        b.charge(50, now, tomorrow);
+        let Err(TokensRefused::Quota(q)) = b.check(now, tomorrow) else {
+            panic!("not refused");
+        };
+        assert_eq!((q.window, q.used), (Window::Month, 150));
+        // December.
+        let december = Calendar {
+            unix: NOON + 3 * DAY,
+        };
+        assert_eq!(b.check(now, december), Ok(None));
+    }
+}
