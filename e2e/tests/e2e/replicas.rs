@@ -1,7 +1,9 @@
 //! Two relay processes behind the shipped `deploy/nginx/ssegate-replicas.conf`, sharing one real redis-server:
-//! a tenant's requests per minute hold across the replicas, as a client going through nginx sees them.
+//! a tenant's requests per minute, concurrent streams and tokens hold across the replicas, as a client going
+//! through nginx sees them; Redis going away and coming back; and the usage either replica's admin endpoint reports
+//! is what the vendor reported.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mock_upstream::testkit::nginx;
 use mock_upstream::testkit::redis::{self, Redis};
 
@@ -129,6 +131,166 @@ async fn a_killed_replicas_stream_slots_come_back_within_the_lease() -> Result<(
     while tokio::time::Instant::now() < until {
         let res = chat(&survivor.url(""), CLIENT_KEY, &long).send().await?;
         assert_eq!(status(&res), 429, "a live replica's lease expired");
+    }
+    Ok(())
+}
+
+const ADMIN_KEY: &str = "admin-CANARY-e2e-5e11";
+
+/// The usage report of a replica's admin listener (`/admin/usage`, today, every tenant).
+async fn usage(relay: &Proc) -> Result<serde_json::Value> {
+    let admin = relay.admin().context("no admin listener")?;
+    let res = client()
+        .get(format!("http://{admin}/admin/usage"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 200, "usage report: {}", res.status());
+    Ok(res.json().await?)
+}
+
+/// Waits until `relay`'s report counts `streams` streams (a stream is charged just after its last byte).
+async fn await_usage(relay: &Proc, streams: u64) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let report = usage(relay).await?;
+        if report["total"]["streams"].as_u64() >= Some(streams) {
+            return Ok(report);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "usage never reached {streams} streams: {report}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Tokens per minute through nginx and two replicas: each stream is charged what the mock reported, whichever
+/// replica served it, the tenant is stopped once they are used up, and either replica's admin endpoint reports
+/// exactly the vendor's usage.
+#[tokio::test]
+async fn two_replicas_share_a_token_limit_and_report_the_vendors_usage() -> Result<()> {
+    let (Some(nginx_bin), Some(redis_bin)) = (nginx::available(), redis::available()) else {
+        return Ok(());
+    };
+    let redis = Redis::start(redis_bin)?;
+    let mock = start_mock().await?;
+    let top = format!(
+        "admin_key_sha256 = {:?}\n[[tenants]]\nname = \"e2e\"\ntokens_per_minute = 40\n\n[store]\nurl = {:?}\n",
+        sha256_hex(ADMIN_KEY),
+        redis.url()
+    );
+    let route = "usage = \"openai\"";
+    let a = start_relay_to(mock.addr, false, &top, route, "info", &[]).await?;
+    let b = start_relay_to(mock.addr, false, &top, route, "info", &[]).await?;
+    let opts = nginx::Options {
+        second_replica: Some(b.addr),
+        ..nginx::Options::default()
+    };
+    let front = nginx::start(&nginx_bin, a.addr, opts).await?;
+    let base = front.base();
+    // 14 tokens a stream (9 prompt, 5 completion): 40, 26 and 12 left before each; then none.
+    for (i, left) in ["40", "26", "12"].into_iter().enumerate() {
+        let res = chat(&base, CLIENT_KEY, &[("x-mock-chunks", "5")])
+            .send()
+            .await?;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers()["x-ratelimit-remaining-tokens"],
+            left,
+            "stream {i}"
+        );
+        let body = res.text().await?;
+        assert!(
+            !body.contains("\"usage\""),
+            "the client did not ask for usage: {body}"
+        );
+        await_usage(&a, i as u64 + 1).await?;
+    }
+    let res = chat(&base, CLIENT_KEY, &[("x-mock-chunks", "5")])
+        .send()
+        .await?;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["x-ratelimit-remaining-tokens"], "0");
+    let stats = mock_stats(&mock).await?;
+    assert_eq!(stats["requests"], 3, "no vendor call for the refusal");
+    let reported = stats["usage_prompt_tokens"].as_u64().unwrap_or(0)
+        + stats["usage_completion_tokens"].as_u64().unwrap_or(0);
+    assert_eq!(reported, 42);
+    // Both replicas' reports: the same, from the shared store, equal to what the vendor reported.
+    for relay in [&a, &b] {
+        let total = &usage(relay).await?["total"];
+        assert_eq!(total["prompt_tokens"], stats["usage_prompt_tokens"]);
+        assert_eq!(total["completion_tokens"], stats["usage_completion_tokens"]);
+        assert_eq!(total["streams"], 3);
+    }
+    Ok(())
+}
+
+/// Five concurrent streams for the tenant, shared: of 20 simultaneous requests through nginx exactly 5 stream.
+/// Then Redis goes away (`allow`: served, uncounted) and comes back (counted again).
+#[tokio::test]
+async fn two_replicas_admit_exactly_the_tenants_concurrent_streams_and_outlive_redis() -> Result<()>
+{
+    let (Some(nginx_bin), Some(redis_bin)) = (nginx::available(), redis::available()) else {
+        return Ok(());
+    };
+    let mut redis = Redis::start(redis_bin)?;
+    let mock = start_mock().await?;
+    let top = format!(
+        "[[tenants]]\nname = \"e2e\"\nmax_streams = 5\nrequests_per_minute = 1000\n\n[store]\nurl = {:?}\n",
+        redis.url()
+    );
+    let a = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
+    let b = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
+    let opts = nginx::Options {
+        second_replica: Some(b.addr),
+        ..nginx::Options::default()
+    };
+    let front = nginx::start(&nginx_bin, a.addr, opts).await?;
+    let base = front.base();
+    let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "50")];
+    let sends = (0..20).map(|_| chat(&base, CLIENT_KEY, &long).send());
+    let answers: Vec<reqwest::Response> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let count = |want: u16| answers.iter().filter(|r| r.status() == want).count();
+    assert_eq!((count(200), count(429)), (5, 15));
+    assert_eq!(mock_stats(&mock).await?["streams_started"], 5);
+    drop(answers);
+
+    redis.stop();
+    let short = [("x-mock-chunks", "1")];
+    let res = chat(&base, CLIENT_KEY, &short).send().await?;
+    assert_eq!(res.status(), 200, "on_store_error = allow");
+    assert!(
+        res.headers()
+            .get("x-ratelimit-remaining-requests")
+            .is_none(),
+        "not counted"
+    );
+    res.bytes().await?;
+    redis.start_again()?;
+    // Each replica reconnects by itself: within a few attempts each request is counted again.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut counted = 0;
+    while counted < 4 {
+        let res = chat(&base, CLIENT_KEY, &short).send().await?;
+        assert_eq!(res.status(), 200);
+        if res
+            .headers()
+            .get("x-ratelimit-remaining-requests")
+            .is_some()
+        {
+            counted += 1;
+        } else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never counted again"
+            );
+        }
+        res.bytes().await?;
     }
     Ok(())
 }
