@@ -9,12 +9,13 @@
 //! route.rs    method + path → /healthz, a configured route, or 404/405
 //! trace.rs    trace id (the client's traceparent's, or fresh), the request span and the vendor call's span
 //! auth.rs     client key → tenant, or 401
-//! limit.rs    concurrent streams, in all and per tenant → a permit, or 503/429
+//! limit.rs    concurrent streams, in all and per tenant → a permit; tokens left, requests/min → 503/429
 //! body.rs     the request body, bounded → 413
 //! upstream.rs forward to the vendor, failover before the first byte → the head, or 502/504 (upstream/error.rs)
 //! tap.rs      the one wrapper on the vendor's body: frames unchanged, timers, keep-alives, error events, one end
 //!             callback (tap/timers.rs, tap/failure.rs, tap/tests.rs)
 //! record.rs   the end-of-stream record, written once however the stream ended
+//! account.rs  the stream's tokens charged and its usage recorded (read on the admin listener)
 //! ```
 //!
 //! Beside the path: [`config`] (file + environment → validated [`Config`]), [`error`] (each stage's error → the

@@ -6,12 +6,14 @@
 //! 2. trace ([`crate::trace`]): the trace id (the client's `traceparent`'s, or fresh) names the request in every
 //!    log line; the request span (named after the route) and, once the body is read, the vendor call's span;
 //! 3. authenticate ([`crate::auth`]) → the tenant, or 401;
-//! 4. limits ([`crate::limit`]) → a permit held until the stream ends, or 503/429;
+//! 4. limits ([`crate::limit`]) → a permit held until the stream ends, then the tenant's tokens and request rate
+//!    ([`crate::limit::Limiter::admit`]), or 503/429;
 //! 5. read the request body, bounded ([`crate::body`]) → 413 before reading when `Content-Length` says so;
 //! 6. forward ([`crate::upstream`]), with failover before the first byte → the response head, or 502/504;
 //! 7. tap the vendor's body ([`crate::tap`]: timers, keep-alives, error events) and stream it back, with the
 //!    response headers the header policy allows ([`crate::headers`]);
-//! 8. record the end of the stream, once ([`crate::record`]), through the tap's end-of-stream callback.
+//! 8. record the end of the stream, once ([`crate::record`]), and charge and account its usage
+//!    ([`crate::account`]), through the tap's end-of-stream callback.
 //!
 //! Errors before the stream become responses in one place ([`crate::error::respond`]); when the request body was
 //! not read to its end, the rest is discarded (bounded) first and the answer closes the connection. The stages are plain

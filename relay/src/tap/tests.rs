@@ -63,6 +63,7 @@ struct Limits {
     total: Duration,
     keepalive: Option<Duration>,
     event_stream: bool,
+    hide_usage: bool,
 }
 
 const LIMITS: Limits = Limits {
@@ -71,6 +72,7 @@ const LIMITS: Limits = Limits {
     total: Duration::from_secs(60),
     keepalive: None,
     event_stream: true,
+    hide_usage: false,
 };
 
 fn tap(l: Limits) -> Tapped {
@@ -92,7 +94,7 @@ fn tap_with(l: Limits, added_delay: Option<AddedDelay>) -> Tapped {
         trace_id: Arc::from("trace-1"),
         chunk_gap: None,
         added_delay,
-        hide_usage: false,
+        hide_usage: l.hide_usage,
         on_end: Recorder(ends.clone()),
     };
     Tapped {
@@ -142,6 +144,37 @@ fn kind_of(event: &Bytes) -> String {
     let v: serde_json::Value = serde_json::from_str(data).unwrap();
     assert_eq!(v["trace_id"], "trace-1");
     v["kind"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_usage_chunk_the_client_did_not_ask_for_is_dropped_and_a_held_half_event_precedes_the_error()
+ {
+    let mut t = tap(Limits {
+        hide_usage: true,
+        ..LIMITS
+    });
+    let sent = t.send("data: {\"choices\":[{\"delta\":{}}]}\n\n");
+    let got = t.next_data().await;
+    assert_eq!(
+        got.as_ptr(),
+        sent.as_ptr(),
+        "a whole event: the vendor's buffer"
+    );
+    assert_eq!(got, sent);
+    let usage =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1}}\n\n";
+    t.upstream
+        .send(Ok(Bytes::from(format!("{usage}data: [DO"))))
+        .unwrap();
+    // The usage event is gone; the half `[DONE]` waits for its end, which never comes: the idle timeout fires, the
+    // held half goes out, then the error event after a blank line.
+    assert_eq!(t.next_data().await, "data: [DO");
+    assert_eq!(kind_of(&t.next_data().await), "upstream_idle_timeout");
+    assert!(t.next().await.is_none());
+    let ends = t.ends.lock().unwrap();
+    let seen = &ends[0].1;
+    assert_eq!(seen.hidden, usage.len() as u64);
+    assert_eq!(seen.tokens.map(|t| (t.prompt, t.completion)), Some((9, 1)));
 }
 
 #[tokio::test(start_paused = true)]

@@ -142,3 +142,39 @@ async fn replicas_share_a_tenants_stream_slots_and_an_ended_stream_gives_its_slo
         );
     }
 }
+
+#[tokio::test]
+async fn a_daily_token_quota_counts_both_replicas_streams() {
+    let Some(bin) = redis::available() else {
+        return;
+    };
+    let redis = Redis::start(bin).unwrap();
+    let mock = start_mock().await;
+    let top = format!(
+        "{}[[tenants]]\nname = \"acme\"\ntokens_per_day = 20\n\n[store]\nurl = {:?}\n",
+        admin_key_line(),
+        redis.url()
+    );
+    let config = || config_with(&mock.addr.to_string(), &top, "usage = \"openai\"");
+    let (a, admin_a) = start_relay_with_admin(config()).await;
+    let (b, admin_b) = start_relay_with_admin(config()).await;
+    // 14 tokens a stream: the first on each replica goes (0, then 14 used of 20), then the quota is used up.
+    for (i, relay) in [&a, &b].into_iter().enumerate() {
+        let res = chat(relay, &[("x-mock-chunks", "5")]).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        await_usage(admin_a, i as u64 + 1).await;
+    }
+    for relay in [&a, &b] {
+        let res = chat(relay, &[]).send().await.unwrap();
+        assert_eq!(res.status(), 429);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "quota_exceeded");
+    }
+    assert_eq!(mock.app.stats.counters().requests, 2);
+    // Either replica reports both streams, from the store.
+    let report = usage_report(admin_b, "tenant=acme").await;
+    assert_eq!(report["total"]["streams"], 2);
+    assert_eq!(report["total"]["prompt_tokens"], 18);
+    assert_eq!(report["total"]["completion_tokens"], 10);
+}
