@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
-use crate::limit::store::StoreError;
+use crate::limit::store::{Lease, StoreError};
 use crate::limit::{Calendar, Limiter};
 use crate::usage::Totals;
 
@@ -117,8 +117,9 @@ impl Account {
         }
     }
 
-    /// A stream ended: charges its tokens and adds its totals (in the store's own task when there is a store).
-    pub fn stream_ended(&self, usage: StreamUsage) {
+    /// A stream ended: charges its tokens and adds its totals (in the store's own task when there is a store, which
+    /// gives the stream's `lease` back in the same call).
+    pub fn stream_ended(&self, usage: StreamUsage, lease: Option<Lease>) {
         let cal = Calendar::now();
         let tokens = usage.totals.prompt_tokens + usage.totals.completion_tokens;
         let model = usage.model.as_deref().unwrap_or(UNNAMED).to_owned();
@@ -144,7 +145,7 @@ impl Account {
                 ..
             } = usage;
             let result = store
-                .charge(&tenant, per_minute, (&route, &model), &totals, cal)
+                .charge(&tenant, (lease, per_minute), (&route, &model), &totals, cal)
                 .await;
             if let Err(e) = result {
                 store.failed(&e);

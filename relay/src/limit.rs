@@ -66,11 +66,29 @@ pub enum LimitError {
     StoreUnavailable,
 }
 
-/// Slots held by one stream.
+/// Slots held by one stream (held for their drop, which gives them back).
 #[derive(Debug)]
 pub struct StreamPermit {
-    _total: OwnedSemaphorePermit,
-    _tenant: TenantSlot,
+    #[expect(
+        dead_code,
+        reason = "held, never read: dropping it gives the slot back"
+    )]
+    total: OwnedSemaphorePermit,
+    tenant: TenantSlot,
+}
+
+impl StreamPermit {
+    /// The tenant's lease in the store, to be given back by the stream's end call ([`store::RedisStore::charge`])
+    /// instead of on its own.
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        match std::mem::replace(&mut self.tenant, TenantSlot::Unlimited) {
+            TenantSlot::Lease(lease) => Some(lease),
+            other => {
+                self.tenant = other;
+                None
+            }
+        }
+    }
 }
 
 /// Where a stream's tenant slot is held (held for its drop, which gives the slot back).
@@ -151,35 +169,57 @@ impl Limiter {
         self
     }
 
-    /// Admits one request of `tenant` at `now` (`cal`: the wall clock's UTC day and month): its tokens first (is
-    /// any left? nothing is charged), then its request rate (counted). What the response headers say, or the
-    /// refusal.
+    /// A stream's start: one slot of each concurrency limit, then the tenant's tokens (is any left? nothing is
+    /// charged), then its request rate (counted). Never waits for a slot. The permit and what the response headers
+    /// say, or which limit refused.
     ///
-    /// With a store, the store decides, in one call; when it cannot answer, `on_store_error` decides: `allow` goes
-    /// on without these limits (no headers), `deny` is [`LimitError::StoreUnavailable`].
-    pub async fn admit(
+    /// The relay-wide slots are this process's. The tenant's limits are the store's when there is one (the slot a
+    /// lease, see [`store`]), so that replicas share them, and the store decides all of them in one call; when it
+    /// cannot answer, `on_store_error` decides: `allow` goes on without the tenant's limits (no headers), `deny` is
+    /// [`LimitError::StoreUnavailable`].
+    pub async fn enter(
         &self,
         tenant: &str,
         now: Instant,
         cal: Calendar,
-    ) -> Result<Admitted, LimitError> {
-        let limits = self.tenants.get(tenant).ok_or(LimitError::Tenant)?;
-        let token_limits = limits.tokens.limits();
-        if limits.requests.is_none() && !token_limits.any() {
-            return Ok(Admitted::default());
-        }
+    ) -> Result<(StreamPermit, Admitted), LimitError> {
+        let (name, limits) = self
+            .tenants
+            .get_key_value(tenant)
+            .ok_or(LimitError::Tenant)?;
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LimitError::Total)?;
+        let permit = |tenant| StreamPermit { total, tenant };
         let Some(store) = &self.store else {
+            let slot = limits
+                .streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| LimitError::Tenant)?;
             let tokens = limits.tokens.check(now, cal).map_err(refused_tokens)?;
             let requests = match &limits.requests {
                 Some(rate) => Some(rate.admit(now).map_err(LimitError::Requests)?),
                 None => None,
             };
-            return Ok(Admitted { requests, tokens });
+            return Ok((
+                permit(TenantSlot::Local(slot)),
+                Admitted { requests, tokens },
+            ));
         };
         let rpm = limits.requests.as_ref().map(Gcra::limit);
-        match store.admit(tenant, rpm, token_limits, cal).await {
-            Ok(answer) => answer,
-            Err(e) => store.unavailable(&e).map(|()| Admitted::default()),
+        let entered = store
+            .enter(name, limits.max_streams, rpm, limits.tokens.limits(), cal)
+            .await;
+        match entered {
+            Ok(Ok((lease, admitted))) => Ok((permit(TenantSlot::Lease(lease)), admitted)),
+            Ok(Err(refused)) => Err(refused),
+            Err(e) => {
+                store.unavailable(&e)?;
+                Ok((permit(TenantSlot::Unlimited), Admitted::default()))
+            }
         }
     }
 
@@ -203,39 +243,10 @@ impl Limiter {
         self.store.as_ref()
     }
 
-    /// Takes one slot of each limit, or says which is full. Never waits for a slot. The relay-wide slots are
-    /// this process's; the tenant's are the store's when there is one (a lease, see [`store`]), so that replicas
-    /// share them; when the store cannot answer, `on_store_error` decides (`allow`: no tenant slot is taken).
+    /// [`Limiter::enter`]'s permit alone.
     pub async fn acquire(&self, tenant: &str) -> Result<StreamPermit, LimitError> {
-        let (name, limits) = self
-            .tenants
-            .get_key_value(tenant)
-            .ok_or(LimitError::Tenant)?;
-        let total = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| LimitError::Total)?;
-        let tenant = match &self.store {
-            None => limits
-                .streams
-                .clone()
-                .try_acquire_owned()
-                .map(TenantSlot::Local)
-                .map_err(|_| LimitError::Tenant)?,
-            Some(store) => match store.acquire_stream(name, limits.max_streams).await {
-                Ok(Some(lease)) => TenantSlot::Lease(lease),
-                Ok(None) => return Err(LimitError::Tenant),
-                Err(e) => {
-                    store.unavailable(&e)?;
-                    TenantSlot::Unlimited
-                }
-            },
-        };
-        Ok(StreamPermit {
-            _total: total,
-            _tenant: tenant,
-        })
+        let (permit, _) = self.enter(tenant, Instant::now(), Calendar::now()).await?;
+        Ok(permit)
     }
 }
 

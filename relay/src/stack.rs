@@ -106,7 +106,8 @@ pub struct StreamEnd {
     called: Instant,
     /// Where the stream's usage goes, with its route and model; `None`: the vendor refused (not a stream).
     account: Option<(Account, Arc<str>, Option<String>)>,
-    _permit: StreamPermit,
+    /// The stream's slots, given back when this is dropped (the store's lease by the account's end call).
+    permit: StreamPermit,
 }
 
 impl OnEnd for StreamEnd {
@@ -155,17 +156,22 @@ impl StreamEnd {
         if let Some(spans) = self.spans {
             spans.ended(&end, kind, &seen);
         }
+        let mut permit = self.permit;
         if let Some((account, route, model)) = self.account {
-            account.stream_ended(StreamUsage {
-                tenant: self.record.tenant_arc(),
-                route,
-                model,
-                totals: crate::usage::Totals::stream(
-                    seen.tokens,
-                    seen.bytes,
-                    seen.events.unwrap_or(0),
-                ),
-            });
+            let lease = permit.take_lease();
+            account.stream_ended(
+                StreamUsage {
+                    tenant: self.record.tenant_arc(),
+                    route,
+                    model,
+                    totals: crate::usage::Totals::stream(
+                        seen.tokens,
+                        seen.bytes,
+                        seen.events.unwrap_or(0),
+                    ),
+                },
+                lease,
+            );
         }
         self.record.stream_ended(&end, write_timed_out, &seen);
     }
@@ -343,9 +349,11 @@ impl Relay {
         let principal = self.auth.authenticate(headers)?;
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
-        let permit = self.limiter.acquire(&principal.tenant).await?;
-        let cal = Calendar::now();
-        *rate_out = Some(self.limiter.admit(&principal.tenant, started, cal).await?);
+        let (permit, admitted) = self
+            .limiter
+            .enter(&principal.tenant, started, Calendar::now())
+            .await?;
+        *rate_out = Some(admitted);
         let mut body = read_body(headers, body, self.config.max_request_body_bytes).await?;
         let asked = crate::usage::asked(&body);
         let model = asked.as_ref().and_then(|a| a.model.clone());
@@ -403,7 +411,7 @@ impl Relay {
             started,
             called,
             account,
-            _permit: permit,
+            permit,
         };
         Ok(self.stream_back(route, upstream, started, shown_id, on_end, hide_usage))
     }

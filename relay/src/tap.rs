@@ -346,6 +346,12 @@ where
                         return this.fail(Failure::UpstreamTruncated, detail);
                     }
                     this.finish(End::Complete);
+                    // Nothing is held at a clean end (an open event is a truncation, above); should anything be,
+                    // it goes out rather than being lost.
+                    if let Some(h) = this.hide.as_mut().filter(|h| h.holding()) {
+                        h.flush(&mut this.ready);
+                        continue;
+                    }
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {}

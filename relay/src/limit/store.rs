@@ -4,11 +4,11 @@
 //! Each limit is one atomic server-side script, so replicas never race, on the server's clock, so the replicas'
 //! clocks do not matter:
 //!
-//! - admission ([`RedisStore::admit`], one call): the tenant's tokens (`…:tokens`, a GCRA with a cost per
-//!   token; `…:tokens:day:<n>` and `…:tokens:month:<n>`, counters) and then its request rate (`…:requests`,
-//!   GCRA, the same algorithm as [`crate::limit::rate`]);
-//! - a stream's end ([`RedisStore::charge`], one call): its tokens charged, its totals added to the day's usage
-//!   (`…:usage:<day>`, a hash by route, model and figure, kept 400 days);
+//! - a stream's start ([`RedisStore::enter`], one call): a stream slot (below), then the tenant's tokens
+//!   (`…:tokens`, a GCRA with a cost per token; `…:tokens:day:<n>` and `…:tokens:month:<n>`, counters), then its
+//!   request rate (`…:requests`, GCRA, the same algorithm as [`crate::limit::rate`]);
+//! - a stream's end ([`RedisStore::charge`], one call): its slot given back, its tokens charged, its totals added
+//!   to the day's usage (`…:usage:<day>`, a hash by route, model and figure, kept 400 days);
 //! - concurrent streams: leases (`…:streams`, a sorted set of lease ids scored by their expiry). A stream takes a
 //!   lease when fewer than the tenant's limit are unexpired, gives it back when it ends (however it ends: the lease
 //!   is dropped with the stream's permit), and this replica renews all the leases it holds every third of
@@ -63,82 +63,80 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// At most one log line per this long about store errors (each is counted in the metrics).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Admission, on the server: tokens first, then the request rate. `KEYS`: the tenant's requests TAT, tokens TAT,
-/// tokens used today and this month. `ARGV`: requests per minute (0: none), tokens per minute (0: none), the day
-/// and month quotas (0: none). TATs are µs of the server's clock, written with `%.0f` (Lua would write a float as
-/// `%.14g`, losing microseconds). Returns `{verdict, requests_ahead_us, requests_retry_us, tokens_ahead_us,
-/// day_used, month_used}`; verdict 1 admitted (the request counted), 0 refused by the request rate, 2 refused by
-/// tokens (nothing counted).
-const ADMIT: &str = r"
+/// A stream's start, on the server, in one call: a stream slot, then the tenant's tokens, then its request rate.
+/// `KEYS`: the tenant's leases (a sorted set), requests TAT, tokens TAT, tokens used today and this month. `ARGV`:
+/// the tenant's concurrent streams, the lease (ms), the new lease's id, requests per minute (0: none), tokens per
+/// minute (0: none), the day and month quotas (0: none). The lease is added only when everything admits the
+/// request. TATs are µs of the server's clock, written with `%.0f` (Lua would write a float as `%.14g`, losing
+/// microseconds). Returns `{verdict, requests_ahead_us, requests_retry_us, tokens_ahead_us, day_used,
+/// month_used}`; verdict 1 admitted (lease taken, request counted), 3 no stream slot, 2 refused by tokens, 0
+/// refused by the request rate (nothing taken or counted but for 1).
+const ENTER: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return {3, 0, 0, 0, 0, 0}
+end
 local period = 60000000
-local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
-local day_quota, month_quota = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
+local day_quota, month_quota = tonumber(ARGV[6]), tonumber(ARGV[7])
 local tok_ahead = 0
 if tpm > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[2]) or now)
+  local tat = tonumber(redis.call('GET', KEYS[3]) or now)
   if tat > now then tok_ahead = tat - now end
 end
-local day_used = tonumber(redis.call('GET', KEYS[3]) or 0)
-local month_used = tonumber(redis.call('GET', KEYS[4]) or 0)
+local day_used = tonumber(redis.call('GET', KEYS[4]) or 0)
+local month_used = tonumber(redis.call('GET', KEYS[5]) or 0)
 if (tpm > 0 and tok_ahead + period / tpm > period)
   or (day_quota > 0 and day_used >= day_quota)
   or (month_quota > 0 and month_used >= month_quota) then
   return {2, 0, 0, tok_ahead, day_used, month_used}
 end
-if rpm == 0 then
-  return {1, 0, 0, tok_ahead, day_used, month_used}
+local ahead = 0
+if rpm > 0 then
+  local interval = period / rpm
+  local tat = tonumber(redis.call('GET', KEYS[2]) or now)
+  if tat < now then tat = now end
+  ahead = tat + interval - now
+  if ahead > period then
+    return {0, tat - now, ahead - period, tok_ahead, day_used, month_used}
+  end
+  redis.call('SET', KEYS[2], string.format('%.0f', tat + interval), 'PX', math.ceil(ahead / 1000) + 1000)
 end
-local interval = period / rpm
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local ahead = tat + interval - now
-if ahead > period then
-  return {0, tat - now, ahead - period, tok_ahead, day_used, month_used}
-end
-redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', math.ceil(ahead / 1000) + 1000)
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return {1, ahead, 0, tok_ahead, day_used, month_used}
 ";
 
-/// A stream's end: its tokens charged and its usage added. `KEYS`: tokens TAT, tokens used today, this month, the
-/// day's usage hash. `ARGV`: tokens per minute (0: none), the tokens, the field prefix (`route\nmodel\n`), then
-/// field/value pairs of the usage.
-const CHARGE: &str = r"
-local n = tonumber(ARGV[2])
-local tpm = tonumber(ARGV[1])
+/// A stream's end, in one call: its lease given back, its tokens charged and its usage added. `KEYS`: the leases,
+/// tokens TAT, tokens used today, this month, the day's usage hash. `ARGV`: the lease's id (empty: none), tokens
+/// per minute (0: none), the tokens, the field prefix (`route\nmodel\n`), then field/value pairs of the usage.
+const END: &str = r"
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+local tpm = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 if tpm > 0 and n > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+  local tat = tonumber(redis.call('GET', KEYS[2]) or now)
   if tat < now then tat = now end
   tat = tat + n * (60000000 / tpm)
-  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
 if n > 0 then
-  redis.call('INCRBY', KEYS[2], n)
-  redis.call('EXPIRE', KEYS[2], 172800)
   redis.call('INCRBY', KEYS[3], n)
-  redis.call('EXPIRE', KEYS[3], 3024000)
+  redis.call('EXPIRE', KEYS[3], 172800)
+  redis.call('INCRBY', KEYS[4], n)
+  redis.call('EXPIRE', KEYS[4], 3024000)
 end
-for i = 4, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[4], ARGV[3] .. ARGV[i], ARGV[i + 1])
+for i = 5, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[5], ARGV[4] .. ARGV[i], ARGV[i + 1])
 end
-redis.call('EXPIRE', KEYS[4], 34560000)
-return 1
-";
-
-/// Leases: `KEYS[1]` the tenant's sorted set; `ARGV` the limit, the lease (ms) and the new lease's id. Returns 1
-/// when taken, 0 when the tenant's unexpired leases are at the limit.
-const ACQUIRE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+redis.call('EXPIRE', KEYS[5], 34560000)
 return 1
 ";
 
@@ -158,9 +156,8 @@ return 1
 pub struct RedisStore {
     conn: ConnectionManager,
     config: StoreConfig,
-    admit: redis::Script,
-    charge: redis::Script,
-    acquire: redis::Script,
+    enter: redis::Script,
+    end: redis::Script,
     renew: redis::Script,
     last_logged: Mutex<Option<Instant>>,
     /// This process, in lease ids (a fresh UUID per start).
@@ -176,10 +173,24 @@ pub struct Lease {
     store: Arc<RedisStore>,
     tenant: Arc<str>,
     id: u64,
+    /// Given back by another call (the stream's end): nothing to do on drop.
+    given_back: bool,
+}
+
+impl Lease {
+    /// No longer renewed nor given back on drop (another call gives it back): its id.
+    fn disarm(mut self) -> u64 {
+        self.store.held().remove(&self.id);
+        self.given_back = true;
+        self.id
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.given_back {
+            return;
+        }
         self.store.held().remove(&self.id);
         let (store, tenant, id) = (self.store.clone(), self.tenant.clone(), self.id);
         // The stream has ended; giving the slot back must not hold up what ends it. A release that fails leaves
@@ -232,9 +243,8 @@ impl RedisStore {
         Ok(Self {
             conn,
             config,
-            admit: redis::Script::new(ADMIT),
-            charge: redis::Script::new(CHARGE),
-            acquire: redis::Script::new(ACQUIRE),
+            enter: redis::Script::new(ENTER),
+            end: redis::Script::new(END),
             renew: redis::Script::new(RENEW),
             last_logged: Mutex::new(None),
             replica: uuid::Uuid::new_v4().simple().to_string(),
@@ -255,39 +265,6 @@ impl RedisStore {
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Takes one of `tenant`'s `limit` stream slots: `None` when all are taken.
-    pub async fn acquire_stream(
-        self: &Arc<Self>,
-        tenant: &Arc<str>,
-        limit: u32,
-    ) -> Result<Option<Lease>, StoreError> {
-        let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        // Held (renewed) from before the call: a lease granted just as a renewal runs is renewed too.
-        self.held().insert(id, tenant.clone());
-        let mut conn = self.conn.clone();
-        let mut call = self.acquire.key(self.key(tenant, "streams"));
-        let lease_ms = self.config.stream_lease.as_millis() as u64;
-        call.arg(limit).arg(lease_ms).arg(self.lease_id(id));
-        let taken = self.within(call.invoke_async::<i64>(&mut conn)).await;
-        let lease = || Lease {
-            store: self.clone(),
-            tenant: tenant.clone(),
-            id,
-        };
-        match taken {
-            Ok(1) => Ok(Some(lease())),
-            Ok(_) => {
-                self.held().remove(&id);
-                Ok(None)
-            }
-            // Unknown whether the script ran: dropping the lease gives it back (or lets it expire).
-            Err(e) => {
-                drop(lease());
-                Err(e)
-            }
-        }
     }
 
     /// Renews every lease this replica holds, every third of the lease time, until `done` is cancelled.
@@ -350,76 +327,106 @@ impl RedisStore {
         }
     }
 
-    /// Admits one request of `tenant` ([`super::Limiter::admit`]), on the server, in one call.
-    pub async fn admit(
-        &self,
-        tenant: &str,
+    /// A stream's start ([`super::Limiter::enter`]), on the server, in one call: one of the tenant's
+    /// `max_streams` slots (a lease), then its tokens and request rate. The lease, or why not.
+    pub async fn enter(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        max_streams: u32,
         rpm: Option<u32>,
         tokens: TokenLimits,
         cal: Calendar,
-    ) -> Result<Result<Admitted, LimitError>, StoreError> {
+    ) -> Result<Result<(Lease, Admitted), LimitError>, StoreError> {
+        let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        // Held (renewed) from before the call: a lease granted just as a renewal runs is renewed too.
+        self.held().insert(id, tenant.clone());
+        let lease = Lease {
+            store: self.clone(),
+            tenant: tenant.clone(),
+            id,
+            given_back: false,
+        };
         let mut conn = self.conn.clone();
-        let mut call = self.admit.key(self.key(tenant, "requests"));
+        let mut call = self.enter.key(self.key(tenant, "streams"));
         let [tat, day, month] = self.token_keys(tenant, cal);
-        call.key(tat).key(day).key(month);
-        call.arg(rpm.unwrap_or(0))
+        call.key(self.key(tenant, "requests"))
+            .key(tat)
+            .key(day)
+            .key(month);
+        call.arg(max_streams)
+            .arg(self.config.stream_lease.as_millis() as u64)
+            .arg(self.lease_id(id))
+            .arg(rpm.unwrap_or(0))
             .arg(tokens.per_minute.unwrap_or(0))
             .arg(tokens.per_day.unwrap_or(0))
             .arg(tokens.per_month.unwrap_or(0));
+        // On an error it is unknown whether the script ran: dropping the lease gives it back (or lets it expire).
         let reply: Vec<i64> = self.within(call.invoke_async(&mut conn)).await?;
         let &[verdict, ahead, retry, tok_ahead, day_used, month_used] = reply.as_slice() else {
             return Err(StoreError::Reply);
         };
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        let count = |v: i64| u64::try_from(v).unwrap_or(0);
-        let tokens = match tokens.verdict(us(tok_ahead), count(day_used), count(month_used), cal) {
-            Ok(state) => state,
-            Err(refused) => return Ok(Err(refused_tokens(refused))),
-        };
-        // The server said refused by tokens, the relay's arithmetic did not (a rounding at the boundary): refused.
-        if verdict == 2 {
-            return Ok(Err(LimitError::Tokens(RateRefused {
-                state: tokens.unwrap_or(rate::RateState {
-                    limit: 0,
-                    remaining: 0,
-                    reset: Duration::ZERO,
-                }),
-                retry_after: Duration::from_secs(1),
-            })));
+        if verdict != 1 {
+            // Not taken: nothing to give back.
+            lease.disarm();
+        } else {
+            let requests = rpm.map(|limit| {
+                let interval = MINUTE / limit.max(1);
+                rate::state_for(limit, MINUTE, interval, us(ahead))
+            });
+            let tokens = tokens.per_minute.map(|limit| {
+                TokenLimits::per_minute_state(limit, us(tok_ahead)).unwrap_or_else(|r| r.state)
+            });
+            return Ok(Ok((lease, Admitted { requests, tokens })));
         }
-        let requests = rpm.map(|limit| {
-            let interval = MINUTE / limit.max(1);
-            (rate::state_for(limit, MINUTE, interval, us(ahead)), limit)
-        });
-        Ok(match (verdict, requests) {
-            (0, Some((state, _))) => Err(LimitError::Requests(RateRefused {
-                state,
-                retry_after: us(retry),
-            })),
-            (_, requests) => Ok(Admitted {
-                requests: requests.map(|(s, _)| s),
-                tokens,
-            }),
-        })
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Err(match verdict {
+            3 => LimitError::Tenant,
+            2 => match tokens.verdict(us(tok_ahead), count(day_used), count(month_used), cal) {
+                Err(refused) => refused_tokens(refused),
+                // The server's float arithmetic refused at the boundary where the relay's does not: one token's
+                // time later it will not.
+                Ok(state) => LimitError::Tokens(RateRefused {
+                    state: state.unwrap_or(rate::RateState {
+                        limit: tokens.per_minute.unwrap_or(0),
+                        remaining: 0,
+                        reset: Duration::ZERO,
+                    }),
+                    retry_after: Duration::from_secs(1),
+                }),
+            },
+            _ => {
+                let limit = rpm.unwrap_or(1);
+                let interval = MINUTE / limit.max(1);
+                LimitError::Requests(RateRefused {
+                    state: rate::state_for(limit, MINUTE, interval, us(ahead)),
+                    retry_after: us(retry),
+                })
+            }
+        }))
     }
 
-    /// The end of a stream of `tenant` on `route` for `model`: its tokens charged against the tenant's limits and
-    /// its totals added to the day's usage, in one call.
+    /// The end of a stream of `tenant` on `route` for `model`: its lease given back, its tokens charged against the
+    /// tenant's limits and its totals added to the day's usage, in one call.
     pub async fn charge(
         &self,
         tenant: &str,
-        per_minute: Option<u32>,
+        (lease, per_minute): (Option<Lease>, Option<u32>),
         (route, model): (&str, &str),
         usage: &Totals,
         cal: Calendar,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let [tat, day, month] = self.token_keys(tenant, cal);
-        let mut call = self.charge.key(tat);
-        call.key(day)
+        let mut call = self.end.key(self.key(tenant, "streams"));
+        call.key(tat)
+            .key(day)
             .key(month)
             .key(self.usage_key(tenant, cal.day()));
-        call.arg(per_minute.unwrap_or(0))
+        // The lease is given back by this call (when it fails, the lease expires with its time).
+        let lease_id = lease.map(|l| self.lease_id(l.disarm())).unwrap_or_default();
+        call.arg(lease_id)
+            .arg(per_minute.unwrap_or(0))
             .arg(usage.prompt_tokens + usage.completion_tokens)
             .arg(format!("{route}\n{model}\n"));
         for (name, value) in Totals::FIELDS.into_iter().zip(usage.values()) {

@@ -245,8 +245,10 @@ async fn main() -> Result<()> {
     // The same relay with its request-path metrics off: what metrics cost, measured in the same run.
     let off = config.replacen("[audit]", "[metrics]\nenabled = false\n[audit]", 1);
     let relay_off = mock_upstream::testkit::proc::start_relay(&off, &env, "info").await?;
-    // The same relay with its tenant's limits in a real redis-server (`[store]`: a stream lease and a request-rate
-    // script per request): what the shared store costs, measured in the same run. Not in the gate; skipped when
+    // The same relay with its tenant's limits in a real redis-server (`[store]`: one script at a stream's start for
+    // its lease, tokens and request rate; one at its end for the lease, the token charge and the usage record), and
+    // usage asked for on the client's behalf (`usage = "openai"`: the request rewritten, the usage chunk hidden):
+    // what the shared store and accounting cost, measured in the same run. Not in the gate; skipped when
     // redis-server is not installed.
     let redis = match (a.gate, redis::available()) {
         (false, Some(bin)) => Some(Redis::start(bin)?),
@@ -255,10 +257,14 @@ async fn main() -> Result<()> {
     let relay_redis = match &redis {
         Some(r) => {
             let store = format!(
-                "[tenant_defaults]\nrequests_per_minute = 100000000\n\n[store]\nurl = {:?}\n\n[audit]",
+                "[tenant_defaults]\nrequests_per_minute = 100000000\ntokens_per_minute = 4000000000\n\
+                 tokens_per_day = 100000000000\ntokens_per_month = 1000000000000\n\n\
+                 [store]\nurl = {:?}\n\n[audit]",
                 r.url()
             );
-            let stored = config.replacen("[audit]", &store, 1);
+            let stored = config
+                .replacen("[audit]", &store, 1)
+                .replace("[[routes]]\n", "[[routes]]\nusage = \"openai\"\n");
             Some(mock_upstream::testkit::proc::start_relay(&stored, &env, "info").await?)
         }
         None => None,
