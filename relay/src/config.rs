@@ -272,7 +272,10 @@ pub struct RawTenant {
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     /// `redis://host:port/db`, `rediss://…` (TLS) or `unix:///path/to/redis.sock`.
-    pub url: String,
+    pub url: Option<String>,
+    /// Instead of `url`: a Redis Cluster's seed nodes (`redis://host:port`, `rediss://…`).
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
     /// Each store call's limit; then `on_store_error` applies.
     #[serde(default = "default_store_timeout_ms")]
     pub timeout_ms: u64,
@@ -678,12 +681,34 @@ fn tenant_limits(
 }
 
 fn validate_store(raw: &RawStore) -> Result<crate::limit::store::StoreConfig, ConfigError> {
-    let client = redis::Client::open(raw.url.as_str()).map_err(|e| {
-        field(
-            "store.url",
-            format!("not a Redis URL (redis://, rediss:// or unix://): {e}"),
-        )
-    })?;
+    use crate::limit::store::StoreClient;
+    let client = match (&raw.url, raw.cluster_nodes.as_slice()) {
+        (Some(url), []) => StoreClient::Single(redis::Client::open(url.as_str()).map_err(|e| {
+            field(
+                "store.url",
+                format!("not a Redis URL (redis://, rediss:// or unix://): {e}"),
+            )
+        })?),
+        (None, nodes) if !nodes.is_empty() => {
+            for (i, node) in nodes.iter().enumerate() {
+                redis::Client::open(node.as_str()).map_err(|e| {
+                    field(
+                        format!("store.cluster_nodes[{i}]"),
+                        format!("not a Redis URL (redis:// or rediss://): {e}"),
+                    )
+                })?;
+            }
+            let client = redis::cluster::ClusterClient::new(nodes.iter().map(String::as_str))
+                .map_err(|e| field("store.cluster_nodes", e.to_string()))?;
+            StoreClient::Cluster(Box::new(client))
+        }
+        _ => {
+            return Err(field(
+                "store.url",
+                "set exactly one of `url` (one Redis) and `cluster_nodes` (a Redis Cluster's seed nodes)",
+            ));
+        }
+    };
     if !(1..=5000).contains(&raw.timeout_ms) {
         return Err(field("store.timeout_ms", "must be from 1 to 5000"));
     }

@@ -1,6 +1,7 @@
 //! A real `redis-server` for the shared-store tests: unix socket only (TCP off), no persistence, in a temp dir,
 //! stopped by PID when dropped. [`Redis::stop`] and [`Redis::start_again`] take it away and bring it back on the
-//! same socket, for the "store down" tests.
+//! same socket, for the "store down" tests. [`Cluster`]: a real Redis Cluster of primaries on loopback TCP (a
+//! cluster's nodes and clients need TCP), made with `redis-cli --cluster create`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -75,20 +76,162 @@ impl Redis {
             .context("spawning redis-server")?;
         let stdout = child.stdout.take().context("redis-server stdout")?;
         self.child = Some(child);
-        // Readiness is its own log line; the rest of its output is not needed.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let ready = lines.by_ref().map_while(Result::ok).any(|l| {
-                l.to_ascii_lowercase()
-                    .contains("ready to accept connections")
-            });
-            let _ = tx.send(ready);
-            lines.for_each(drop);
+        await_ready(stdout)
+    }
+}
+
+/// Waits for redis-server's readiness line on its `stdout` (the rest of its output is drained, not kept).
+fn await_ready(stdout: std::process::ChildStdout) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.by_ref().map_while(Result::ok).any(|l| {
+            l.to_ascii_lowercase()
+                .contains("ready to accept connections")
         });
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(true) => Ok(()),
-            _ => bail!("redis-server did not become ready"),
+        let _ = tx.send(ready);
+        lines.for_each(drop);
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(true) => Ok(()),
+        _ => bail!("redis-server did not become ready"),
+    }
+}
+
+/// A Redis Cluster of primaries on 127.0.0.1, each node stopped by PID when dropped.
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    cli: PathBuf,
+}
+
+/// A free loopback port (bound and released: another process could take it before the node does, which makes
+/// [`Cluster::start`] fail rather than misbehave).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Cluster {
+    /// Starts `primaries` (at least 3) nodes, joins them into one cluster and waits until every node says the
+    /// cluster is ok. `redis-cli` is the one beside `binary`.
+    pub fn start(binary: PathBuf, primaries: usize) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("ssegate-redis-cluster-")
+            .tempdir()?;
+        let cli = binary.with_file_name("redis-cli");
+        let mut cluster = Self {
+            _dir: dir,
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            cli,
+        };
+        for i in 0..primaries {
+            let (port, bus) = (free_port()?, free_port()?);
+            let node_dir = cluster._dir.path().join(format!("node-{i}"));
+            std::fs::create_dir(&node_dir)?;
+            let mut child = Command::new(&binary)
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args([
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("spawning redis-server")?;
+            let stdout = child.stdout.take().context("redis-server stdout")?;
+            cluster.nodes.push(child);
+            cluster.ports.push(port);
+            await_ready(stdout)?;
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new(&cluster.cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running redis-cli --cluster create")?;
+        if !created.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout)
+            );
+        }
+        // The nodes agree on the slots a moment after `create` returns.
+        // At most 20 s: 400 checks 50 ms apart.
+        let ok = |c: &Self| {
+            c.ports
+                .iter()
+                .all(|p| c.cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
+        };
+        let mut checks = 0;
+        while !ok(&cluster) {
+            checks += 1;
+            if checks > 400 {
+                bail!("the cluster never reached cluster_state:ok");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    /// The seed nodes for `[store] cluster_nodes`.
+    pub fn nodes(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.ports
+            .iter()
+            .map(|p| self.cli(*p, &["dbsize"]).trim().parse().unwrap_or(0))
+            .collect()
+    }
+
+    /// `redis-cli -p PORT ARGS…`'s output (empty when it failed).
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        Command::new(&self.cli)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            if !terminate(child) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
         }
     }
 }

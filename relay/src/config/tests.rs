@@ -395,6 +395,9 @@ fn request_rates_come_from_the_tenant_or_the_defaults_and_zero_is_refused() {
 
 #[test]
 fn store_settings_name_the_field_when_wrong() {
+    let cluster = "[store]\ncluster_nodes = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]";
+    let c = load("", cluster, &[]).unwrap().store.unwrap();
+    assert!(matches!(c.client, crate::limit::store::StoreClient::Cluster(_)));
     let ok = load("", "[store]\nurl = \"unix:///run/redis.sock\"", &[]).unwrap();
     let store = ok.store.unwrap();
     assert_eq!(store.timeout, Duration::from_millis(50));
@@ -417,6 +420,15 @@ fn store_settings_name_the_field_when_wrong() {
         (
             "url = \"redis://h\"\ntimeout_ms = 500\nstream_lease_ms = 1000",
             "store.stream_lease_ms",
+        ),
+        ("timeout_ms = 50", "store.url"),
+        (
+            "url = \"redis://h\"\ncluster_nodes = [\"redis://a:1\"]",
+            "store.url",
+        ),
+        (
+            "cluster_nodes = [\"redis://a:1\", \"http://b\"]",
+            "store.cluster_nodes[1]",
         ),
     ];
     for (lines, field) in cases {

@@ -22,7 +22,8 @@
 //! Every call has `timeout_ms`; a call that fails or times out applies `on_store_error` (`allow`: the request
 //! goes on unlimited; `deny`: 503 `store_unavailable`), is counted in `ssegate_store_errors_total` and logged
 //! at most once per [`LOG_EVERY`]. The connection is made on first use and re-made by itself after Redis comes
-//! back (`redis::aio::ConnectionManager`): an unreachable Redis at startup is a warning, not an exit.
+//! back (`redis::aio::ConnectionManager`, or the cluster client's connection, which also follows `MOVED` and
+//! `ASK`): an unreachable Redis at startup is a warning, not an exit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,10 +48,19 @@ pub enum OnStoreError {
     Deny,
 }
 
+/// Where the store is: one Redis server (or a primary behind a failover proxy), or a Redis Cluster.
+#[derive(Clone, Debug)]
+pub enum StoreClient {
+    Single(redis::Client),
+    /// The cluster's seed nodes; the client learns the slots from them and follows `MOVED`/`ASK` by itself. Every
+    /// script's keys are one tenant's (one hash tag, one slot), so each call goes to one shard.
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
 /// `[store]`, validated.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
-    pub client: redis::Client,
+    pub client: StoreClient,
     pub timeout: Duration,
     pub on_error: OnStoreError,
     pub key_prefix: String,
@@ -152,9 +162,47 @@ redis.call('PEXPIRE', KEYS[1], lease * 2)
 return 1
 ";
 
+/// A connection to the store: multiplexed, reconnecting by itself, cheap to clone.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A Redis store shared by every worker.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     config: StoreConfig,
     enter: redis::Script,
     end: redis::Script,
@@ -239,7 +287,18 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(config.client.clone(), manager)?;
+        let conn = match &config.client {
+            StoreClient::Single(client) => Conn::Single(ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                manager,
+            )?),
+            StoreClient::Cluster(client) => {
+                let cluster = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(Duration::from_secs(1))
+                    .set_response_timeout(config.timeout);
+                Conn::Cluster(client.get_pending_async_connection_with_config(cluster))
+            }
+        };
         Ok(Self {
             conn,
             config,
@@ -442,20 +501,24 @@ impl RedisStore {
         tenants: &[Arc<str>],
         days: std::ops::RangeInclusive<u64>,
     ) -> Result<Vec<(Arc<str>, String, String, Totals)>, StoreError> {
-        let mut pipe = redis::pipe();
+        // One pipeline per tenant: its keys share its hash tag, so on a cluster each pipeline goes to one shard.
         let mut asked = Vec::new();
+        let mut replies: Vec<HashMap<String, u64>> = Vec::new();
+        // A report may read many days: ten times a limit call's time per tenant.
+        let within = self.config.timeout * 10;
         for tenant in tenants {
+            let mut pipe = redis::pipe();
             for day in days.clone() {
                 pipe.cmd("HGETALL").arg(self.usage_key(tenant, day));
                 asked.push(tenant.clone());
             }
+            let mut conn = self.conn.clone();
+            let got: Vec<HashMap<String, u64>> =
+                tokio::time::timeout(within, pipe.query_async(&mut conn))
+                    .await
+                    .map_err(|_| StoreError::Timeout(within))??;
+            replies.extend(got);
         }
-        let mut conn = self.conn.clone();
-        // A report may read many days: ten times a limit call's time.
-        let replies: Vec<HashMap<String, u64>> =
-            tokio::time::timeout(self.config.timeout * 10, pipe.query_async(&mut conn))
-                .await
-                .map_err(|_| StoreError::Timeout(self.config.timeout * 10))??;
         let mut rows = Vec::new();
         for (tenant, fields) in asked.into_iter().zip(replies) {
             let mut by_key: HashMap<(String, String), Totals> = HashMap::new();

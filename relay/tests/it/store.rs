@@ -178,3 +178,78 @@ async fn a_daily_token_quota_counts_both_replicas_streams() {
     assert_eq!(report["total"]["prompt_tokens"], 18);
     assert_eq!(report["total"]["completion_tokens"], 10);
 }
+
+/// A real Redis Cluster (three primaries): two tenants whose keys live on different shards, each held to its own
+/// stream limit across two relays, and the usage of both read back from either relay.
+#[tokio::test]
+async fn a_redis_cluster_holds_each_tenants_limits_on_its_own_shard() {
+    let Some(bin) = redis::available() else {
+        return;
+    };
+    let cluster = redis::Cluster::start(bin, 3).unwrap();
+    let mock = start_mock().await;
+    const GAMMA_KEY: &str = "gamma-key-CANARY-12";
+    // `{acme}` hashes to slot 11304 (the third primary), `{gamma}` to 2469 (the first).
+    let top = format!(
+        "{}[[clients]]\ntenant = \"gamma\"\nkey_sha256 = \"{}\"\n\
+         [[tenants]]\nname = \"acme\"\nmax_streams = 3\nrequests_per_minute = 1000\n\
+         [[tenants]]\nname = \"gamma\"\nmax_streams = 3\n\n[store]\ncluster_nodes = {:?}\n",
+        admin_key_line(),
+        sha256_hex(GAMMA_KEY),
+        cluster.nodes()
+    );
+    let config = || config_with(&mock.addr.to_string(), &top, "usage = \"openai\"");
+    let (a, admin_a) = start_relay_with_admin(config()).await;
+    let (b, admin_b) = start_relay_with_admin(config()).await;
+    let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "50")];
+    let send = |relay: &Relay, key: &'static str| {
+        mock_upstream::testkit::client::chat(&relay.url(""), key, &long).send()
+    };
+    let sends = (0..16).map(|i| {
+        let relay = if i % 2 == 0 { &a } else { &b };
+        send(relay, if i < 8 { CLIENT_KEY } else { GAMMA_KEY })
+    });
+    let answers: Vec<reqwest::Response> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let admitted =
+        |range: std::ops::Range<usize>| answers[range].iter().filter(|r| r.status() == 200).count();
+    assert_eq!((admitted(0..8), admitted(8..16)), (3, 3));
+    let acme = &answers[..8];
+    assert!(
+        acme.iter().all(
+            |r| r.status() != 200 || r.headers().contains_key("x-ratelimit-remaining-requests")
+        )
+    );
+    let shards_used = cluster.keys_per_node().iter().filter(|n| **n > 0).count();
+    assert!(shards_used >= 2, "{:?}", cluster.keys_per_node());
+    drop(answers);
+    // The six streams were cut: recorded without usage, their slots given back in the same store call.
+    await_usage(admin_a, 6).await;
+    // Two short ones report their usage.
+    for relay in [&a, &b] {
+        let res = mock_upstream::testkit::client::chat(
+            &relay.url(""),
+            GAMMA_KEY,
+            &[("x-mock-chunks", "5")],
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+    }
+    await_usage(admin_a, 8).await;
+    let gamma = usage_report(admin_b, "tenant=gamma").await;
+    let total = &gamma["total"];
+    assert_eq!(
+        (&total["streams"], &total["streams_without_usage"]),
+        (&5.into(), &3.into())
+    );
+    assert_eq!(
+        (&total["prompt_tokens"], &total["completion_tokens"]),
+        (&18.into(), &10.into())
+    );
+}
