@@ -276,6 +276,8 @@ pub struct RawStore {
     /// Instead of `url`: a Redis Cluster's seed nodes (`redis://host:port`, `rediss://…`).
     #[serde(default)]
     pub cluster_nodes: Vec<String>,
+    /// CA certificates (PEM) to trust for `rediss://` instead of the system's: a private CA's.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Each store call's limit; then `on_store_error` applies.
     #[serde(default = "default_store_timeout_ms")]
     pub timeout_ms: u64,
@@ -682,13 +684,50 @@ fn tenant_limits(
 
 fn validate_store(raw: &RawStore) -> Result<crate::limit::store::StoreConfig, ConfigError> {
     use crate::limit::store::StoreClient;
+    let urls: Vec<&str> = raw
+        .url
+        .iter()
+        .chain(&raw.cluster_nodes)
+        .map(String::as_str)
+        .collect();
+    let tls = urls.iter().any(|u| u.starts_with("rediss://"));
+    let certs = match &raw.ca_file {
+        None => None,
+        Some(_) if !tls => {
+            return Err(field("store.ca_file", "is for rediss:// URLs only"));
+        }
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                field(
+                    "store.ca_file",
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            })?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(field(
+                    "store.ca_file",
+                    format!("`{}` holds no PEM certificate", path.display()),
+                ));
+            }
+            Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            })
+        }
+    };
     let client = match (&raw.url, raw.cluster_nodes.as_slice()) {
-        (Some(url), []) => StoreClient::Single(redis::Client::open(url.as_str()).map_err(|e| {
-            field(
-                "store.url",
-                format!("not a Redis URL (redis://, rediss:// or unix://): {e}"),
-            )
-        })?),
+        (Some(url), []) => {
+            let opened = match &certs {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs.clone()),
+                None => redis::Client::open(url.as_str()),
+            };
+            StoreClient::Single(Box::new(opened.map_err(|e| {
+                field(
+                    "store.url",
+                    format!("not a Redis URL (redis://, rediss:// or unix://): {e}"),
+                )
+            })?))
+        }
         (None, nodes) if !nodes.is_empty() => {
             for (i, node) in nodes.iter().enumerate() {
                 redis::Client::open(node.as_str()).map_err(|e| {
@@ -698,7 +737,13 @@ fn validate_store(raw: &RawStore) -> Result<crate::limit::store::StoreConfig, Co
                     )
                 })?;
             }
-            let client = redis::cluster::ClusterClient::new(nodes.iter().map(String::as_str))
+            let mut builder =
+                redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str));
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder
+                .build()
                 .map_err(|e| field("store.cluster_nodes", e.to_string()))?;
             StoreClient::Cluster(Box::new(client))
         }

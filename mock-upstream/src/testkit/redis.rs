@@ -98,6 +98,82 @@ fn await_ready(stdout: std::process::ChildStdout) -> Result<()> {
     }
 }
 
+/// A redis-server speaking only TLS on a loopback port, its certificate (for `127.0.0.1`) signed by a private CA
+/// of its own; stopped by PID when dropped.
+pub struct TlsRedis {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl TlsRedis {
+    pub fn start(binary: PathBuf) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("ssegate-redis-tls-")
+            .tempdir()?;
+        let pki = crate::tls::Pki::new("ssegate test redis CA")?;
+        let (cert, key) = pki.leaf(crate::tls::Leaf::Loopback)?;
+        std::fs::write(dir.path().join("ca.pem"), pki.ca_pem())?;
+        std::fs::write(dir.path().join("cert.pem"), cert)?;
+        std::fs::write(dir.path().join("key.pem"), key)?;
+        let port = free_port()?;
+        let file = |name: &str| dir.path().join(name);
+        let mut child = Command::new(&binary)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+            ])
+            .arg("--tls-cert-file")
+            .arg(file("cert.pem"))
+            .arg("--tls-key-file")
+            .arg(file("key.pem"))
+            .arg("--tls-ca-cert-file")
+            .arg(file("ca.pem"))
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning redis-server with TLS")?;
+        let stdout = child.stdout.take().context("redis-server stdout")?;
+        let redis = Self { dir, child, port };
+        await_ready(stdout)?;
+        Ok(redis)
+    }
+
+    /// `rediss://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// The private CA's certificate (PEM file): what `[store] ca_file` must name.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        if !terminate(&mut self.child) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// A Redis Cluster of primaries on 127.0.0.1, each node stopped by PID when dropped.
 pub struct Cluster {
     _dir: tempfile::TempDir,

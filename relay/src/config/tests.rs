@@ -397,7 +397,10 @@ fn request_rates_come_from_the_tenant_or_the_defaults_and_zero_is_refused() {
 fn store_settings_name_the_field_when_wrong() {
     let cluster = "[store]\ncluster_nodes = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]";
     let c = load("", cluster, &[]).unwrap().store.unwrap();
-    assert!(matches!(c.client, crate::limit::store::StoreClient::Cluster(_)));
+    assert!(matches!(
+        c.client,
+        crate::limit::store::StoreClient::Cluster(_)
+    ));
     let ok = load("", "[store]\nurl = \"unix:///run/redis.sock\"", &[]).unwrap();
     let store = ok.store.unwrap();
     assert_eq!(store.timeout, Duration::from_millis(50));
@@ -430,6 +433,12 @@ fn store_settings_name_the_field_when_wrong() {
             "cluster_nodes = [\"redis://a:1\", \"http://b\"]",
             "store.cluster_nodes[1]",
         ),
+        ("url = \"redis://h\"\nca_file = \"/etc/hostname\"", "store.ca_file"),
+        (
+            "url = \"rediss://h\"\nca_file = \"/nonexistent/ca.pem\"",
+            "store.ca_file",
+        ),
+        ("url = \"rediss://h\"\nca_file = \"/etc/hostname\"", "store.ca_file"),
     ];
     for (lines, field) in cases {
         let e = err("", &format!("[store]\n{lines}"), &[]);

@@ -51,7 +51,7 @@ pub enum OnStoreError {
 /// Where the store is: one Redis server (or a primary behind a failover proxy), or a Redis Cluster.
 #[derive(Clone, Debug)]
 pub enum StoreClient {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// The cluster's seed nodes; the client learns the slots from them and follows `MOVED`/`ASK` by itself. Every
     /// script's keys are one tenant's (one hash tag, one slot), so each call goes to one shard.
     Cluster(Box<redis::cluster::ClusterClient>),
@@ -289,7 +289,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(100));
         let conn = match &config.client {
             StoreClient::Single(client) => Conn::Single(ConnectionManager::new_lazy_with_config(
-                client.clone(),
+                (**client).clone(),
                 manager,
             )?),
             StoreClient::Cluster(client) => {

@@ -253,3 +253,36 @@ async fn a_redis_cluster_holds_each_tenants_limits_on_its_own_shard() {
         (&18.into(), &10.into())
     );
 }
+
+/// `rediss://` to a redis-server whose certificate a private CA signed: counted when `ca_file` names that CA; not
+/// trusted (the store unavailable: `deny` answers 503) with the system's CAs.
+#[tokio::test]
+async fn rediss_with_a_private_ca_is_trusted_only_through_ca_file() {
+    let Some(bin) = redis::available() else {
+        return;
+    };
+    let redis = redis::TlsRedis::start(bin).unwrap();
+    let mock = start_mock().await;
+    let config = |ca: &str| {
+        let top = format!(
+            "[[tenants]]\nname = \"acme\"\nrequests_per_minute = 2\n\n[store]\nurl = {:?}\non_store_error = \"deny\"\n{ca}",
+            redis.url()
+        );
+        config_with(&mock.addr.to_string(), &top, "")
+    };
+    let trusted = start_relay(config(&format!("ca_file = {:?}\n", redis.ca_file()))).await;
+    let short = [("x-mock-chunks", "1")];
+    for want in [200, 200, 429] {
+        let res = chat(&trusted, &short).send().await.unwrap();
+        assert_eq!(res.status(), want);
+        res.bytes().await.unwrap();
+    }
+    let untrusted = start_relay(config("")).await;
+    let res = chat(&untrusted, &short).send().await.unwrap();
+    assert_eq!(
+        res.status(),
+        503,
+        "the system's CAs do not know the test CA"
+    );
+    assert_eq!(mock.app.stats.counters().requests, 2);
+}
