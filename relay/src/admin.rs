@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::account::{Account, Row};
+use crate::error::json;
 use crate::limit::Calendar;
 use crate::metrics::Registry;
 use crate::usage::Totals;
@@ -246,18 +247,6 @@ fn percent_decode(v: &str) -> Option<String> {
 
 fn error(kind: &str, message: &str) -> serde_json::Value {
     serde_json::json!({"error": {"type": kind, "message": message}})
-}
-
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

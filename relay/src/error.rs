@@ -177,6 +177,19 @@ pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
     res
 }
 
+/// A JSON body that is not to be cached (the relay's own answers: errors, the admin listener's reports).
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 /// A JSON error body with the trace id header set.
 pub fn json_response(
     status: StatusCode,
@@ -186,14 +199,7 @@ pub fn json_response(
 ) -> Response<Full<Bytes>> {
     let body =
         serde_json::json!({"error": {"type": kind, "message": message, "trace_id": trace_id}});
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut res = json(status, &body);
     if let Ok(v) = HeaderValue::from_str(trace_id) {
         res.headers_mut().insert(TRACE_ID, v);
     }

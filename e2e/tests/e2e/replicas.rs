@@ -9,24 +9,43 @@ use mock_upstream::testkit::redis::{self, Redis};
 
 use crate::support::*;
 
+/// Two relays for one mock behind the shipped replicas site, sharing `redis`: `top` and `route` are their extra
+/// config lines (`[store] url` is added).
+struct Replicas {
+    mock: Proc,
+    a: Proc,
+    b: Proc,
+    front: nginx::Nginx,
+}
+
+impl Replicas {
+    async fn start(
+        nginx_bin: &std::path::Path,
+        redis: &Redis,
+        top: &str,
+        route: &str,
+    ) -> Result<Self> {
+        let mock = start_mock().await?;
+        let top = format!("{top}\n[store]\nurl = {:?}\n", redis.url());
+        let a = start_relay_to(mock.addr, false, &top, route, "info", &[]).await?;
+        let b = start_relay_to(mock.addr, false, &top, route, "info", &[]).await?;
+        let opts = nginx::Options {
+            second_replica: Some(b.addr),
+            ..nginx::Options::default()
+        };
+        let front = nginx::start(nginx_bin, a.addr, opts).await?;
+        Ok(Self { mock, a, b, front })
+    }
+}
+
 #[tokio::test]
 async fn two_replicas_behind_nginx_admit_exactly_the_tenants_requests_per_minute() -> Result<()> {
     let (Some(nginx_bin), Some(redis_bin)) = (nginx::available(), redis::available()) else {
         return Ok(());
     };
     let redis = Redis::start(redis_bin)?;
-    let mock = start_mock().await?;
-    let top = format!(
-        "[[tenants]]\nname = \"e2e\"\nrequests_per_minute = 30\n\n[store]\nurl = {:?}\n",
-        redis.url()
-    );
-    let a = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
-    let b = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
-    let opts = nginx::Options {
-        second_replica: Some(b.addr),
-        ..nginx::Options::default()
-    };
-    let front = nginx::start(&nginx_bin, a.addr, opts).await?;
+    let top = "[[tenants]]\nname = \"e2e\"\nrequests_per_minute = 30\n";
+    let Replicas { mock, a, b, front } = Replicas::start(&nginx_bin, &redis, top, "").await?;
     let base = front.base();
     let sends = (0..50).map(|_| drain(chat(&base, CLIENT_KEY, &[("x-mock-chunks", "1")])));
     let statuses = futures_util::future::join_all(sends).await;
@@ -174,20 +193,12 @@ async fn two_replicas_share_a_token_limit_and_report_the_vendors_usage() -> Resu
         return Ok(());
     };
     let redis = Redis::start(redis_bin)?;
-    let mock = start_mock().await?;
     let top = format!(
-        "admin_key_sha256 = {:?}\n[[tenants]]\nname = \"e2e\"\ntokens_per_minute = 40\n\n[store]\nurl = {:?}\n",
-        sha256_hex(ADMIN_KEY),
-        redis.url()
+        "admin_key_sha256 = {:?}\n[[tenants]]\nname = \"e2e\"\ntokens_per_minute = 40\n",
+        sha256_hex(ADMIN_KEY)
     );
     let route = "usage = \"openai\"";
-    let a = start_relay_to(mock.addr, false, &top, route, "info", &[]).await?;
-    let b = start_relay_to(mock.addr, false, &top, route, "info", &[]).await?;
-    let opts = nginx::Options {
-        second_replica: Some(b.addr),
-        ..nginx::Options::default()
-    };
-    let front = nginx::start(&nginx_bin, a.addr, opts).await?;
+    let Replicas { mock, a, b, front } = Replicas::start(&nginx_bin, &redis, &top, route).await?;
     let base = front.base();
     // 14 tokens a stream (9 prompt, 5 completion): 40, 26 and 12 left before each; then none.
     for (i, left) in ["40", "26", "12"].into_iter().enumerate() {
@@ -236,18 +247,13 @@ async fn two_replicas_admit_exactly_the_tenants_concurrent_streams_and_outlive_r
         return Ok(());
     };
     let mut redis = Redis::start(redis_bin)?;
-    let mock = start_mock().await?;
-    let top = format!(
-        "[[tenants]]\nname = \"e2e\"\nmax_streams = 5\nrequests_per_minute = 1000\n\n[store]\nurl = {:?}\n",
-        redis.url()
-    );
-    let a = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
-    let b = start_relay_to(mock.addr, false, &top, "", "info", &[]).await?;
-    let opts = nginx::Options {
-        second_replica: Some(b.addr),
-        ..nginx::Options::default()
-    };
-    let front = nginx::start(&nginx_bin, a.addr, opts).await?;
+    let top = "[[tenants]]\nname = \"e2e\"\nmax_streams = 5\nrequests_per_minute = 1000\n";
+    let Replicas {
+        mock,
+        front,
+        a: _a,
+        b: _b,
+    } = Replicas::start(&nginx_bin, &redis, top, "").await?;
     let base = front.base();
     let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "50")];
     let sends = (0..20).map(|_| chat(&base, CLIENT_KEY, &long).send());

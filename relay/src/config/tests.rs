@@ -433,12 +433,18 @@ fn store_settings_name_the_field_when_wrong() {
             "cluster_nodes = [\"redis://a:1\", \"http://b\"]",
             "store.cluster_nodes[1]",
         ),
-        ("url = \"redis://h\"\nca_file = \"/etc/hostname\"", "store.ca_file"),
+        (
+            "url = \"redis://h\"\nca_file = \"/etc/hostname\"",
+            "store.ca_file",
+        ),
         (
             "url = \"rediss://h\"\nca_file = \"/nonexistent/ca.pem\"",
             "store.ca_file",
         ),
-        ("url = \"rediss://h\"\nca_file = \"/etc/hostname\"", "store.ca_file"),
+        (
+            "url = \"rediss://h\"\nca_file = \"/etc/hostname\"",
+            "store.ca_file",
+        ),
     ];
     for (lines, field) in cases {
         let e = err("", &format!("[store]\n{lines}"), &[]);
