@@ -352,12 +352,19 @@ impl RedisStore {
         }
     }
 
-    /// One round trip, within the timeout (at least a second: the first call also connects).
+    /// A round trip and the scripts loaded, within the timeout (at least a second: the first call also connects).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
         let within = self.config.timeout.max(Duration::from_secs(1));
+        // The scripts are loaded too: otherwise the first streams each pay a `NOSCRIPT` answer and a load before
+        // their call (a script the store forgets later, on a restart, is loaded again by the call that misses it).
+        let ping = async {
+            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            for script in [&self.enter, &self.end, &self.renew] {
+                script.load_async(&mut conn).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
         tokio::time::timeout(within, ping)
             .await
             .map_err(|_| StoreError::Timeout(within))??;
