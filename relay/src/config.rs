@@ -11,7 +11,7 @@
 //! [`Env`] trait, so tests never touch the process environment.
 //!
 //! Why not `figment`: it would do the same layering (it too splits nested keys on `__` and names the variable in
-//! its errors) and replace [`apply_env`]'s forty lines, but it reads the process environment itself. Here the
+//! its errors) and replace `apply_env`'s forty lines, but it reads the process environment itself. Here the
 //! environment comes through [`Env`], so a test hands the loader a map and runs in parallel with every other test;
 //! with `figment` the tests would set real variables under `figment::Jail`, which serializes them (the style rules
 //! out serial tests). Defaults are already per-field `#[serde(default = ...)]` functions, beside the field they
@@ -144,7 +144,7 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub metrics: RawMetrics,
-    /// Traces ([`otel`]): off unless this section or the standard `OTEL_*` variables name a collector.
+    /// Traces (`config/otel.rs`): off unless this section or the standard `OTEL_*` variables name a collector.
     pub otel: Option<RawOtel>,
     /// SHA-256 (hex) of the bearer key that reads `GET /admin/usage` on the admin listener; absent: off.
     pub admin_key_sha256: Option<String>,

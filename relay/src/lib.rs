@@ -19,7 +19,7 @@
 //! ```
 //!
 //! Beside the path: [`config`] (file + environment → validated [`Config`]), [`error`] (each stage's error → the
-//! one response function), and leaves every stage may use: [`headers`] (header policy both ways), [`sse`] (event
+//! one response function), and leaves every stage may use: [`headers`] (header policy both ways), [`relay_wire::sse`] (event
 //! boundaries), [`text`] (bounded UTF-8 audit text), [`outcome`] (how a stream ended, as the tap reports it),
 //! [`flushed`] (when a connection last wrote out its buffer), [`metrics`] (every metric's name and labels).
 //! [`admin`] serves `/metrics`, `/healthz` and `/readyz` on its own listener; [`otel`] exports spans when

@@ -1,21 +1,21 @@
 //! Limits: streams open at once, in all and per tenant, each tenant's requests per minute ([`rate`]) and its tokens
 //! per minute, per day and per month ([`tokens`]).
 //!
-//! A [`StreamPermit`] is taken after authentication and before the request body is read or any upstream call is
-//! made. [`crate::stack`] hands it to the stream's end-of-stream callback, so it is released when the stream ends,
+//! [`Limiter::enter`] runs after authentication and before the request body is read or any upstream call is made:
+//! it takes a [`StreamPermit`] (one slot of each concurrency limit), then checks the tenant's tokens and counts its
+//! request rate. [`crate::stack`] hands it to the stream's end-of-stream callback, so it is released when the stream ends,
 //! however it ends: a slot is never held by a client that went away nor released while bytes still flow. Over the
 //! total limit the answer is 503 (the relay is full), over a tenant's limit 429 (that tenant is), both with
 //! `Retry-After`.
 //!
-//! Then [`Limiter::admit`], after a stream slot was taken (a request refused for its slot is not counted) and
-//! before the body is read: the tenant's tokens first (any left? nothing is charged), then its request rate
-//! (charged). Over either the answer is 429 naming the limit, with `Retry-After` from the rate or window, and the
+//! The rates come after the stream slot (a request refused for its slot is not counted): the tenant's tokens first
+//! (any left? nothing is charged), then its request rate (charged). Over either the answer is 429 naming the limit, with `Retry-After` from the rate or window, and the
 //! response of an admitted request carries OpenAI's `x-ratelimit-*-requests` and `x-ratelimit-*-tokens` headers.
 //! The tokens a stream used are charged when it ends ([`Limiter::charge_tokens`], or the store's charge).
 //!
-//! The relay-wide stream slots are this process's. A tenant's stream slots and request rate are too, unless
-//! `[store]` names Redis ([`store`]): then every replica counts them together (a stream's tenant slot is a
-//! lease there).
+//! The relay-wide stream slots are this process's. A tenant's stream slots, tokens and request rate are too, unless
+//! `[store]` names Redis ([`store`]): then every replica counts them together, in one call at a stream's start (a
+//! stream's tenant slot is a lease there) and one at its end.
 
 pub mod rate;
 pub mod store;

@@ -6,8 +6,8 @@
 //! 2. trace ([`crate::trace`]): the trace id (the client's `traceparent`'s, or fresh) names the request in every
 //!    log line; the request span (named after the route) and, once the body is read, the vendor call's span;
 //! 3. authenticate ([`crate::auth`]) → the tenant, or 401;
-//! 4. limits ([`crate::limit`]) → a permit held until the stream ends, then the tenant's tokens and request rate
-//!    ([`crate::limit::Limiter::admit`]), or 503/429;
+//! 4. limits ([`crate::limit::Limiter::enter`]) → a permit held until the stream ends, the tenant's tokens and
+//!    request rate checked, or 503/429;
 //! 5. read the request body, bounded ([`crate::body`]) → 413 before reading when `Content-Length` says so;
 //! 6. forward ([`crate::upstream`]), with failover before the first byte → the response head, or 502/504;
 //! 7. tap the vendor's body ([`crate::tap`]: timers, keep-alives, error events) and stream it back, with the

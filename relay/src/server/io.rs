@@ -9,7 +9,7 @@
 //! It also settles what happened to a response's tail ([`ConnState::when_written`]): the vendor's body can end while
 //! its last bytes still sit in hyper's write buffer; the first completed flush after that means they reached the
 //! client's socket ([`Delivery::Written`]); a write timeout, a write error or the connection's end before such a
-//! flush means the client did not get them, and [`super::sent::SentBody`] says how much of the body it did get.
+//! flush means the client did not get them, and `server/sent.rs` (`SentBody`) says how much of the body it did get.
 
 use std::future::Future;
 use std::io;
@@ -29,7 +29,7 @@ use crate::flushed::Flushed;
 /// What became of the bytes a response body had handed to the connection when it ended.
 ///
 /// `Some(n)` in a cut: the client's socket accepted `n` body bytes of the response (`None`: not known, see
-/// [`SentBody`]). Accepted bytes still reach a client that goes on reading after the close.
+/// `SentBody`). Accepted bytes still reach a client that goes on reading after the close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
     /// All written to the client's socket (the terminating chunk included).
