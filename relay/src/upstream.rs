@@ -1,7 +1,7 @@
 //! Forward: the call to the vendor. An HTTP/1.1 client of its own: connections set up by [`connect`] (TCP or an
-//! egress proxy's tunnel, TLS via rustls), kept per endpoint in a [`pool`], the request written and the response
-//! read by [`exchange`] with the parser in [`h1`], in the stream's own task. Connect and response-head timeouts,
-//! the vendor credential, header hygiene ([`crate::headers`]) and failover between a route's endpoints.
+//! egress proxy's tunnel, TLS via rustls), kept per endpoint in a pool (`upstream/pool.rs`), the request written and
+//! the response read by [`exchange`] with the parser in [`h1`], in the stream's own task. Connect and response-head
+//! timeouts, the vendor credential, header hygiene ([`crate::headers`]) and failover between a route's endpoints.
 //!
 //! The client cannot steer the call: the method is POST, the URL is the route's fixed `upstream` (the inbound path
 //! and query are not used), redirects are never followed (a 3xx answer becomes [`UpstreamError::Redirect`]), and
