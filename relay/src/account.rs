@@ -30,8 +30,6 @@ pub const UNNAMED: &str = "(none)";
 
 /// (day, tenant, route, model).
 type Key = (u64, Arc<str>, Arc<str>, Box<str>);
-/// (tenant, route, model).
-type RowKey = (Arc<str>, Arc<str>, Box<str>);
 
 /// Usage in this process, by day, tenant, route and model.
 #[derive(Debug, Default)]
@@ -63,22 +61,27 @@ impl Ledger {
     /// Rows of `tenants` from day `from` to day `to`, summed over the days.
     pub fn rows(&self, tenants: &[Arc<str>], from: u64, to: u64) -> Vec<Row> {
         let days = self.days();
-        let mut sum: BTreeMap<RowKey, Totals> = BTreeMap::new();
-        for ((day, tenant, route, model), t) in days.iter() {
-            if (from..=to).contains(day) && tenants.contains(tenant) {
-                let key = (tenant.clone(), route.clone(), model.clone());
-                sum.entry(key).or_default().add(t);
-            }
-        }
-        sum.into_iter()
-            .map(|((tenant, route, model), totals)| Row {
-                tenant: tenant.to_string(),
-                route: route.to_string(),
-                model: model.into(),
-                totals,
-            })
-            .collect()
+        let kept = days
+            .iter()
+            .filter(|((day, tenant, ..), _)| (from..=to).contains(day) && tenants.contains(tenant));
+        summed(kept.map(|((_, tenant, route, model), t)| (tenant.clone(), &**route, &**model, *t)))
     }
+}
+
+/// Rows by tenant, route and model, each the sum of its parts (one per day), in key order.
+fn summed<'a>(parts: impl Iterator<Item = (Arc<str>, &'a str, &'a str, Totals)>) -> Vec<Row> {
+    let mut sum: BTreeMap<(Arc<str>, &str, &str), Totals> = BTreeMap::new();
+    for (tenant, route, model, t) in parts {
+        sum.entry((tenant, route, model)).or_default().add(&t);
+    }
+    sum.into_iter()
+        .map(|((tenant, route, model), totals)| Row {
+            tenant: tenant.to_string(),
+            route: route.to_owned(),
+            model: model.to_owned(),
+            totals,
+        })
+        .collect()
 }
 
 /// One tenant, route and model's usage over a report's days.
@@ -91,8 +94,7 @@ pub struct Row {
     pub totals: Totals,
 }
 
-/// Charges and records streams; reads usage back.
-#[derive(Clone)]
+/// Charges and records streams; reads usage back. One per relay, shared by its workers and the admin listener.
 pub struct Account {
     limiter: Limiter,
     ledger: Arc<Ledger>,
@@ -180,19 +182,10 @@ impl Account {
         let Some(store) = self.limiter.store() else {
             return Ok(self.ledger.rows(tenants, from, to));
         };
-        let mut sum: BTreeMap<(Arc<str>, String, String), Totals> = BTreeMap::new();
-        for (tenant, route, model, t) in store.usage(tenants, from..=to).await? {
-            sum.entry((tenant, route, model)).or_default().add(&t);
-        }
-        Ok(sum
-            .into_iter()
-            .map(|((tenant, route, model), totals)| Row {
-                tenant: tenant.to_string(),
-                route,
-                model,
-                totals,
-            })
-            .collect())
+        let parts = store.usage(tenants, from..=to).await?;
+        Ok(summed(parts.iter().map(|(tenant, route, model, t)| {
+            (tenant.clone(), route.as_str(), model.as_str(), *t)
+        })))
     }
 }
 

@@ -35,7 +35,7 @@ use crate::usage::Totals;
 /// The usage endpoint: where usage is read, and the SHA-256 of its key.
 #[derive(Clone)]
 pub struct UsageAccess {
-    pub account: Account,
+    pub account: std::sync::Arc<Account>,
     pub key_sha256: Option<[u8; 32]>,
 }
 
@@ -50,7 +50,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     registry: &'static Registry,
-    usage: Option<UsageAccess>,
+    usage: UsageAccess,
     stop: CancellationToken,
     done: CancellationToken,
 ) {
@@ -79,7 +79,7 @@ pub async fn serve(
                 let usage = usage.clone();
                 async move {
                     if req.uri().path() == "/admin/usage" && req.method() == Method::GET {
-                        return Ok::<_, Infallible>(usage_report(&req, usage.as_ref()).await);
+                        return Ok::<_, Infallible>(usage_report(&req, &usage).await);
                     }
                     Ok::<_, Infallible>(answer(&req, registry, ready))
                 }
@@ -118,11 +118,8 @@ fn answer<B>(req: &Request<B>, registry: &Registry, ready: bool) -> Response<Ful
 }
 
 /// `GET /admin/usage`.
-pub async fn usage_report<B>(
-    req: &Request<B>,
-    usage: Option<&UsageAccess>,
-) -> Response<Full<Bytes>> {
-    let Some((access, key)) = usage.and_then(|u| Some((u, u.key_sha256?))) else {
+pub async fn usage_report<B>(req: &Request<B>, access: &UsageAccess) -> Response<Full<Bytes>> {
+    let Some(key) = access.key_sha256 else {
         return json(
             StatusCode::NOT_FOUND,
             &error("not_found", "set admin_key_sha256 to read usage here"),

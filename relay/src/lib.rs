@@ -252,7 +252,7 @@ pub async fn serve<H: Handler>(
     };
     let admin = async {
         if let Some(l) = listeners.admin {
-            admin::serve(l, registry, Some(usage), stop, done.clone()).await;
+            admin::serve(l, registry, usage, stop, done.clone()).await;
         }
     };
     // The leases of streams this replica holds, renewed until it stops serving.

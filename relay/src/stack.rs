@@ -68,7 +68,7 @@ pub struct Relay {
     meters: Vec<RouteMeters>,
     auth: Authenticator,
     limiter: Limiter,
-    account: Account,
+    account: Arc<Account>,
     drain: CancellationToken,
 }
 
@@ -105,7 +105,7 @@ pub struct StreamEnd {
     started: Instant,
     called: Instant,
     /// Where the stream's usage goes, with its route and model; `None`: the vendor refused (not a stream).
-    account: Option<(Account, Arc<str>, Option<String>)>,
+    account: Option<(Arc<Account>, Arc<str>, Option<String>)>,
     /// The stream's slots, given back when this is dropped (the store's lease by the account's end call).
     permit: StreamPermit,
 }
@@ -216,7 +216,7 @@ impl Relay {
         let limiter =
             Limiter::with_limits(limits.max_streams, limits.max_streams_per_tenant, tenants)
                 .with_store(store);
-        let account = Account::new(limiter.clone(), config.tenants.clone());
+        let account = Arc::new(Account::new(limiter.clone(), config.tenants.clone()));
         let auth = Authenticator::with(config.clients.clone(), config.jwt.clone());
         Self {
             config,
@@ -232,7 +232,7 @@ impl Relay {
     }
 
     /// Where stream usage is charged and recorded (the admin listener reads it).
-    pub fn account(&self) -> Account {
+    pub fn account(&self) -> Arc<Account> {
         self.account.clone()
     }
 

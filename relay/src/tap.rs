@@ -270,13 +270,11 @@ impl<B, E: OnEnd> TapBody<B, E> {
         match event {
             Some(event) => {
                 // A half event held back goes out first, as it would have without the hider.
-                if let Some(h) = self.hide.as_mut().filter(|h| h.holding()) {
+                if let Some(h) = self.hide.as_mut() {
                     h.flush(&mut self.ready);
-                    self.outbox = Some(event);
-                    let first = self.ready.pop_front().unwrap_or_default();
-                    return Poll::Ready(Some(Ok(Frame::data(first))));
                 }
-                Poll::Ready(Some(Ok(Frame::data(event))))
+                self.ready.push_back(event);
+                Poll::Ready(self.ready.pop_front().map(|b| Ok(Frame::data(b))))
             }
             None => Poll::Ready(Some(Err(failure.message().into()))),
         }

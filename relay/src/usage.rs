@@ -78,24 +78,28 @@ impl Totals {
         ]
     }
 
+    fn fields_mut(&mut self) -> [&mut u64; 6] {
+        [
+            &mut self.streams,
+            &mut self.prompt_tokens,
+            &mut self.completion_tokens,
+            &mut self.streams_without_usage,
+            &mut self.bytes,
+            &mut self.events,
+        ]
+    }
+
     /// Adds `value` to the field named `name` (unknown names are ignored).
     pub fn add_field(&mut self, name: &str, value: u64) {
-        if let Some(i) = Self::FIELDS.iter().position(|f| *f == name) {
-            let field = match i {
-                0 => &mut self.streams,
-                1 => &mut self.prompt_tokens,
-                2 => &mut self.completion_tokens,
-                3 => &mut self.streams_without_usage,
-                4 => &mut self.bytes,
-                _ => &mut self.events,
-            };
+        let at = Self::FIELDS.iter().position(|f| *f == name);
+        if let Some(field) = at.and_then(|i| self.fields_mut().into_iter().nth(i)) {
             *field = field.saturating_add(value);
         }
     }
 
     pub fn add(&mut self, other: &Totals) {
-        for (name, value) in Self::FIELDS.into_iter().zip(other.values()) {
-            self.add_field(name, value);
+        for (field, value) in self.fields_mut().into_iter().zip(other.values()) {
+            *field = field.saturating_add(value);
         }
     }
 }

@@ -64,20 +64,30 @@ impl Redis {
     /// Starts the server again on the same socket (empty: nothing was saved).
     pub fn start_again(&mut self) -> Result<()> {
         self.stop();
-        let mut child = Command::new(&self.binary)
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning redis-server")?;
-        let stdout = child.stdout.take().context("redis-server stdout")?;
+        let mut cmd = command(&self.binary, self.dir.path());
+        cmd.args(["--port", "0", "--unixsocket"]).arg(self.socket());
+        let (child, stdout) = spawn(&mut cmd)?;
         self.child = Some(child);
         await_ready(stdout)
     }
+}
+
+/// redis-server with no persistence, working in `dir`, its output piped for [`await_ready`].
+fn command(binary: &std::path::Path, dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Starts `cmd`: the process (to be kept, so that it is stopped however the start goes on) and its output.
+fn spawn(cmd: &mut Command) -> Result<(Child, std::process::ChildStdout)> {
+    let mut child = cmd.spawn().context("spawning redis-server")?;
+    let stdout = child.stdout.take().context("redis-server stdout")?;
+    Ok((child, stdout))
 }
 
 /// Waits for redis-server's readiness line on its `stdout` (the rest of its output is drained, not kept).
@@ -118,37 +128,23 @@ impl TlsRedis {
         std::fs::write(dir.path().join("key.pem"), key)?;
         let port = free_port()?;
         let file = |name: &str| dir.path().join(name);
-        let mut child = Command::new(&binary)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-            ])
-            .arg("--tls-cert-file")
-            .arg(file("cert.pem"))
-            .arg("--tls-key-file")
-            .arg(file("key.pem"))
-            .arg("--tls-ca-cert-file")
-            .arg(file("ca.pem"))
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning redis-server with TLS")?;
-        let stdout = child.stdout.take().context("redis-server stdout")?;
+        let mut cmd = command(&binary, dir.path());
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+        ])
+        .arg("--tls-cert-file")
+        .arg(file("cert.pem"))
+        .arg("--tls-key-file")
+        .arg(file("key.pem"))
+        .arg("--tls-ca-cert-file")
+        .arg(file("ca.pem"))
+        .args(["--tls-auth-clients", "no"]);
+        let (child, stdout) = spawn(&mut cmd)?;
         let redis = Self { dir, child, port };
         await_ready(stdout)?;
         Ok(redis)
@@ -208,30 +204,16 @@ impl Cluster {
             let (port, bus) = (free_port()?, free_port()?);
             let node_dir = cluster._dir.path().join(format!("node-{i}"));
             std::fs::create_dir(&node_dir)?;
-            let mut child = Command::new(&binary)
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            let mut cmd = command(&binary, &node_dir);
+            cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args([
                     "--cluster-enabled",
                     "yes",
                     "--cluster-port",
                     &bus.to_string(),
                 ])
-                .args([
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("spawning redis-server")?;
-            let stdout = child.stdout.take().context("redis-server stdout")?;
+                .args(["--cluster-config-file", "nodes.conf"]);
+            let (child, stdout) = spawn(&mut cmd)?;
             cluster.nodes.push(child);
             cluster.ports.push(port);
             await_ready(stdout)?;

@@ -432,10 +432,7 @@ impl RedisStore {
             return Err(StoreError::Reply);
         };
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        if verdict != 1 {
-            // Not taken: nothing to give back.
-            lease.disarm();
-        } else {
+        if verdict == 1 {
             let requests = rpm.map(|limit| {
                 let interval = MINUTE / limit.max(1);
                 rate::state_for(limit, MINUTE, interval, us(ahead))
@@ -445,6 +442,8 @@ impl RedisStore {
             });
             return Ok(Ok((lease, Admitted { requests, tokens })));
         }
+        // Not taken: nothing to give back.
+        lease.disarm();
         let count = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(Err(match verdict {
             3 => LimitError::Tenant,
