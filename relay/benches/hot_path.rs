@@ -143,6 +143,7 @@ fn tap_forwarding(c: &mut Criterion) {
                     scanner: Some(scanner),
                     text_max: Some(4096),
                     trace_id,
+                    error_shape: relay::tap::ErrorShape::Openai,
                     chunk_gap: Some(std::sync::Arc::default()),
                     added_delay: None,
                     hide_usage: false,

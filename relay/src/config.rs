@@ -45,6 +45,8 @@ pub const ENV_PREFIX: &str = "RELAY_";
 
 const MAX_BODY_LIMIT: u64 = 64 << 20;
 const MAX_AUDIT_TEXT: usize = 1 << 20;
+/// Most log lines queued for the writer (each up to `audit.max_text_bytes` plus a little).
+const MAX_LOG_QUEUE: usize = 1 << 20;
 /// More worker threads than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
 
@@ -91,8 +93,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config is not valid TOML")]
-    Syntax(#[source] toml::de::Error),
+    #[error("config file{file} is not valid TOML")]
+    Syntax {
+        /// ` <path>`, or empty for text that came from no file.
+        file: String,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("config field `{field}`{origin}: {reason}")]
     Field {
         field: String,
@@ -106,6 +113,48 @@ fn field(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         field: field.into(),
         origin: String::new(),
         reason: reason.into(),
+    }
+}
+
+/// Says where a field error's value came from, unless the error already does: the environment variable that set
+/// the field (or the table it belongs to), else the file. `overridden`: (dotted field path, variable), from
+/// [`apply_env`].
+fn locate(e: ConfigError, overridden: &[(String, String)], file: Option<&Path>) -> ConfigError {
+    let ConfigError::Field {
+        field,
+        origin,
+        reason,
+    } = e
+    else {
+        return e;
+    };
+    if !origin.is_empty() {
+        return ConfigError::Field {
+            field,
+            origin,
+            reason,
+        };
+    }
+    // `a.b` is set by `a.b`, inside `a` (a whole table from one variable) or, for an error about table `a`, by
+    // `a.b`. Array items (`routes[0]`) cannot come from the environment.
+    let within = |inner: &str, outer: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
+    };
+    let var = overridden
+        .iter()
+        .find(|(key, _)| within(&field, key) || within(key, &field));
+    let origin = match (var, file) {
+        (Some((_, var)), _) => format!(" (from environment variable {var})"),
+        (None, Some(file)) => format!(" (in {})", file.display()),
+        (None, None) => String::new(),
+    };
+    ConfigError::Field {
+        field,
+        origin,
+        reason,
     }
 }
 
@@ -128,6 +177,9 @@ pub struct RawConfig {
     pub max_request_body_bytes: u64,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Formatted log lines waiting for the log writer thread; more are dropped and counted ([`crate::logs`]).
+    #[serde(default = "default_log_queue_lines")]
+    pub log_queue_lines: usize,
     #[serde(default = "default_header_read_ms")]
     pub header_read_timeout_ms: u64,
     #[serde(default = "default_header_bytes")]
@@ -174,6 +226,9 @@ fn default_admin_listen() -> String {
 }
 fn default_body_limit() -> u64 {
     1 << 20
+}
+fn default_log_queue_lines() -> usize {
+    4096
 }
 fn default_header_read_ms() -> u64 {
     30_000
@@ -356,6 +411,8 @@ pub struct Config {
     pub pin_connections: bool,
     pub max_request_body_bytes: u64,
     pub log_format: LogFormat,
+    /// Log lines queued for the writer thread before more are dropped.
+    pub log_queue_lines: usize,
     pub limits: ServerLimits,
     pub audit: AuditConfig,
     /// Whether the request path records metrics ([`crate::metrics`]).
@@ -377,34 +434,39 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads `path` and applies the environment.
+    /// Reads `path` and applies the environment. Every error names where the bad value came from: the file and
+    /// the key in it, or the environment variable.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, env)
+        Self::parse(&text, env, Some(path))
     }
 
     /// Parses TOML text, applies `RELAY_*` overrides from `env`, validates, reads secrets.
     pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(ConfigError::Syntax)?;
+        Self::parse(text, env, None)
+    }
+
+    fn parse(text: &str, env: &dyn Env, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|source| ConfigError::Syntax {
+            file: file
+                .map(|f| format!(" {}", f.display()))
+                .unwrap_or_default(),
+            source,
+        })?;
         let overridden = apply_env(&mut table, env)?;
+        let located = |e: ConfigError| locate(e, &overridden, file);
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let path = e.path().to_string();
-                let origin = overridden
-                    .iter()
-                    .find(|(key, _)| path == *key || path.starts_with(&format!("{key}.")))
-                    .map(|(_, var)| format!(" (from environment variable {var})"))
-                    .unwrap_or_default();
-                ConfigError::Field {
-                    field: path,
-                    origin,
+                located(ConfigError::Field {
+                    field: e.path().to_string(),
+                    origin: String::new(),
                     reason: e.into_inner().to_string(),
-                }
+                })
             })?;
-        Self::from_raw(raw, env)
+        Self::from_raw(raw, env).map_err(located)
     }
 
     /// Validates a parsed file and reads its secrets.
@@ -471,6 +533,12 @@ impl Config {
                 format!("must be from 0 (one per CPU) to {MAX_WORKERS}"),
             ));
         }
+        if !(16..=MAX_LOG_QUEUE).contains(&raw.log_queue_lines) {
+            return Err(field(
+                "log_queue_lines",
+                format!("must be from 16 to {MAX_LOG_QUEUE}"),
+            ));
+        }
         let workers = match raw.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -482,6 +550,7 @@ impl Config {
             pin_connections: raw.pin_connections,
             max_request_body_bytes: raw.max_request_body_bytes,
             log_format: raw.log_format,
+            log_queue_lines: raw.log_queue_lines,
             limits: server_limits(&raw)?,
             audit,
             metrics: raw.metrics.enabled,
@@ -512,11 +581,13 @@ fn server_limits(raw: &RawConfig) -> Result<ServerLimits, ConfigError> {
     if !(8192..=1 << 20).contains(&raw.max_header_bytes) {
         return Err(field("max_header_bytes", "must be from 8192 to 1048576"));
     }
-    if raw.max_streams == 0 || raw.max_streams_per_tenant == 0 {
-        return Err(field(
-            "max_streams",
-            "max_streams and max_streams_per_tenant must be at least 1",
-        ));
+    for (name, value) in [
+        ("max_streams", raw.max_streams),
+        ("max_streams_per_tenant", raw.max_streams_per_tenant),
+    ] {
+        if value == 0 {
+            return Err(field(name, "must be at least 1"));
+        }
     }
     Ok(ServerLimits {
         header_read_timeout: timeout("header_read_timeout_ms", raw.header_read_timeout_ms)?,

@@ -38,6 +38,7 @@ pub mod flushed;
 pub mod headers;
 pub mod limit;
 pub mod logfields;
+pub mod logs;
 pub mod metrics;
 pub mod otel;
 pub mod outcome;
@@ -125,6 +126,8 @@ pub enum RunError {
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: Option<TcpListener>,
+    /// The admin address asked for, when it was taken and the admin listener took a free port instead.
+    pub admin_taken: Option<std::net::SocketAddr>,
 }
 
 /// A listener that could not be bound (`main` exits 1).
@@ -137,16 +140,29 @@ pub struct BindError {
 }
 
 impl Listeners {
-    /// Binds the configured `listen` and `admin_listen` addresses.
-    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+    /// Binds the configured `listen` and `admin_listen` addresses. `admin_may_move`: when the admin address is
+    /// taken, take a free port on the same interface instead (`--demo`, so that a second demo on one machine
+    /// starts; the announcement says where it went); otherwise a taken address is an error.
+    pub async fn bind(config: &Config, admin_may_move: bool) -> Result<Self, BindError> {
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| BindError { addr, source })
         };
+        let public = bind(config.listen).await?;
+        let wanted = config.admin_listen;
+        let (admin, admin_taken) = match bind(wanted).await {
+            Ok(admin) => (admin, None),
+            Err(e) if admin_may_move && e.source.kind() == std::io::ErrorKind::AddrInUse => {
+                let free = std::net::SocketAddr::new(wanted.ip(), 0);
+                (bind(free).await?, Some(wanted))
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Self {
-            public: bind(config.listen).await?,
-            admin: Some(bind(config.admin_listen).await?),
+            public,
+            admin: Some(admin),
+            admin_taken,
         })
     }
 
@@ -163,6 +179,9 @@ impl Listeners {
             public.map_or_else(|| "listening".to_owned(), |a| format!("listening on {a}"));
         if let Some(admin) = self.admin.as_ref().and_then(|a| a.local_addr().ok()) {
             text.push_str(&format!("\nadmin listening on {admin}"));
+            if let Some(taken) = self.admin_taken {
+                text.push_str(&format!(" ({taken} is taken by another process)"));
+            }
         }
         if let (true, Some(addr)) = (demo, public) {
             text.push('\n');
@@ -182,6 +201,7 @@ pub async fn run(
     let listeners = Listeners {
         public: listener,
         admin: None,
+        admin_taken: None,
     };
     serve(prepared, listeners, stop, |relay| relay, || {}).await
 }
@@ -261,36 +281,7 @@ pub async fn serve<H: Handler>(
             store.renew_until(done.clone()).await;
         }
     };
-    let (served, (), ()) = tokio::join!(serving, admin, renewing);
+    let (served, (), (), ()) =
+        tokio::join!(serving, admin, renewing, logs::report_drops(done.clone()));
     Ok(served?)
-}
-
-/// Installs the global subscriber: log lines to stderr (`RUST_LOG` filters, default `info`) and, when `otel` names a
-/// collector, the trace layer ([`otel`]), which `RUST_LOG` does not filter. The returned [`otel::Traces`] must be
-/// shut down before exit, or the last spans are lost.
-pub fn init_tracing(
-    format: config::LogFormat,
-    otel: Option<&config::OtelConfig>,
-) -> Result<Option<otel::Traces>, otel::OtelError> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = fmt::layer().with_writer(std::io::stderr);
-    let logs = match format {
-        config::LogFormat::Json => logs.json().flatten_event(true).with_filter(filter).boxed(),
-        config::LogFormat::Text => logs
-            .with_ansi(false)
-            .fmt_fields(logfields::TextFields)
-            .with_filter(filter)
-            .boxed(),
-    };
-    let traces = otel.map(otel::Traces::start).transpose()?;
-    let layer = traces.as_ref().map(otel::Traces::layer);
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(layer)
-        .try_init();
-    trace::set_exporting(installed.is_ok() && traces.is_some());
-    Ok(traces)
 }

@@ -74,8 +74,10 @@ async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
     if cli.check_config {
         return Ok(fail(&prepared.summary(), 0));
     }
-    let traces = relay::init_tracing(c.log_format, c.otel.as_ref()).map_err(|e| usage(&e))?;
-    let listeners = relay::Listeners::bind(c)
+    let logging = relay::logs::init(c.log_format, c.log_queue_lines, c.otel.as_ref())
+        .map_err(|e| usage(&e))?;
+    // A second `--demo` on one machine: its admin listener moves to a free port (printed) rather than exit.
+    let listeners = relay::Listeners::bind(c, cli.demo)
         .await
         .map_err(|e| fail(&chain(&e), 1))?;
     let signals = relay::shutdown::Signals::new()
@@ -93,6 +95,6 @@ async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
     stop.cancel();
     tracker.close();
     tracker.wait().await;
-    relay::otel::finish(traces).await;
+    logging.finish().await;
     Ok(ExitCode::SUCCESS)
 }

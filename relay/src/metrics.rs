@@ -31,6 +31,7 @@
 //! | `ssegate_relay_added_delay_seconds` | histogram | route | per vendor frame: the tap received it → the client's connection wrote it ([`crate::tap::AddedDelay`]) |
 //! | `ssegate_stream_duration_seconds` | histogram | route, outcome class (`complete`, `failed`, `cancelled`) | request start → end of stream |
 //! | `ssegate_trace_spans_total` | counter | result (`ended`, `exported`, `export_failed`) | spans handed to the trace exporter and what became of them; `ended` minus the others is what a full queue dropped (traces on only, [`crate::otel`]) |
+//! | `ssegate_log_lines_dropped_total` | counter | | log and audit lines dropped because the log reader did not keep up and the writer's queue was full ([`crate::logs`]) |
 //! | `process_*` | | | CPU seconds, resident memory, open and max file descriptors, threads (`metrics-process`) |
 
 pub mod buckets;
@@ -57,6 +58,7 @@ pub const EVENTS: &str = "ssegate_relayed_events_total";
 pub const KEEPALIVES: &str = "ssegate_keepalives_total";
 pub const TOKENS: &str = "ssegate_tokens_total";
 pub const TRACE_SPANS: &str = "ssegate_trace_spans_total";
+pub const LOG_DROPPED: &str = "ssegate_log_lines_dropped_total";
 pub const OVERHEAD: &str = "ssegate_relay_overhead_seconds";
 pub const UPSTREAM_TTFB: &str = "ssegate_upstream_first_byte_seconds";
 pub const CLIENT_TTFB: &str = "ssegate_client_first_byte_seconds";
@@ -84,6 +86,14 @@ pub struct MetricsError(#[source] metrics_exporter_prometheus::BuildError);
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 /// Serializes first installs (two relays started at once in one test process).
 static INSTALLING: Mutex<()> = Mutex::new(());
+
+/// Where the log writer's dropped lines are read at each scrape ([`crate::logs`] installs it).
+static LOG_DROPS: OnceLock<fn() -> u64> = OnceLock::new();
+
+/// Reads `ssegate_log_lines_dropped_total` from `dropped` at each scrape.
+pub fn count_log_drops(dropped: fn() -> u64) {
+    let _ = LOG_DROPS.set(dropped);
+}
 
 /// Whether the request path records (`[metrics] enabled`); process metrics are served either way.
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -117,6 +127,9 @@ impl Registry {
     /// The Prometheus text exposition of every metric, process metrics freshly read.
     pub fn render(&self) -> String {
         self.process.collect();
+        if let Some(dropped) = LOG_DROPS.get() {
+            counter!(LOG_DROPPED).absolute(dropped());
+        }
         let mut text = self.handle.render();
         buckets::render(&mut text);
         text
@@ -150,6 +163,10 @@ fn describe() {
     describe_counter!(EVENTS, "SSE events relayed");
     describe_counter!(KEEPALIVES, "Keep-alive comments sent");
     describe_counter!(TOKENS, "Tokens reported by the vendor's usage object");
+    describe_counter!(
+        LOG_DROPPED,
+        "Log and audit lines dropped because the log writer's queue was full"
+    );
     describe_counter!(
         TRACE_SPANS,
         "Spans ended, exported and failed to export (traces on only)"

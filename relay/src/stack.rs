@@ -443,6 +443,7 @@ impl Relay {
             text_max: audit.enabled.then_some(audit.max_text_bytes),
             drain: self.drain.clone(),
             trace_id: trace_id.clone(),
+            error_shape: crate::tap::ErrorShape::for_system(&route.gen_ai_system),
             chunk_gap: on_end
                 .meters
                 .enabled

@@ -38,6 +38,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::outcome::{End, Failure, ReadFailure, Seen};
+pub use failure::ErrorShape;
 pub use timers::Timers;
 
 use crate::error::BoxError;
@@ -141,6 +142,8 @@ pub struct TapParts<E> {
     pub drain: CancellationToken,
     /// Named in error events.
     pub trace_id: Arc<str>,
+    /// The vendor's error shape, for error events ([`failure`]).
+    pub error_shape: ErrorShape,
     /// Records the time between two upstream frames.
     pub chunk_gap: Option<Arc<Buckets>>,
     /// Records the relay-added delay of each frame.
@@ -200,6 +203,7 @@ pub struct TapBody<B, E: OnEnd> {
     live: Option<(Observer, E)>,
     timers: Timers,
     trace_id: Arc<str>,
+    error_shape: ErrorShape,
     /// Last upstream data frame (idle timer) and last byte sent either way (keep-alive timer).
     last_frame: Option<Instant>,
     last_activity: Instant,
@@ -228,6 +232,7 @@ impl<B, E: OnEnd> TapBody<B, E> {
             live: Some((observer, parts.on_end)),
             timers: parts.timers,
             trace_id: parts.trace_id,
+            error_shape: parts.error_shape,
             last_frame: None,
             last_activity: Instant::now(),
             sleep: Box::pin(tokio::time::sleep_until(parts.timers.first_byte_deadline)),
@@ -262,6 +267,7 @@ impl<B, E: OnEnd> TapBody<B, E> {
             o.scanner.as_ref()?;
             Some(failure::error_event(
                 failure,
+                self.error_shape,
                 &self.trace_id,
                 o.at_boundary(),
             ))

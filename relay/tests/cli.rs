@@ -260,6 +260,27 @@ fn environment_override_errors_exit_64_too() {
 }
 
 #[test]
+fn a_value_that_fails_validation_names_its_variable_or_file() {
+    let (_dir, path) = write_config(&valid("max_streams = 0"));
+    let (out, stderr) = run(relay().arg("--config").arg(&path));
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let file = format!("`max_streams` (in {})", path.display());
+    assert!(stderr.contains(&file), "{stderr}");
+
+    let (_dir, path) = write_config(&valid(""));
+    let mut cmd = relay();
+    cmd.arg("--config")
+        .arg(&path)
+        .env("RELAY_SHUTDOWN_GRACE_MS", "0");
+    let (out, stderr) = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("`shutdown_grace_ms` (from environment variable RELAY_SHUTDOWN_GRACE_MS)"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_otlp_endpoint_from_the_environment_that_is_not_a_url_exits_64() {
     let (_dir, path) = write_config(&valid(""));
     let mut cmd = relay();

@@ -11,6 +11,7 @@ mod admin;
 mod browser;
 mod demo;
 mod faults;
+mod logs;
 mod openai_sdk;
 mod paths;
 mod prometheus;

@@ -36,10 +36,14 @@ pub fn binary(name: &str, var: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A child process that printed `listening on ADDR`; its stderr goes to a file for log assertions.
+/// A child process that printed `listening on ADDR`; its stderr goes to a file for log assertions (or to a pipe
+/// that nobody reads, [`Stderr::Unread`]).
 pub struct Proc {
     pub addr: SocketAddr,
     child: Child,
+    /// The read end of an unread stderr pipe, held open (closing it would fail the child's writes instead of
+    /// blocking them).
+    _unread: Option<tokio::process::ChildStderr>,
     /// Lines printed on stdout after the first one (as many as asked for).
     pub stdout_rest: Vec<String>,
     stderr: PathBuf,
@@ -131,9 +135,19 @@ pub(crate) fn kill(signal: &str, pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Where a child's stderr goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stderr {
+    /// A file, read back by [`Proc::logs`].
+    File,
+    /// A pipe that is never read: once the kernel's pipe buffer (64 KiB) is full, every write to it blocks, as with
+    /// a log collector that stopped draining.
+    Unread,
+}
+
 /// Spawns `cmd` and waits for its `listening on ADDR` line, then reads at most `extra_lines` more.
 pub async fn spawn_listening(cmd: Command, tag: &str, extra_lines: usize) -> Result<Proc> {
-    spawn_in(cmd, tag, extra_lines, temp_dir(tag)?).await
+    spawn_in(cmd, tag, extra_lines, temp_dir(tag)?, Stderr::File).await
 }
 
 fn temp_dir(tag: &str) -> Result<tempfile::TempDir> {
@@ -148,13 +162,18 @@ async fn spawn_in(
     tag: &str,
     extra_lines: usize,
     dir: tempfile::TempDir,
+    to: Stderr,
 ) -> Result<Proc> {
     let stderr = dir.path().join("stderr.log");
+    match to {
+        Stderr::File => cmd.stderr(std::fs::File::create(&stderr)?),
+        Stderr::Unread => cmd.stderr(Stdio::piped()),
+    };
     cmd.stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr)?)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let mut child = cmd.spawn().with_context(|| format!("spawning {tag}"))?;
+    let unread = child.stderr.take();
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -178,6 +197,7 @@ async fn spawn_in(
     Ok(Proc {
         addr,
         child,
+        _unread: unread,
         stdout_rest,
         stderr,
         _dir: dir,
@@ -219,13 +239,23 @@ pub async fn start_mock_tls(api_key: &str) -> Result<(Proc, PathBuf)> {
         "--tls-ca-out",
     ])
     .arg(&ca);
-    let proc = spawn_in(cmd, "mock", 1, dir).await?;
+    let proc = spawn_in(cmd, "mock", 1, dir, Stderr::File).await?;
     Ok((proc, ca))
 }
 
 /// The relay binary with `config` (TOML text), extra environment and `RUST_LOG=log`, its public and admin
 /// listeners on free loopback ports.
 pub async fn start_relay(config: &str, env: &[(&str, &str)], log: &str) -> Result<Proc> {
+    start_relay_logging(config, env, log, Stderr::File).await
+}
+
+/// As [`start_relay`], its log going `to` a file or an unread pipe.
+pub async fn start_relay_logging(
+    config: &str,
+    env: &[(&str, &str)],
+    log: &str,
+    to: Stderr,
+) -> Result<Proc> {
     let dir = temp_dir("relay")?;
     let path = dir.path().join("relay.toml");
     std::fs::write(&path, config)?;
@@ -240,7 +270,7 @@ pub async fn start_relay(config: &str, env: &[(&str, &str)], log: &str) -> Resul
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .envs(env.iter().copied())
         .env("RUST_LOG", log);
-    spawn_in(cmd, "relay", 1, dir).await
+    spawn_in(cmd, "relay", 1, dir, to).await
 }
 
 /// Resident memory of `pid` in KiB (`VmRSS` from `/proc/PID/status`), 0 when it is gone.

@@ -164,6 +164,74 @@ fn bad_environment_override_names_the_variable() {
 }
 
 #[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    // Values that parse but do not validate: the variable is named like a parse error's.
+    for (var, value, field) in [
+        ("RELAY_MAX_STREAMS", "0", "max_streams"),
+        (
+            "RELAY_MAX_STREAMS_PER_TENANT",
+            "0",
+            "max_streams_per_tenant",
+        ),
+        ("RELAY_LISTEN", "localhost", "listen"),
+        ("RELAY_WRITE_TIMEOUT_MS", "0", "write_timeout_ms"),
+        (
+            "RELAY_AUDIT__MAX_TEXT_BYTES",
+            "99999999",
+            "audit.max_text_bytes",
+        ),
+        ("RELAY_STORE__TIMEOUT_MS", "0", "store.timeout_ms"),
+        (
+            "RELAY_TENANT_DEFAULTS__TOKENS_PER_DAY",
+            "0",
+            "tenant_defaults.tokens_per_day",
+        ),
+    ] {
+        let top = if field.starts_with("store.") {
+            "[store]\nurl = \"redis://127.0.0.1:1\""
+        } else {
+            ""
+        };
+        let e = err("", top, &[(var, value)]);
+        assert!(
+            e.contains(&format!("`{field}` (from environment variable {var})")),
+            "{var}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_value_from_the_file_names_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    let check = |text: String, field: &str| {
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path, &env(&[])).unwrap_err().to_string();
+        let want = format!("`{field}` (in {})", path.display());
+        assert!(e.contains(&want), "{e}");
+    };
+    check(toml_with("", "max_streams = 0"), "max_streams");
+    check(
+        toml_with("idle_timeout_ms = 0", ""),
+        "routes[0].idle_timeout_ms",
+    );
+    check(toml_with("", "max_streams = \"many\""), "max_streams");
+    // A syntax error names the file too.
+    std::fs::write(&path, "listen = ").unwrap();
+    let e = Config::load(&path, &env(&[])).unwrap_err().to_string();
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    // The same value from the environment names the variable, not the file.
+    std::fs::write(&path, toml_with("", "")).unwrap();
+    let e = Config::load(&path, &env(&[("RELAY_MAX_STREAMS", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("RELAY_MAX_STREAMS") && !e.contains("relay.toml"),
+        "{e}"
+    );
+}
+
+#[test]
 fn client_keys_must_be_sha256_digests() {
     let text = toml_with("", "").replace(
         &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"client-key")),

@@ -1,16 +1,156 @@
 //! What the client is told when its stream fails after the head was sent: one SSE `event: error`.
+//!
+//! Its `data` is read by three kinds of clients, so it carries three things at once:
+//!
+//! - an `error` object in the vendor's own shape, so that the official SDKs raise instead of yielding an empty
+//!   chunk: the `openai` SDK raises `APIError` for any event whose data has an `error` member (chat completions
+//!   and the Responses API alike), the `anthropic` SDK raises for `event: error`. OpenAI's object is
+//!   `{"message","type","code"}`; Anthropic's is `{"type","message"}` inside `{"type":"error"}`, which is also the
+//!   `type` a Responses API client dispatches on;
+//! - `kind`, `message` and `trace_id` at the top level, as before (the demo page, scripts, the error table);
+//! - `code` = `kind` at the top level, which completes the Responses API's own `error` event shape.
 
 use bytes::Bytes;
 
 use crate::outcome::Failure;
 
+/// Whose error shape a route's error events take (from the route's `gen_ai_system`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// OpenAI's: `error.type` is `server_error` (a timeout: `timeout`), `error.code` the kind.
+    #[default]
+    Openai,
+    /// Anthropic's: `error.type` is `api_error`, `timeout_error` or, for a relay shutting down, `overloaded_error`
+    /// (the types its SDK retries).
+    Anthropic,
+}
+
+impl ErrorShape {
+    /// The shape for a route whose vendor is `gen_ai_system` (`anthropic`, or anything else: OpenAI's).
+    pub fn for_system(gen_ai_system: &str) -> Self {
+        if gen_ai_system.eq_ignore_ascii_case("anthropic") {
+            ErrorShape::Anthropic
+        } else {
+            ErrorShape::Openai
+        }
+    }
+
+    fn error_type(self, failure: Failure) -> &'static str {
+        let timeout = matches!(
+            failure,
+            Failure::UpstreamFirstByteTimeout
+                | Failure::UpstreamIdleTimeout
+                | Failure::TotalTimeout
+        );
+        match (self, failure) {
+            (ErrorShape::Openai, _) if timeout => "timeout",
+            (ErrorShape::Openai, _) => "server_error",
+            (ErrorShape::Anthropic, Failure::Shutdown) => "overloaded_error",
+            (ErrorShape::Anthropic, _) if timeout => "timeout_error",
+            (ErrorShape::Anthropic, _) => "api_error",
+        }
+    }
+}
+
 /// The SSE error event for `failure`, preceded by a blank line unless the stream is at an event boundary.
-pub fn error_event(failure: Failure, trace_id: &str, at_boundary: bool) -> Bytes {
+pub fn error_event(
+    failure: Failure,
+    shape: ErrorShape,
+    trace_id: &str,
+    at_boundary: bool,
+) -> Bytes {
+    let (kind, message) = (failure.kind(), failure.message());
+    // The SDKs show `error.message` as the exception's text: it names the failure.
+    let named = format!("{message} ({kind}, trace id {trace_id})");
+    let error = match shape {
+        ErrorShape::Openai => serde_json::json!({
+            "message": named,
+            "type": shape.error_type(failure),
+            "code": kind,
+        }),
+        ErrorShape::Anthropic => serde_json::json!({
+            "type": shape.error_type(failure),
+            "message": named,
+        }),
+    };
     let data = serde_json::json!({
-        "kind": failure.kind(),
-        "message": failure.message(),
+        "type": "error",
+        "error": error,
+        "code": kind,
+        "kind": kind,
+        "message": message,
         "trace_id": trace_id,
     });
     let lead = if at_boundary { "" } else { "\n\n" };
     Bytes::from(format!("{lead}event: error\ndata: {data}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(event: &Bytes) -> serde_json::Value {
+        let text = std::str::from_utf8(event).unwrap();
+        let line = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn openai_clients_find_an_error_object_naming_the_failure() {
+        let e = error_event(Failure::UpstreamReset, ErrorShape::Openai, "t-1", true);
+        assert!(e.starts_with(b"event: error\ndata: {"));
+        let d = data(&e);
+        assert_eq!(d["error"]["code"], "upstream_reset");
+        assert_eq!(d["error"]["type"], "server_error");
+        let message = d["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("upstream_reset") && message.contains("t-1"),
+            "{message}"
+        );
+        // The fields clients read before stay where they were.
+        assert_eq!(
+            (&d["kind"], &d["trace_id"], &d["type"]),
+            (
+                &serde_json::json!("upstream_reset"),
+                &serde_json::json!("t-1"),
+                &serde_json::json!("error")
+            )
+        );
+        assert_eq!(d["message"], Failure::UpstreamReset.message());
+        let idle = data(&error_event(
+            Failure::UpstreamIdleTimeout,
+            ErrorShape::Openai,
+            "t",
+            true,
+        ));
+        assert_eq!(idle["error"]["type"], "timeout");
+    }
+
+    #[test]
+    fn anthropic_routes_get_anthropic_error_types() {
+        assert_eq!(ErrorShape::for_system("Anthropic"), ErrorShape::Anthropic);
+        assert_eq!(ErrorShape::for_system("az.ai.openai"), ErrorShape::Openai);
+        let d = data(&error_event(
+            Failure::Shutdown,
+            ErrorShape::Anthropic,
+            "t",
+            true,
+        ));
+        assert_eq!(d["type"], "error");
+        assert_eq!(d["error"]["type"], "overloaded_error");
+        assert!(d["error"].get("code").is_none());
+        let d = data(&error_event(
+            Failure::TotalTimeout,
+            ErrorShape::Anthropic,
+            "t",
+            true,
+        ));
+        assert_eq!(d["error"]["type"], "timeout_error");
+    }
+
+    #[test]
+    fn a_half_sent_event_is_closed_first() {
+        let e = error_event(Failure::UpstreamTruncated, ErrorShape::Openai, "t", false);
+        assert!(e.starts_with(b"\n\nevent: error\n"));
+    }
 }

@@ -92,6 +92,7 @@ fn tap_with(l: Limits, added_delay: Option<AddedDelay>) -> Tapped {
         text_max: Some(64),
         drain: drain.clone(),
         trace_id: Arc::from("trace-1"),
+        error_shape: crate::tap::ErrorShape::Openai,
         chunk_gap: None,
         added_delay,
         hide_usage: l.hide_usage,

@@ -125,6 +125,7 @@ pub async fn start_relay_with_admin(config: Config) -> (Relay, SocketAddr) {
     let listeners = relay::Listeners {
         public,
         admin: Some(admin),
+        admin_taken: None,
     };
     let run = relay::serve(prepared, listeners, stop.clone(), |r| r, || {});
     let done = tokio::spawn(async move { run.await.unwrap() });
