@@ -12,7 +12,9 @@ import time
 import urllib.error
 import urllib.request
 
+import httpx
 import openai
+from httpx_sse import connect_sse
 from openai import AsyncOpenAI, OpenAI
 
 BASE = os.environ["SSEGATE_BASE"]
@@ -120,6 +122,59 @@ def responses_stream():
     return {"types": types, "text": text}
 
 
+# The vendor drops the connection after three of six content chunks.
+RESET = {"x-mock-chunks": "6", "x-mock-reset-after": "3", "x-mock-interval-ms": "10"}
+
+
+def raised(events):
+    """Runs `events` (a stream's iterator) to its end: what it yielded and what it raised."""
+    seen = 0
+    try:
+        for _ in events:
+            seen += 1
+    except openai.APIError as e:
+        return {
+            "seen": seen,
+            "raised": type(e).__name__,
+            "api_error": isinstance(e, openai.APIError),
+            "message": e.message,
+            "code": e.code,
+            "type": e.type,
+        }
+    return {"seen": seen, "raised": None}
+
+
+def chat_reset():
+    client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0)
+    return raised(
+        client.chat.completions.create(
+            model="mock-1", messages=MESSAGES, stream=True, extra_headers=RESET
+        )
+    )
+
+
+def responses_reset():
+    client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0)
+    return raised(
+        client.responses.create(model="mock-1", input="你好", stream=True, extra_headers=RESET)
+    )
+
+
+def raw_sse_reset():
+    """A plain SSE client (httpx-sse): what events a failed stream shows it."""
+    body = {"model": "mock-1", "stream": True, "messages": MESSAGES}
+    headers = {"authorization": f"Bearer {KEY}", **RESET}
+    with httpx.Client(timeout=30) as c:
+        with connect_sse(c, "POST", f"{BASE}/chat/completions", json=body, headers=headers) as source:
+            events = [(e.event, e.data) for e in source.iter_sse()]
+    errors = [json.loads(d) for (name, d) in events if name == "error"]
+    return {
+        "events": len(events),
+        "errors": errors,
+        "done": any(d.strip() == "[DONE]" for (_, d) in events),
+    }
+
+
 print(
     json.dumps(
         {
@@ -129,6 +184,9 @@ print(
             "wrong_key": wrong_key(),
             "close": close_cancels(),
             "responses": responses_stream(),
+            "chat_reset": chat_reset(),
+            "responses_reset": responses_reset(),
+            "raw_sse_reset": raw_sse_reset(),
         },
         ensure_ascii=False,
     )

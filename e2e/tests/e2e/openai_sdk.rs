@@ -17,6 +17,9 @@ use crate::support::*;
 
 /// The SDK version the test installs (the newest on PyPI when it was written).
 const OPENAI: &str = "3.57.0";
+/// A plain SSE client, to see the error event as any reader of the stream does (and the `httpx` it reads with).
+const HTTPX_SSE: &str = "0.4.3";
+const HTTPX: &str = "0.29.0";
 const REQUIRE: &str = "SSEGATE_REQUIRE_PYTHON";
 
 static PYTHON: OnceCell<Option<PathBuf>> = OnceCell::const_new();
@@ -35,7 +38,10 @@ fn prepare() -> Result<Option<PathBuf>> {
     };
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-venv");
     let py = venv.join("bin/python");
-    let check = format!("import sys, openai; sys.exit(openai.__version__ != '{OPENAI}')");
+    let check = format!(
+        "import sys, openai, httpx, httpx_sse; from importlib.metadata import version; \
+         sys.exit(openai.__version__ != '{OPENAI}' or version('httpx-sse') != '{HTTPX_SSE}')"
+    );
     let ready = |py: &Path| {
         Command::new(py)
             .args(["-c", &check])
@@ -46,7 +52,11 @@ fn prepare() -> Result<Option<PathBuf>> {
         return Ok(Some(py));
     }
     let venv_arg = venv.to_string_lossy();
-    let package = format!("openai=={OPENAI}");
+    let packages = [
+        format!("openai=={OPENAI}"),
+        format!("httpx-sse=={HTTPX_SSE}"),
+        format!("httpx=={HTTPX}"),
+    ];
     let make_venv = ["-m", "venv", "--clear", &*venv_arg];
     let install = [
         "-m",
@@ -54,7 +64,9 @@ fn prepare() -> Result<Option<PathBuf>> {
         "install",
         "-q",
         "--disable-pip-version-check",
-        &package,
+        &packages[0],
+        &packages[1],
+        &packages[2],
     ];
     let steps: [(&Path, &[&str]); 2] = [(&python, &make_venv), (&py, &install)];
     for (program, args) in steps {
@@ -151,6 +163,33 @@ async fn the_openai_sdk_streams_through(front: Front) -> Result<()> {
         .count();
     assert_eq!(deltas, 8);
     assert_eq!(v["responses"]["text"], text);
+
+    // The vendor resets mid-answer: the SDK raises APIError naming the failure, for chat and Responses streams
+    // alike (before the error object it yielded an empty chunk, or ended as if the answer were complete).
+    for case in ["chat_reset", "responses_reset"] {
+        let r = &v[case];
+        assert_eq!(r["raised"], "APIError", "{case}: {r}");
+        assert_eq!(r["code"], "upstream_reset", "{case}: {r}");
+        assert_eq!(r["type"], "server_error", "{case}: {r}");
+        let message = r["message"].as_str().unwrap_or_default();
+        assert!(message.contains("upstream_reset"), "{case}: {message}");
+        assert!(
+            r["seen"].as_u64() >= Some(1),
+            "{case}: nothing before the error: {r}"
+        );
+    }
+    // A plain SSE reader sees exactly one error event, with the relay's fields, and no [DONE].
+    let raw = &v["raw_sse_reset"];
+    assert_eq!(raw["done"], false, "{raw}");
+    let errors = raw["errors"].as_array().cloned().unwrap_or_default();
+    assert_eq!(errors.len(), 1, "{raw}");
+    assert_eq!(errors[0]["kind"], "upstream_reset");
+    assert_eq!(errors[0]["error"]["code"], "upstream_reset");
+    assert!(
+        errors[0]["trace_id"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
     Ok(())
 }
 
