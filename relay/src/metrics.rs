@@ -20,6 +20,7 @@
 //! | `ssegate_upstream_errors_total` | counter | route, kind | vendor trouble: `connect`, `tls`, `proxy`, `timeout`, `protocol`, `redirect`, `credential`, `status_4xx`, `status_5xx` (every attempt) |
 //! | `ssegate_failover_attempts_total` | counter | route | calls to a route's next endpoint |
 //! | `ssegate_store_errors_total` | counter | | limit store (Redis) calls that failed or timed out; `on_store_error` applied ([`crate::limit::store`]) |
+//! | `ssegate_store_leases_restored_total` | counter | | stream slots of live streams the store no longer had (it restarted empty) and this replica's renewal put back |
 //! | `ssegate_relayed_bytes_total` | counter | route | body bytes handed to clients |
 //! | `ssegate_relayed_events_total` | counter | route | SSE events relayed |
 //! | `ssegate_keepalives_total` | counter | route | `: keep-alive` comments sent |
@@ -53,6 +54,7 @@ pub const REJECTIONS: &str = "ssegate_rejections_total";
 pub const UPSTREAM_ERRORS: &str = "ssegate_upstream_errors_total";
 pub const FAILOVER: &str = "ssegate_failover_attempts_total";
 pub const STORE_ERRORS: &str = "ssegate_store_errors_total";
+pub const LEASES_RESTORED: &str = "ssegate_store_leases_restored_total";
 pub const BYTES: &str = "ssegate_relayed_bytes_total";
 pub const EVENTS: &str = "ssegate_relayed_events_total";
 pub const KEEPALIVES: &str = "ssegate_keepalives_total";
@@ -159,6 +161,10 @@ fn describe() {
     describe_counter!(UPSTREAM_ERRORS, "Vendor errors by kind, every attempt");
     describe_counter!(FAILOVER, "Calls to a route's next endpoint");
     describe_counter!(STORE_ERRORS, "Limit store calls that failed or timed out");
+    describe_counter!(
+        LEASES_RESTORED,
+        "Stream slots the limit store had lost (a restart) and a renewal put back"
+    );
     describe_counter!(BYTES, Unit::Bytes, "Body bytes handed to clients");
     describe_counter!(EVENTS, "SSE events relayed");
     describe_counter!(KEEPALIVES, "Keep-alive comments sent");
@@ -448,6 +454,11 @@ fn rejections() -> &'static Known {
 /// A limit store call failed or timed out (counted even with request-path metrics off: it is an outage signal).
 pub fn store_error() {
     counter!(STORE_ERRORS).increment(1);
+}
+
+/// Stream slots the store had lost (a restart) and this replica's renewal put back.
+pub fn store_leases_restored(n: u64) {
+    counter!(LEASES_RESTORED).increment(n);
 }
 
 pub fn rejected(reason: &'static str) {

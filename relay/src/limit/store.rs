@@ -13,7 +13,10 @@
 //!   lease when fewer than the tenant's limit are unexpired, gives it back when it ends (however it ends: the lease
 //!   is dropped with the stream's permit), and this replica renews all the leases it holds every third of
 //!   `stream_lease_ms` ([`RedisStore::renew_until`], one call per tenant). A replica that dies stops renewing: its
-//!   slots are free again within `stream_lease_ms`.
+//!   slots are free again within `stream_lease_ms`. A store that restarts empty forgets the open streams' leases:
+//!   each replica's next renewal adds back those it still holds (counted in `ssegate_store_leases_restored_total`),
+//!   so the limit holds again within one renewal interval (`stream_lease_ms / 3`) of the store answering; streams
+//!   admitted in that window (at most the tenant's limit, over all replicas) run to their end.
 //!
 //! Keys are `<key_prefix>:{<tenant>}:<limit>`: the braces are a Redis Cluster hash tag, so one tenant's keys live
 //! on one shard. The store is asked at a stream's start (slot, admission) and end (slot, charge) and for the renewals, never
@@ -69,6 +72,9 @@ pub struct StoreConfig {
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// The next renewal after a failed one comes this soon (or at the normal interval, when that is sooner).
+pub const RETRY_RENEWAL: Duration = Duration::from_millis(250);
 
 /// At most one log line per this long about store errors (each is counted in the metrics).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -150,16 +156,22 @@ redis.call('EXPIRE', KEYS[5], 34560000)
 return 1
 ";
 
-/// Renewal: `ARGV` the lease (ms), then the ids this replica holds; only ids still in the set are renewed (`XX`).
+/// Renewal: `ARGV` the lease (ms), then the ids this replica holds. Each is renewed; one the set no longer has (the
+/// store restarted, empty, or lost the key) is added again, so that the slots a replica's live streams hold count
+/// again after a restart. Returns the ids added again.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
+local restored = {}
 for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    restored[#restored + 1] = ARGV[i]
+  end
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
 end
 redis.call('PEXPIRE', KEYS[1], lease * 2)
-return 1
+return restored
 ";
 
 /// A connection to the store: multiplexed, reconnecting by itself, cheap to clone.
@@ -326,29 +338,79 @@ impl RedisStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Renews every lease this replica holds, every third of the lease time, until `done` is cancelled.
+    /// Renews every lease this replica holds, every third of the lease time, until `done` is cancelled. A lease the
+    /// store no longer has (it restarted empty) is added again and counted
+    /// (`ssegate_store_leases_restored_total`), so the tenant's concurrency limit holds again within one renewal
+    /// interval of the store answering. After a failed renewal the next comes sooner ([`RETRY_RENEWAL`]), so the
+    /// slots are back right after the store is.
     pub async fn renew_until(&self, done: tokio_util::sync::CancellationToken) {
         let every = self.config.stream_lease / 3;
+        let mut wait = every;
         loop {
             tokio::select! {
                 () = done.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(wait) => {}
             }
-            let mut by_tenant: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
-            for (id, tenant) in self.held().iter() {
-                by_tenant.entry(tenant.clone()).or_default().push(*id);
+            wait = if self.renew_once().await {
+                every
+            } else {
+                every.min(RETRY_RENEWAL)
+            };
+        }
+    }
+
+    /// One renewal of every lease this replica holds, one call per tenant; false when a call failed.
+    async fn renew_once(&self) -> bool {
+        let mut by_tenant: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+        for (id, tenant) in self.held().iter() {
+            by_tenant.entry(tenant.clone()).or_default().push(*id);
+        }
+        let mut all_ok = true;
+        for (tenant, ids) in by_tenant {
+            let mut conn = self.conn.clone();
+            let key = self.key(&tenant, "streams");
+            let mut call = self.renew.key(&key);
+            call.arg(self.config.stream_lease.as_millis() as u64);
+            for id in &ids {
+                call.arg(self.lease_id(*id));
             }
-            for (tenant, ids) in by_tenant {
-                let mut conn = self.conn.clone();
-                let mut call = self.renew.key(self.key(&tenant, "streams"));
-                call.arg(self.config.stream_lease.as_millis() as u64);
-                for id in ids {
-                    call.arg(self.lease_id(id));
-                }
-                if let Err(e) = self.within(call.invoke_async::<i64>(&mut conn)).await {
+            match self
+                .within(call.invoke_async::<Vec<String>>(&mut conn))
+                .await
+            {
+                Ok(restored) if !restored.is_empty() => self.restored(&key, &ids, &restored).await,
+                Ok(_) => {}
+                Err(e) => {
+                    all_ok = false;
                     self.failed(&e);
                 }
             }
+        }
+        all_ok
+    }
+
+    /// The renewal added `restored` again: count those still held, and take back any whose stream ended while the
+    /// call was on its way (its own release may have reached the store first), so an ended stream's slot is never
+    /// brought back to life.
+    async fn restored(&self, key: &str, renewed: &[u64], restored: &[String]) {
+        let ended: Vec<String> = {
+            let held = self.held();
+            renewed
+                .iter()
+                .filter(|id| !held.contains_key(id))
+                .map(|id| self.lease_id(*id))
+                .filter(|id| restored.contains(id))
+                .collect()
+        };
+        crate::metrics::store_leases_restored((restored.len() - ended.len()) as u64);
+        if ended.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("ZREM");
+        cmd.arg(key).arg(&ended);
+        if let Err(e) = self.within(cmd.query_async::<i64>(&mut conn)).await {
+            self.failed(&e);
         }
     }
 

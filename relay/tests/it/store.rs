@@ -143,6 +143,65 @@ async fn replicas_share_a_tenants_stream_slots_and_an_ended_stream_gives_its_slo
     }
 }
 
+/// The value of `name` (no labels) on the admin listener's `/metrics`.
+async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn stream_slots_come_back_after_a_redis_restart_within_one_renewal() {
+    let Some(bin) = redis::available() else {
+        return;
+    };
+    let mut redis = Redis::start(bin).unwrap();
+    let mock = start_mock().await;
+    // Renewals every 300 ms.
+    let top = format!(
+        "max_streams_per_tenant = 2\n\n[store]\nurl = {:?}\nstream_lease_ms = 900\n",
+        redis.url()
+    );
+    let (relay, admin) =
+        start_relay_with_admin(config_with(&mock.addr.to_string(), &top, "")).await;
+    let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "50")];
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let res = chat(&relay, &long).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        held.push(res);
+    }
+    assert_eq!(chat(&relay, &long).send().await.unwrap().status(), 429);
+    // Redis restarts empty: it no longer knows the two open streams.
+    let before = metric(admin, "ssegate_store_leases_restored_total").await;
+    redis.stop();
+    redis.start_again().unwrap();
+    let restarted = Instant::now();
+    // The next renewal (within 300 ms of Redis answering) puts both slots back.
+    let deadline = restarted + Duration::from_secs(5);
+    while metric(admin, "ssegate_store_leases_restored_total").await < before + 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the open streams' slots were never restored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("slots restored {:?} after the restart", restarted.elapsed());
+    // The limit holds again: still two open, so a third and a fourth are refused.
+    for _ in 0..2 {
+        let res = chat(&relay, &long).send().await.unwrap();
+        assert_eq!(res.status(), 429, "admitted past the limit after a restart");
+    }
+    assert_eq!(mock.app.stats.counters().requests, 2);
+    drop(held);
+}
+
 #[tokio::test]
 async fn a_daily_token_quota_counts_both_replicas_streams() {
     let Some(bin) = redis::available() else {
