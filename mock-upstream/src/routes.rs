@@ -263,6 +263,11 @@ async fn answer(
     }
     if !ask.stream {
         let (chunks, bytes) = (script.chunks, script.chunk_bytes);
+        // A complete answer reports its usage, as a stream's closing chunk does.
+        app.stats.bump(|c| {
+            c.usage_prompt_tokens += 9;
+            c.usage_completion_tokens += u64::from(chunks);
+        });
         let answer = match ask.dialect {
             Dialect::Responses => {
                 let text = crate::dialect::full_text(chunks, bytes);

@@ -1,6 +1,8 @@
-//! Usage accounting, at the end of each stream (stage 8, beside the record): the tokens a stream used are charged
-//! against its tenant's token limits, and its totals are added to the usage of its tenant, route and model for the
-//! UTC day. Read back on the admin listener (`GET /admin/usage`, [`crate::admin`]).
+//! Usage accounting, at the end of each answer (stage 8, beside the record), streamed or not: the tokens an answer
+//! was charged settle the reservation its request made against the tenant's token limits ([`crate::limit`]), and
+//! its totals are added to the usage of its tenant, route and model for the UTC day. What an answer is charged is
+//! the vendor's usage, or an estimate when it ended without one ([`crate::usage::charged`]); the rows say how many
+//! tokens were estimated. Read back on the admin listener (`GET /admin/usage`, [`crate::admin`]).
 //!
 //! Without `[store]` both live in this process (the [`Ledger`]; usage is lost when it exits). With it, one store
 //! call does both ([`crate::limit::store::RedisStore::charge`]), so every replica's streams add up in one place and
@@ -14,10 +16,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::time::Instant;
-
-use crate::limit::store::{Lease, StoreError};
-use crate::limit::{Calendar, Limiter};
+use crate::limit::store::StoreError;
+use crate::limit::{Calendar, Limiter, StreamPermit};
 use crate::usage::Totals;
 
 /// Most tenant/route/model/day keys the in-process ledger keeps.
@@ -101,7 +101,7 @@ pub struct Account {
     tenants: Vec<Arc<str>>,
 }
 
-/// What one ended stream is charged and recorded as.
+/// What one ended answer is charged and recorded as.
 #[derive(Debug)]
 pub struct StreamUsage {
     pub tenant: Arc<str>,
@@ -119,15 +119,15 @@ impl Account {
         }
     }
 
-    /// A stream ended: charges its tokens and adds its totals (in the store's own task when there is a store, which
-    /// gives the stream's `lease` back in the same call).
-    pub fn stream_ended(&self, usage: StreamUsage, lease: Option<Lease>) {
+    /// An answer ended: its `permit`'s token reservation is settled to the tokens it was charged and its totals
+    /// are added (in the store's own task when there is a store, which gives the stream's lease back in the same
+    /// call). The permit's slots are given back here.
+    pub fn stream_ended(&self, usage: StreamUsage, mut permit: StreamPermit) {
         let cal = Calendar::now();
-        let tokens = usage.totals.prompt_tokens + usage.totals.completion_tokens;
+        let used = usage.totals.prompt_tokens + usage.totals.completion_tokens;
         let model = usage.model.as_deref().unwrap_or(UNNAMED).to_owned();
         let Some(store) = self.limiter.store().cloned() else {
-            self.limiter
-                .charge_tokens(&usage.tenant, tokens, Instant::now(), cal);
+            permit.settle(used);
             let ledger = &self.ledger;
             ledger.add(
                 cal.day(),
@@ -138,6 +138,8 @@ impl Account {
             );
             return;
         };
+        let lease = permit.take_lease();
+        drop(permit);
         let per_minute = self.limiter.token_limits(&usage.tenant).per_minute;
         let charge = async move {
             let StreamUsage {
@@ -147,7 +149,14 @@ impl Account {
                 ..
             } = usage;
             let result = store
-                .charge(&tenant, (lease, per_minute), (&route, &model), &totals, cal)
+                .charge(
+                    &tenant,
+                    (lease, per_minute),
+                    used,
+                    (&route, &model),
+                    &totals,
+                    cal,
+                )
                 .await;
             if let Err(e) = result {
                 store.failed(&e);
@@ -158,7 +167,8 @@ impl Account {
                     model = %model,
                     prompt_tokens = totals.prompt_tokens,
                     completion_tokens = totals.completion_tokens,
-                    "stream usage not recorded in the store"
+                    estimated_tokens = totals.estimated_tokens,
+                    "answer usage not recorded in the store"
                 );
             }
         };
@@ -197,17 +207,20 @@ mod tests {
     fn the_ledger_sums_days_per_key_and_caps_its_keys() {
         let ledger = Ledger::default();
         let (a, b, r): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "/v1".into());
-        let one = Totals::stream(
+        let reported = crate::usage::charged(
             Some(crate::usage::Tokens {
                 prompt: 9,
                 completion: 3,
             }),
-            100,
-            5,
+            true,
+            0,
+            0,
         );
+        let one = Totals::stream(reported, 100, 5);
         ledger.add(10, &a, &r, "m", &one);
         ledger.add(11, &a, &r, "m", &one);
-        ledger.add(11, &b, &r, "m", &Totals::stream(None, 7, 1));
+        let estimated = crate::usage::charged(None, false, 4, 2);
+        ledger.add(11, &b, &r, "m", &Totals::stream(estimated, 7, 1));
         let rows = ledger.rows(std::slice::from_ref(&a), 10, 11);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].totals.streams, 2);
@@ -220,6 +233,7 @@ mod tests {
         );
         let b_rows = ledger.rows(std::slice::from_ref(&b), 0, 100);
         assert_eq!(b_rows[0].totals.streams_without_usage, 1);
+        assert_eq!(b_rows[0].totals.estimated_tokens, 6);
         // Days older than KEEP_DAYS go when a later day is added.
         ledger.add(10 + KEEP_DAYS + 1, &a, &r, "m", &one);
         assert!(ledger.rows(std::slice::from_ref(&a), 10, 10).is_empty());

@@ -318,6 +318,7 @@ pub struct RawTenant {
     pub tokens_per_minute: Option<u32>,
     pub tokens_per_day: Option<u64>,
     pub tokens_per_month: Option<u64>,
+    pub reserve_output_tokens: Option<u64>,
     /// This tenant's concurrent streams; absent: `max_streams_per_tenant`.
     pub max_streams: Option<u32>,
 }
@@ -373,6 +374,8 @@ pub struct RawTenantLimits {
     /// Tokens per UTC day and per UTC month, charged the same way.
     pub tokens_per_day: Option<u64>,
     pub tokens_per_month: Option<u64>,
+    /// With token limits: the answer's size a request reserves when it names no `max_tokens` (1024 when absent).
+    pub reserve_output_tokens: Option<u64>,
 }
 
 /// Audit log settings.
@@ -724,6 +727,10 @@ fn tenant_limits(
                 per_month: positive(&name("tokens_per_month"), l.tokens_per_month)?,
             },
             max_streams: positive(&name("max_streams"), streams)?,
+            reserve_output_tokens: positive(
+                &name("reserve_output_tokens"),
+                l.reserve_output_tokens,
+            )?,
         })
     };
     let defaults = limits("tenant_defaults", &raw.tenant_defaults, None)?;
@@ -734,6 +741,7 @@ fn tenant_limits(
             tokens_per_minute: t.tokens_per_minute,
             tokens_per_day: t.tokens_per_day,
             tokens_per_month: t.tokens_per_month,
+            reserve_output_tokens: t.reserve_output_tokens,
         };
         let own = limits(&format!("tenants[{i}]"), &own, t.max_streams)?;
         let merged = crate::limit::Limits {
@@ -744,6 +752,7 @@ fn tenant_limits(
                 per_month: own.tokens.per_month.or(defaults.tokens.per_month),
             },
             max_streams: own.max_streams,
+            reserve_output_tokens: own.reserve_output_tokens.or(defaults.reserve_output_tokens),
         };
         out.insert(name.clone(), merged);
     }

@@ -1,21 +1,22 @@
 //! Limits: streams open at once, in all and per tenant, each tenant's requests per minute ([`rate`]) and its tokens
 //! per minute, per day and per month ([`tokens`]).
 //!
-//! [`Limiter::enter`] runs after authentication and before the request body is read or any upstream call is made:
-//! it takes a [`StreamPermit`] (one slot of each concurrency limit), then checks the tenant's tokens and counts its
-//! request rate. [`crate::stack`] hands it to the stream's end-of-stream callback, so it is released when the stream ends,
-//! however it ends: a slot is never held by a client that went away nor released while bytes still flow. Over the
-//! total limit the answer is 503 (the relay is full), over a tenant's limit 429 (that tenant is), both with
-//! `Retry-After`.
+//! Two steps. [`Limiter::admit_total`] runs after authentication and before the request body is read: one of the
+//! relay's `max_streams` slots (503 when the relay is full), so that the relay never reads more bodies at once than
+//! it serves streams. [`Limiter::enter`] runs once the body is read (its size and `max_tokens` make the token
+//! reservation) and before any upstream call: one of the tenant's stream slots, then its tokens (the reservation
+//! must fit, [`tokens`]), then its request rate (counted). Over any the answer is 429 naming the limit, with
+//! `Retry-After` from the rate or window; a refused request takes and counts nothing. The response of an admitted
+//! request carries OpenAI's `x-ratelimit-*-requests` and `x-ratelimit-*-tokens` headers.
 //!
-//! The rates come after the stream slot (a request refused for its slot is not counted): the tenant's tokens first
-//! (any left? nothing is charged), then its request rate (charged). Over either the answer is 429 naming the limit, with `Retry-After` from the rate or window, and the
-//! response of an admitted request carries OpenAI's `x-ratelimit-*-requests` and `x-ratelimit-*-tokens` headers.
-//! The tokens a stream used are charged when it ends ([`Limiter::charge_tokens`], or the store's charge).
+//! The [`StreamPermit`] is handed to the stream's end ([`crate::stack`]), so it is released when the stream ends,
+//! however it ends: a slot is never held by a client that went away nor released while bytes still flow; its
+//! reservation is settled to the tokens the answer used ([`crate::account`]), or given back in full when the
+//! permit is dropped unsettled (the vendor refused or was never reached).
 //!
 //! The relay-wide stream slots are this process's. A tenant's stream slots, tokens and request rate are too, unless
 //! `[store]` names Redis ([`store`]): then every replica counts them together, in one call at a stream's start (a
-//! stream's tenant slot is a lease there) and one at its end.
+//! stream's tenant slot is a lease there, holding its reservation) and one at its end.
 
 pub mod rate;
 pub mod store;
@@ -34,12 +35,25 @@ use store::{Lease, RedisStore};
 use tokens::TokenBudget;
 pub use tokens::{Calendar, QuotaRefused, TokenLimits, TokensRefused};
 
-/// One tenant's limits as configured; each `None` is no limit (`max_streams`: the relay's per-tenant default).
+/// One tenant's limits as configured; each `None` is no limit (`max_streams`: the relay's per-tenant default;
+/// `reserve_output_tokens`: [`DEFAULT_RESERVE_OUTPUT`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
     pub requests_per_minute: Option<u32>,
     pub tokens: TokenLimits,
     pub max_streams: Option<u32>,
+    /// The answer's size a request reserves when it names no `max_tokens` (token limits only).
+    pub reserve_output_tokens: Option<u64>,
+}
+
+/// What a request without `max_tokens` reserves for its answer, unless the tenant says otherwise.
+pub const DEFAULT_RESERVE_OUTPUT: u64 = 1024;
+
+/// What a request may use, for its token reservation: its prompt (estimated) and its answer's cap, if it named one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Want {
+    pub prompt: u64,
+    pub max_output: Option<u64>,
 }
 
 /// What an admitted request is told of its rates (each `None`: no such limit, or the store did not answer).
@@ -66,15 +80,43 @@ pub enum LimitError {
     StoreUnavailable,
 }
 
-/// Slots held by one stream (held for their drop, which gives them back).
+/// The relay-wide slot of a request, taken before its body is read ([`Limiter::admit_total`]).
+#[derive(Debug)]
+pub struct TotalSlot(
+    #[expect(
+        dead_code,
+        reason = "held, never read: dropping it gives the slot back"
+    )]
+    OwnedSemaphorePermit,
+);
+
+/// Slots held by one stream (held for their drop, which gives them back), and the tokens it reserved.
 #[derive(Debug)]
 pub struct StreamPermit {
     #[expect(
         dead_code,
         reason = "held, never read: dropping it gives the slot back"
     )]
-    total: OwnedSemaphorePermit,
+    total: TotalSlot,
     tenant: TenantSlot,
+    /// Tokens reserved in this process (with a store, the lease holds its reservation); given back in full when
+    /// the permit is dropped unsettled (the vendor was never reached, or refused).
+    reserved: Option<Reserved>,
+}
+
+/// A reservation of tokens in this process.
+struct Reserved {
+    limits: Arc<TenantLimits>,
+    tokens: u64,
+    made: Calendar,
+}
+
+impl std::fmt::Debug for Reserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reserved")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamPermit {
@@ -88,6 +130,27 @@ impl StreamPermit {
                 None
             }
         }
+    }
+
+    /// Settles the tokens reserved in this process to the `used` tokens of the answer (charges them when nothing
+    /// was reserved, as when the limits are off for this tenant: nothing to charge then).
+    pub fn settle(&mut self, used: u64) {
+        if let Some(r) = self.reserved.take() {
+            r.limits
+                .tokens
+                .settle(r.tokens, used, Instant::now(), r.made);
+        }
+    }
+
+    /// What this permit reserved in this process.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.as_ref().map_or(0, |r| r.tokens)
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.settle(0);
     }
 }
 
@@ -119,6 +182,7 @@ struct TenantLimits {
     max_streams: u32,
     requests: Option<Gcra>,
     tokens: TokenBudget,
+    reserve_output: u64,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -152,6 +216,7 @@ impl Limiter {
                     max_streams: streams,
                     requests: l.requests_per_minute.map(|n| Gcra::new(n, MINUTE)),
                     tokens: TokenBudget::new(l.tokens),
+                    reserve_output: l.reserve_output_tokens.unwrap_or(DEFAULT_RESERVE_OUTPUT),
                 };
                 (t.clone(), Arc::new(limits))
             })
@@ -169,17 +234,30 @@ impl Limiter {
         self
     }
 
-    /// A stream's start: one slot of each concurrency limit, then the tenant's tokens (is any left? nothing is
-    /// charged), then its request rate (counted). Never waits for a slot. The permit and what the response headers
-    /// say, or which limit refused.
+    /// A request's relay-wide slot (503 when the relay is full), taken before its body is read so that the
+    /// relay never reads more bodies at once than it serves streams.
+    pub fn admit_total(&self) -> Result<TotalSlot, LimitError> {
+        self.total
+            .clone()
+            .try_acquire_owned()
+            .map(TotalSlot)
+            .map_err(|_| LimitError::Total)
+    }
+
+    /// A stream's start, once its body is read: one of the tenant's stream slots, then its tokens (the request
+    /// may use up to its prompt and answer cap, `want`: the reservation, [`TokenLimits::reservation`], must fit, and is charged), then its
+    /// request rate (counted). Never waits for a slot. The permit and what the response headers say, or which limit
+    /// refused (nothing taken then).
     ///
-    /// The relay-wide slots are this process's. The tenant's limits are the store's when there is one (the slot a
-    /// lease, see [`store`]), so that replicas share them, and the store decides all of them in one call; when it
-    /// cannot answer, `on_store_error` decides: `allow` goes on without the tenant's limits (no headers), `deny` is
+    /// The tenant's limits are the store's when there is one (the slot a lease, see [`store`]), so that replicas
+    /// share them, and the store decides all of them in one call; when it cannot answer, `on_store_error` decides:
+    /// `allow` goes on without the tenant's limits (no headers, nothing reserved), `deny` is
     /// [`LimitError::StoreUnavailable`].
     pub async fn enter(
         &self,
         tenant: &str,
+        total: TotalSlot,
+        want: Want,
         now: Instant,
         cal: Calendar,
     ) -> Result<(StreamPermit, Admitted), LimitError> {
@@ -187,43 +265,60 @@ impl Limiter {
             .tenants
             .get_key_value(tenant)
             .ok_or(LimitError::Tenant)?;
-        let total = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| LimitError::Total)?;
-        let permit = |tenant| StreamPermit { total, tenant };
+        let token_limits = limits.tokens.limits();
+        let wanted = want
+            .prompt
+            .saturating_add(want.max_output.unwrap_or(limits.reserve_output));
+        let reserve = token_limits.any().then(|| token_limits.reservation(wanted));
+        let permit = |tenant, reserved| StreamPermit {
+            total,
+            tenant,
+            reserved,
+        };
         let Some(store) = &self.store else {
             let slot = limits
                 .streams
                 .clone()
                 .try_acquire_owned()
                 .map_err(|_| LimitError::Tenant)?;
-            let tokens = limits.tokens.check(now, cal).map_err(refused_tokens)?;
+            let tokens = match reserve {
+                Some(n) => limits.tokens.reserve(n, now, cal).map_err(refused_tokens)?,
+                None => None,
+            };
+            let reserved = reserve.map(|tokens| Reserved {
+                limits: limits.clone(),
+                tokens,
+                made: cal,
+            });
+            // Refused by the rate, the permit is dropped here and gives its reservation back.
+            let permit = permit(TenantSlot::Local(slot), reserved);
             let requests = match &limits.requests {
                 Some(rate) => Some(rate.admit(now).map_err(LimitError::Requests)?),
                 None => None,
             };
-            return Ok((
-                permit(TenantSlot::Local(slot)),
-                Admitted { requests, tokens },
-            ));
+            return Ok((permit, Admitted { requests, tokens }));
         };
         let rpm = limits.requests.as_ref().map(Gcra::limit);
         let entered = store
-            .enter(name, limits.max_streams, rpm, limits.tokens.limits(), cal)
+            .enter(
+                name,
+                limits.max_streams,
+                rpm,
+                (token_limits, reserve.unwrap_or(0)),
+                cal,
+            )
             .await;
         match entered {
-            Ok(Ok((lease, admitted))) => Ok((permit(TenantSlot::Lease(lease)), admitted)),
+            Ok(Ok((lease, admitted))) => Ok((permit(TenantSlot::Lease(lease), None), admitted)),
             Ok(Err(refused)) => Err(refused),
             Err(e) => {
                 store.unavailable(&e)?;
-                Ok((permit(TenantSlot::Unlimited), Admitted::default()))
+                Ok((permit(TenantSlot::Unlimited, None), Admitted::default()))
             }
         }
     }
 
-    /// Charges the `tokens` a stream of `tenant` used, in this process (with a store, the store's charge does it).
+    /// Charges the `tokens` an answer of `tenant` used without a reservation, in this process.
     pub fn charge_tokens(&self, tenant: &str, tokens: u64, now: Instant, cal: Calendar) {
         if let Some(limits) = self.tenants.get(tenant) {
             limits.tokens.charge(tokens, now, cal);
@@ -243,9 +338,18 @@ impl Limiter {
         self.store.as_ref()
     }
 
-    /// [`Limiter::enter`]'s permit alone.
+    /// [`Limiter::admit_total`] and [`Limiter::enter`]'s permit, for a request of no size.
     pub async fn acquire(&self, tenant: &str) -> Result<StreamPermit, LimitError> {
-        let (permit, _) = self.enter(tenant, Instant::now(), Calendar::now()).await?;
+        let total = self.admit_total()?;
+        let (permit, _) = self
+            .enter(
+                tenant,
+                total,
+                Want::default(),
+                Instant::now(),
+                Calendar::now(),
+            )
+            .await?;
         Ok(permit)
     }
 }

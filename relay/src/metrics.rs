@@ -24,7 +24,7 @@
 //! | `ssegate_relayed_bytes_total` | counter | route | body bytes handed to clients |
 //! | `ssegate_relayed_events_total` | counter | route | SSE events relayed |
 //! | `ssegate_keepalives_total` | counter | route | `: keep-alive` comments sent |
-//! | `ssegate_tokens_total` | counter | route, tenant, type (`prompt`, `completion`) | tokens a stream's `usage` object reported |
+//! | `ssegate_tokens_total` | counter | route, tenant, type (`prompt`, `completion`), source (`reported`, `estimated`) | tokens answers were charged: the vendor's `usage` (streamed or in a JSON body), or the relay's estimate for answers that ended without one |
 //! | `ssegate_relay_overhead_seconds` | histogram | route | request start → vendor request sent (auth, limits, body read) |
 //! | `ssegate_upstream_first_byte_seconds` | histogram | route | vendor request sent → the vendor's first body byte |
 //! | `ssegate_client_first_byte_seconds` | histogram | route | request start → the first body byte handed to the client's connection |
@@ -168,7 +168,10 @@ fn describe() {
     describe_counter!(BYTES, Unit::Bytes, "Body bytes handed to clients");
     describe_counter!(EVENTS, "SSE events relayed");
     describe_counter!(KEEPALIVES, "Keep-alive comments sent");
-    describe_counter!(TOKENS, "Tokens reported by the vendor's usage object");
+    describe_counter!(
+        TOKENS,
+        "Tokens answers were charged: reported by the vendor's usage, or estimated"
+    );
     describe_counter!(
         LOG_DROPPED,
         "Log and audit lines dropped because the log writer's queue was full"
@@ -257,6 +260,8 @@ const REJECTION_REASONS: &[&str] = &[
 ];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const DURATION_CLASSES: [&str; 3] = ["complete", "failed", "cancelled"];
+/// Where a token count came from: the vendor's usage, or the relay's estimate (`usage::estimate`).
+const TOKEN_SOURCES: [&str; 2] = ["reported", "estimated"];
 
 /// Counters of one metric, one per known value of one label.
 #[derive(Clone, Default)]
@@ -276,8 +281,9 @@ impl Known {
 #[derive(Clone)]
 struct TenantMeters {
     requests: [Counter; 5],
-    prompt: Counter,
-    completion: Counter,
+    /// Prompt and completion tokens, each reported by the vendor and estimated.
+    prompt: [Counter; 2],
+    completion: [Counter; 2],
 }
 
 fn class_index(status: u16) -> usize {
@@ -382,14 +388,20 @@ impl RouteMeters {
         }
     }
 
-    /// The tokens a stream of `tenant` reported.
-    pub fn tokens(&self, tenant: &str, prompt: u64, completion: u64) {
+    /// The tokens an answer of `tenant` was charged, by where they came from.
+    pub fn tokens(&self, tenant: &str, charged: &crate::usage::Charged) {
+        use crate::usage::Source;
         if !self.enabled {
             return;
         }
         if let Some(t) = self.tenants.get(tenant) {
-            t.prompt.increment(prompt);
-            t.completion.increment(completion);
+            let (prompt, completion) = match charged.source {
+                Source::Reported => (0, 0),
+                Source::Partial => (0, 1),
+                Source::Estimated => (1, 1),
+            };
+            t.prompt[prompt].increment(charged.tokens.prompt);
+            t.completion[completion].increment(charged.tokens.completion);
         }
     }
 
@@ -408,7 +420,11 @@ impl RouteMeters {
 impl TenantMeters {
     fn new(route: &'static str, tenant: &Arc<str>) -> Self {
         let tenant = tenant.to_string();
-        let token = |kind: &'static str| counter!(TOKENS, "route" => route, "tenant" => tenant.clone(), "type" => kind);
+        let token = |kind: &'static str| {
+            TOKEN_SOURCES.map(|source| {
+                counter!(TOKENS, "route" => route, "tenant" => tenant.clone(), "type" => kind, "source" => source)
+            })
+        };
         Self {
             requests: STATUS_CLASSES.map(|class| {
                 counter!(REQUESTS, "route" => route, "tenant" => tenant.clone(), "status_class" => class)

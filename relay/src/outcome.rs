@@ -105,8 +105,10 @@ pub struct Seen {
     pub pings: u64,
     /// The audit text and whether it was cut at its cap (when the audit text is on).
     pub text: Option<(String, bool)>,
-    /// Token counts the stream reported in an OpenAI-style `usage` object.
+    /// Token counts the answer reported in an OpenAI-style `usage` object (a stream's or a JSON body's).
     pub tokens: Option<crate::usage::Tokens>,
+    /// The answer's text so far, estimated in tokens ([`crate::usage::estimate`]).
+    pub answer_tokens: u64,
     /// Vendor bytes not passed to the client: the usage-only chunk it did not ask for (`tap/hide.rs`).
     pub hidden: u64,
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::outcome::{End, Seen};
+use crate::usage::Charged;
 
 /// One request's record, written when it is finished or dropped.
 #[derive(Debug)]
@@ -63,16 +64,29 @@ impl Record {
     }
 
     /// The stream ended; `write_timed_out`: the client's connection was cut for accepting no bytes.
-    pub fn stream_ended(mut self, end: &End, write_timed_out: bool, seen: &Seen) {
+    /// `charged`: the tokens the answer was charged (`None`: the vendor refused, nothing charged).
+    pub fn stream_ended(
+        mut self,
+        end: &End,
+        write_timed_out: bool,
+        seen: &Seen,
+        charged: Option<&Charged>,
+    ) {
         let outcome = end.kind(write_timed_out, seen.first_byte.is_some());
         let error = match end {
             End::Failed(_, detail) => Some(detail.as_str()),
             _ => None,
         };
-        self.write(outcome, error, Some(seen));
+        self.write(outcome, error, Some(seen), charged);
     }
 
-    fn write(&mut self, outcome: &str, error: Option<&str>, seen: Option<&Seen>) {
+    fn write(
+        &mut self,
+        outcome: &str,
+        error: Option<&str>,
+        seen: Option<&Seen>,
+        charged: Option<&Charged>,
+    ) {
         self.written = true;
         // Milliseconds to the microsecond: `606.199`, not float noise like `606.1986919999999`.
         let ms = |t: Instant| (t.duration_since(self.started).as_secs_f64() * 1e6).round() / 1e3;
@@ -100,6 +114,9 @@ impl Record {
                     frames = seen.map(|s| s.frames),
                     events = seen.and_then(|s| s.events),
                     pings = seen.map(|s| s.pings),
+                    usage = charged.map(|c| c.source.name()),
+                    prompt_tokens = charged.map(|c| c.tokens.prompt),
+                    completion_tokens = charged.map(|c| c.tokens.completion),
                     ttfb_ms,
                     duration_ms,
                     text,
@@ -119,7 +136,7 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.written && !std::thread::panicking() {
-            self.write("client_cancelled_before_response", None, None);
+            self.write("client_cancelled_before_response", None, None, None);
         }
     }
 }

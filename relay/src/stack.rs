@@ -6,14 +6,16 @@
 //! 2. trace ([`crate::trace`]): the trace id (the client's `traceparent`'s, or fresh) names the request in every
 //!    log line; the request span (named after the route) and, once the body is read, the vendor call's span;
 //! 3. authenticate ([`crate::auth`]) → the tenant, or 401;
-//! 4. limits ([`crate::limit::Limiter::enter`]) → a permit held until the stream ends, the tenant's tokens and
-//!    request rate checked, or 503/429;
-//! 5. read the request body, bounded ([`crate::body`]) → 413 before reading when `Content-Length` says so;
+//! 4. the relay-wide stream slot ([`crate::limit::Limiter::admit_total`]) → 503 when the relay is full; read the
+//!    request body, bounded ([`crate::body`]) → 413 before reading when `Content-Length` says so;
+//! 5. the tenant's limits ([`crate::limit::Limiter::enter`]) → a permit held until the stream ends: a stream slot,
+//!    the tokens the request may use reserved (its prompt estimated from the body, its `max_tokens`), the request
+//!    rate counted; or 429;
 //! 6. forward ([`crate::upstream`]), with failover before the first byte → the response head, or 502/504;
 //! 7. tap the vendor's body ([`crate::tap`]: timers, keep-alives, error events) and stream it back, with the
 //!    response headers the header policy allows ([`crate::headers`]);
-//! 8. record the end of the stream, once ([`crate::record`]), and charge and account its usage
-//!    ([`crate::account`]), through the tap's end-of-stream callback.
+//! 8. record the end of the answer, once ([`crate::record`]), and settle its tokens and account its usage
+//!    ([`crate::account`]: the vendor's usage, or an estimate), through the tap's end-of-stream callback.
 //!
 //! Errors before the stream become responses in one place ([`crate::error::respond`]); when the request body was
 //! not read to its end, the rest is discarded (bounded) first and the answer closes the connection. The stages are plain
@@ -41,7 +43,7 @@ use crate::body::{discard, read_body};
 use crate::config::{Config, Route, UsageMode};
 use crate::error::{RelayError, json_response, respond};
 use crate::headers::head_len;
-use crate::limit::{Admitted, Calendar, Limiter, StreamPermit};
+use crate::limit::{Admitted, Calendar, Limiter, StreamPermit, Want};
 use crate::metrics::RouteMeters;
 use crate::record::Record;
 use crate::route::{Routed, route};
@@ -104,10 +106,18 @@ pub struct StreamEnd {
     /// When the request started and when the vendor request was sent.
     started: Instant,
     called: Instant,
-    /// Where the stream's usage goes, with its route and model; `None`: the vendor refused (not a stream).
-    account: Option<(Arc<Account>, Arc<str>, Option<String>)>,
-    /// The stream's slots, given back when this is dropped (the store's lease by the account's end call).
+    /// Where the answer's usage goes; `None`: the vendor refused (nothing to charge).
+    billing: Option<Billing>,
+    /// The stream's slots and token reservation: settled by the account, or given back when dropped.
     permit: StreamPermit,
+}
+
+/// An answer's account, with what it is recorded under and the estimate of its request's prompt.
+struct Billing {
+    account: Arc<Account>,
+    route: Arc<str>,
+    model: Option<String>,
+    prompt_estimate: u64,
 }
 
 impl OnEnd for StreamEnd {
@@ -142,8 +152,12 @@ impl StreamEnd {
         m.bytes.increment(seen.bytes);
         m.events.increment(seen.events.unwrap_or(0));
         m.keepalives.increment(seen.pings);
-        if let Some(t) = seen.tokens {
-            m.tokens(self.record.tenant(), t.prompt, t.completion);
+        let charged = self.billing.as_ref().map(|b| {
+            let complete = end == End::Complete;
+            crate::usage::charged(seen.tokens, complete, b.prompt_estimate, seen.answer_tokens)
+        });
+        if let Some(c) = &charged {
+            m.tokens(self.record.tenant(), c);
         }
         if let Some(first) = seen.first_byte {
             m.upstream_ttfb
@@ -156,24 +170,18 @@ impl StreamEnd {
         if let Some(spans) = self.spans {
             spans.ended(&end, kind, &seen);
         }
-        let mut permit = self.permit;
-        if let Some((account, route, model)) = self.account {
-            let lease = permit.take_lease();
-            account.stream_ended(
-                StreamUsage {
-                    tenant: self.record.tenant_arc(),
-                    route,
-                    model,
-                    totals: crate::usage::Totals::stream(
-                        seen.tokens,
-                        seen.bytes,
-                        seen.events.unwrap_or(0),
-                    ),
-                },
-                lease,
-            );
+        if let (Some(b), Some(c)) = (self.billing, charged) {
+            let events = seen.events.unwrap_or(0);
+            let usage = StreamUsage {
+                tenant: self.record.tenant_arc(),
+                route: b.route,
+                model: b.model,
+                totals: crate::usage::Totals::stream(c, seen.bytes, events),
+            };
+            b.account.stream_ended(usage, self.permit);
         }
-        self.record.stream_ended(&end, write_timed_out, &seen);
+        self.record
+            .stream_ended(&end, write_timed_out, &seen, charged.as_ref());
     }
 }
 
@@ -349,13 +357,20 @@ impl Relay {
         let principal = self.auth.authenticate(headers)?;
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
-        let (permit, admitted) = self
-            .limiter
-            .enter(&principal.tenant, started, Calendar::now())
-            .await?;
-        *rate_out = Some(admitted);
+        // The relay-wide slot before the body is read; the tenant's limits once it is (its size and max_tokens
+        // make the token reservation).
+        let total = self.limiter.admit_total()?;
         let mut body = read_body(headers, body, self.config.max_request_body_bytes).await?;
         let asked = crate::usage::asked(&body);
+        let want = Want {
+            prompt: crate::usage::estimate::request_tokens(&body),
+            max_output: asked.as_ref().and_then(|a| a.max_output),
+        };
+        let (permit, admitted) = self
+            .limiter
+            .enter(&principal.tenant, total, want, started, Calendar::now())
+            .await?;
+        *rate_out = Some(admitted);
         let model = asked.as_ref().and_then(|a| a.model.clone());
         // The one rewrite of the client's bytes: ask for usage on its behalf, and hide the answer it did not ask for.
         let mut hide_usage = false;
@@ -399,10 +414,12 @@ impl Relay {
         // The client sees the vendor's id when there is one: the id the vendor's support knows the stream by.
         let shown_id = vendor_id.unwrap_or_else(|| trace.id.clone());
         meters.in_flight.increment(1.0);
-        let account = upstream
-            .status()
-            .is_success()
-            .then(|| (self.account.clone(), self.route_names[index].clone(), model));
+        let billing = upstream.status().is_success().then(|| Billing {
+            account: self.account.clone(),
+            route: self.route_names[index].clone(),
+            model,
+            prompt_estimate: want.prompt,
+        });
         let on_end = StreamEnd {
             record,
             spans: StreamSpans::new(trace, vendor),
@@ -410,7 +427,7 @@ impl Relay {
             meters: meters.clone(),
             started,
             called,
-            account,
+            billing,
             permit,
         };
         Ok(self.stream_back(route, upstream, started, shown_id, on_end, hide_usage))

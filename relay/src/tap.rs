@@ -2,8 +2,8 @@
 //! and reports the stream's end exactly once, through a callback (as linkerd's `body-eos` does).
 //!
 //! [`TapBody`] hands each upstream `Bytes` frame to hyper as it is (no copy, no re-framing, no buffer). Its
-//! observer looks at `&[u8]`: bytes, frames, first byte, the event scanner (`relay_wire::sse`) and the bounded audit
-//! text ([`crate::text`]). When the stream ends, however it ends, the tap calls its [`OnEnd`] once with an [`End`]
+//! observer looks at `&[u8]`: bytes, frames, first byte, the event scanner (`relay_wire::sse`), the bounded audit
+//! text ([`crate::text`]), the vendor's usage and the answer's estimated tokens ([`crate::usage`]). When the stream ends, however it ends, the tap calls its [`OnEnd`] once with an [`End`]
 //! and what it [`Seen`]; it knows nothing about who listens (the record, the stream's permit: [`crate::stack`]
 //! wires them).
 //!
@@ -20,7 +20,8 @@
 //! Client disconnect, decided here: **cancel the upstream**. hyper drops the response body, this tap's `Drop`
 //! reports [`End::Cancelled`], and the upstream body it owns is dropped with it, which closes the upstream
 //! connection so the vendor stops generating (and billing). Nothing else holds the upstream body: no spawned task,
-//! no channel. Tokens generated but not yet relayed are not counted; the record has the bytes relayed so far.
+//! no channel. The answer is charged what it used so far: the vendor's usage when it came, else an estimate of
+//! the text relayed ([`crate::usage::estimate`]); tokens generated but not yet relayed are not counted.
 
 pub mod failure;
 pub mod hide;
@@ -47,6 +48,7 @@ use crate::metrics::Buckets;
 use crate::shutdown::Watch;
 use crate::text::AuditText;
 use crate::usage::UsageScanner;
+use crate::usage::estimate::AnswerTokens;
 use hide::HideUsage;
 use relay_wire::sse::EventScanner;
 use timers::Due;
@@ -159,8 +161,10 @@ struct Observer {
     seen: Seen,
     text: Option<AuditText>,
     scanner: Option<EventScanner>,
-    /// Event streams only.
-    usage: Option<UsageScanner>,
+    /// The vendor's usage, in an event stream's last events or a JSON answer's body alike.
+    usage: UsageScanner,
+    /// The answer's text so far, in tokens, for an answer that ends without usage.
+    answer: AnswerTokens,
 }
 
 impl Observer {
@@ -174,9 +178,8 @@ impl Observer {
         if let Some(t) = self.text.as_mut() {
             t.push(data);
         }
-        if let Some(u) = self.usage.as_mut() {
-            u.feed(data);
-        }
+        self.usage.feed(data);
+        self.answer.feed(data);
         match self.scanner.as_mut() {
             Some(s) => s.feed(data),
             None => Ok(()),
@@ -191,7 +194,8 @@ impl Observer {
         let mut seen = self.seen;
         seen.events = self.scanner.as_ref().map(EventScanner::events);
         seen.text = self.text.map(AuditText::finish);
-        seen.tokens = self.usage.as_ref().and_then(UsageScanner::tokens);
+        seen.tokens = self.usage.tokens();
+        seen.answer_tokens = self.answer.tokens();
         seen
     }
 }
@@ -224,7 +228,8 @@ impl<B, E: OnEnd> TapBody<B, E> {
         let observer = Observer {
             seen: Seen::default(),
             text: parts.text_max.map(AuditText::new),
-            usage: parts.scanner.is_some().then(UsageScanner::default),
+            usage: UsageScanner::default(),
+            answer: AnswerTokens::default(),
             scanner: parts.scanner,
         };
         Self {

@@ -7,6 +7,8 @@
 //! previous frame so that a key or a number split across two frames is still read. Inside JSON strings a quote is
 //! always escaped, so the text of an answer cannot forge the key.
 
+pub mod estimate;
+
 use bytes::Bytes;
 use memchr::memmem;
 
@@ -41,33 +43,38 @@ pub struct Totals {
     /// Body bytes relayed from the vendor, and complete events.
     pub bytes: u64,
     pub events: u64,
+    /// Of the prompt and completion tokens, those estimated ([`estimate`]) rather than reported by the vendor:
+    /// answers without usage, and answers cut before their usage was final.
+    pub estimated_tokens: u64,
 }
 
 impl Totals {
     /// Field names, in [`Totals::values`] order (the store's hash fields).
-    pub const FIELDS: [&'static str; 6] = [
+    pub const FIELDS: [&'static str; 7] = [
         "streams",
         "prompt_tokens",
         "completion_tokens",
         "streams_without_usage",
         "bytes",
         "events",
+        "estimated_tokens",
     ];
 
-    /// One stream's share: its usage if it reported one, its bytes and events.
-    pub fn stream(tokens: Option<Tokens>, bytes: u64, events: u64) -> Self {
-        let t = tokens.unwrap_or_default();
+    /// One answer's share: the tokens it was charged, its bytes and events.
+    pub fn stream(charged: Charged, bytes: u64, events: u64) -> Self {
+        let t = charged.tokens;
         Self {
             streams: 1,
             prompt_tokens: t.prompt,
             completion_tokens: t.completion,
-            streams_without_usage: u64::from(tokens.is_none()),
+            streams_without_usage: u64::from(charged.source != Source::Reported),
             bytes,
             events,
+            estimated_tokens: charged.estimated,
         }
     }
 
-    pub fn values(&self) -> [u64; 6] {
+    pub fn values(&self) -> [u64; 7] {
         [
             self.streams,
             self.prompt_tokens,
@@ -75,10 +82,11 @@ impl Totals {
             self.streams_without_usage,
             self.bytes,
             self.events,
+            self.estimated_tokens,
         ]
     }
 
-    fn fields_mut(&mut self) -> [&mut u64; 6] {
+    fn fields_mut(&mut self) -> [&mut u64; 7] {
         [
             &mut self.streams,
             &mut self.prompt_tokens,
@@ -86,6 +94,7 @@ impl Totals {
             &mut self.streams_without_usage,
             &mut self.bytes,
             &mut self.events,
+            &mut self.estimated_tokens,
         ]
     }
 
@@ -104,6 +113,79 @@ impl Totals {
     }
 }
 
+/// Where an answer's charged tokens come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The vendor's usage.
+    #[default]
+    Reported,
+    /// An estimate ([`estimate`]): the answer ended without usage.
+    Estimated,
+    /// The vendor's prompt count with an estimated completion: the answer was cut after a usage that was not
+    /// final yet (Anthropic's running count), and its text so far is longer than that count.
+    Partial,
+}
+
+impl Source {
+    /// The fixed name logs and metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Reported => "reported",
+            Source::Estimated => "estimated",
+            Source::Partial => "partial",
+        }
+    }
+}
+
+/// What an answer is charged, and how it was known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Charged {
+    pub tokens: Tokens,
+    pub source: Source,
+    /// How many of `tokens` are estimates.
+    pub estimated: u64,
+}
+
+impl Charged {
+    pub fn total(&self) -> u64 {
+        self.tokens.prompt.saturating_add(self.tokens.completion)
+    }
+}
+
+/// What an answer is charged: the vendor's usage when the answer ended complete with one; else the estimate of
+/// the request's prompt (`prompt_estimate`) and of the answer's text so far (`answer_estimate`), keeping whichever
+/// counts the vendor did report and the larger completion when the answer was cut after a running count.
+pub fn charged(
+    reported: Option<Tokens>,
+    complete: bool,
+    prompt_estimate: u64,
+    answer_estimate: u64,
+) -> Charged {
+    match reported {
+        Some(tokens) if complete || tokens.completion >= answer_estimate => Charged {
+            tokens,
+            source: Source::Reported,
+            estimated: 0,
+        },
+        Some(tokens) => Charged {
+            tokens: Tokens {
+                prompt: tokens.prompt,
+                completion: answer_estimate,
+            },
+            source: Source::Partial,
+            estimated: answer_estimate,
+        },
+        None => Charged {
+            tokens: Tokens {
+                prompt: prompt_estimate,
+                completion: answer_estimate,
+            },
+            source: Source::Estimated,
+            estimated: prompt_estimate + answer_estimate,
+        },
+    }
+}
+
 /// What the relay knows of an OpenAI-style request body before calling the vendor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Asked {
@@ -113,6 +195,9 @@ pub struct Asked {
     pub stream: bool,
     /// `stream_options.include_usage` is `true`: the client wants the usage chunk.
     pub usage: bool,
+    /// The answer's cap: `max_tokens`, `max_completion_tokens` (chat completions) or `max_output_tokens` (the
+    /// Responses API), the largest if several are given.
+    pub max_output: Option<u64>,
 }
 
 /// Reads `model`, `stream` and `stream_options.include_usage` (`None`: not a JSON object).
@@ -126,6 +211,9 @@ pub fn asked(body: &[u8]) -> Option<Asked> {
         model: Option<String>,
         stream: Option<bool>,
         stream_options: Option<Options>,
+        max_tokens: Option<u64>,
+        max_completion_tokens: Option<u64>,
+        max_output_tokens: Option<u64>,
     }
     if body.trim_ascii_start().first() != Some(&b'{') {
         return None;
@@ -149,6 +237,10 @@ pub fn asked(body: &[u8]) -> Option<Asked> {
         model,
         stream: p.stream == Some(true),
         usage: p.stream_options.and_then(|o| o.include_usage) == Some(true),
+        max_output: [p.max_tokens, p.max_completion_tokens, p.max_output_tokens]
+            .into_iter()
+            .flatten()
+            .max(),
     })
 }
 

@@ -82,16 +82,32 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
         ssegate_client_first_byte_seconds_count route="/v1/chat/completions" 3
         ssegate_upstream_first_byte_seconds_count route="/v1/chat/completions" 3
         ssegate_relay_overhead_seconds_count route="/v1/chat/completions" 3
-        ssegate_tokens_total route="/v1/chat/completions" tenant="e2e" type="prompt" 9
-        ssegate_tokens_total route="/v1/chat/completions" tenant="e2e" type="completion" 5
-        ssegate_tokens_total route="/v1/responses" tenant="e2e" type="prompt" 9
-        ssegate_tokens_total route="/v1/responses" tenant="e2e" type="completion" 4
+        ssegate_tokens_total route="/v1/chat/completions" tenant="e2e" type="prompt" source="reported" 9
+        ssegate_tokens_total route="/v1/chat/completions" tenant="e2e" type="completion" source="reported" 5
+        ssegate_tokens_total route="/v1/responses" tenant="e2e" type="prompt" source="reported" 9
+        ssegate_tokens_total route="/v1/responses" tenant="e2e" type="completion" source="reported" 4
     "#;
     for line in expect.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let words: Vec<&str> = line.split(' ').collect();
         let (name, labels, want) = (words[0], &words[1..words.len() - 1], words[words.len() - 1]);
         let got = sample(&text, name, labels);
         assert_eq!(got, Some(want.parse()?), "{line} in:\n{text}");
+    }
+    // The reset stream ended without usage: charged an estimate, counted apart.
+    for kind in ["prompt", "completion"] {
+        let labels = [
+            r#"route="/v1/chat/completions""#.to_owned(),
+            r#"tenant="e2e""#.to_owned(),
+            format!(r#"type="{kind}""#),
+            r#"source="estimated""#.to_owned(),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let estimated = sample(&text, "ssegate_tokens_total", &labels).unwrap_or(0.0);
+        assert!(
+            estimated > 0.0,
+            "no estimated {kind} tokens in:
+{text}"
+        );
     }
     let positive = [
         "ssegate_relayed_bytes_total",

@@ -224,9 +224,14 @@ async fn audit_line_is_right_and_logs_hold_no_secret(s: Stack) -> Result<()> {
         .bytes()
         .await?;
     let relayed = String::from_utf8(got.bytes)?;
-    // The tap writes the audit line (unbuffered stderr) before the body's final chunk goes out, so it is in the
-    // file by the time the client has seen the end.
-    let logs = s.relay.logs();
+    // The audit line is written by the log thread a moment after the stream's end.
+    let logs = s
+        .relay
+        .await_logs(|l| {
+            l.lines()
+                .any(|l| l.contains("stream ended") && l.contains(&got.trace_id))
+        })
+        .await?;
     let line = logs
         .lines()
         .find(|l| l.contains("stream ended") && l.contains(&got.trace_id));

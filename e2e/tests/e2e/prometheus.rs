@@ -159,7 +159,8 @@ async fn every_dashboard_and_alert_expression_returns_series_from_a_real_prometh
         prom.value(&count("client_cancelled_mid_stream")).await?,
         2.0
     );
-    let completion = r#"sum(ssegate_tokens_total{tenant="e2e",type="completion"})"#;
+    let completion =
+        r#"sum(ssegate_tokens_total{tenant="e2e",type="completion",source="reported"})"#;
     assert_eq!(
         prom.value(completion).await?,
         60.0,

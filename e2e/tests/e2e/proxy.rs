@@ -131,7 +131,7 @@ async fn https_through_a_forward_proxy_from_the_environment() -> Result<()> {
     );
     let said = format!("through HTTPS_PROXY={}", proxy.url());
     assert!(
-        relay.logs().contains(&said),
+        relay.await_logs(|l| l.contains(&said)).await.is_ok(),
         "no startup line saying {said}"
     );
 

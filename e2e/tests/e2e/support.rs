@@ -114,7 +114,7 @@ pub async fn failed_request(relay: &Proc) -> Result<(u16, String, String)> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let logs = relay.logs();
+    let logs = relay.await_logs(|l| l.contains("request failed")).await?;
     let line = logs
         .lines()
         .find(|l| l.contains("request failed"))

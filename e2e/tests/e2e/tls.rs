@@ -133,7 +133,9 @@ async fn a_tls_failure_fails_over_like_a_connect_error() -> Result<()> {
     let got = receive(chat(&relay.url(""), CLIENT_KEY, &[])).await?;
     assert!(String::from_utf8(got.bytes)?.ends_with("data: [DONE]\n\n"));
     assert_eq!(mock_stats(&good).await?["streams_completed"], 1);
-    let logs = relay.logs();
+    let logs = relay
+        .await_logs(|l| l.contains("trying the next endpoint") && l.contains("certificate_expired"))
+        .await?;
     assert!(
         logs.contains("trying the next endpoint") && logs.contains("certificate_expired"),
         "{logs}"

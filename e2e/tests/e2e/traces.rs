@@ -194,7 +194,7 @@ async fn a_client_traceparent_becomes_the_parent(front: Front) -> Result<()> {
     let spans = spans_of(&mut rx, REJECTED, |spans| !spans.is_empty()).await?;
     assert_eq!(int_attr(&spans[0], "http.response.status_code"), Some(401));
 
-    let logs = s.relay.logs();
+    let logs = s.relay.await_logs(|l| l.contains("stream ended")).await?;
     let audit = logs
         .lines()
         .find(|l| l.contains("stream ended"))
@@ -240,7 +240,7 @@ async fn by_default_the_vendor_sees_no_trace_context() -> Result<()> {
         !headers.contains_key("traceparent") && !headers.contains_key("tracestate"),
         "{headers:?}"
     );
-    let logs = s.relay.logs();
+    let logs = s.relay.await_logs(|l| l.contains("stream ended")).await?;
     let audit = logs
         .lines()
         .find(|l| l.contains("stream ended"))

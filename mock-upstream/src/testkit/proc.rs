@@ -55,6 +55,22 @@ impl Proc {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The log once `done` holds for it, within 10 s. The relay writes its log lines from a thread of its own
+    /// (they reach the file a moment after what they describe): a test that looks for a line waits for it.
+    pub async fn await_logs(&self, done: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if done(&logs) {
+                return Ok(logs);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the awaited log lines never came: {logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

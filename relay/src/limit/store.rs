@@ -5,10 +5,12 @@
 //! clocks do not matter:
 //!
 //! - a stream's start ([`RedisStore::enter`], one call): a stream slot (below), then the tenant's tokens
-//!   (`…:tokens`, a GCRA with a cost per token; `…:tokens:day:<n>` and `…:tokens:month:<n>`, counters), then its
-//!   request rate (`…:requests`, GCRA, the same algorithm as [`crate::limit::rate`]);
-//! - a stream's end ([`RedisStore::charge`], one call): its slot given back, its tokens charged, its totals added
-//!   to the day's usage (`…:usage:<day>`, a hash by route, model and figure, kept 400 days);
+//!   (`…:tokens`, a GCRA with a cost per token; `…:tokens:day:<n>` and `…:tokens:month:<n>`, counters: the
+//!   request's reservation must fit and is charged, [`super::tokens`]), then its request rate (`…:requests`, GCRA, the same algorithm as [`crate::limit::rate`]);
+//! - a stream's end ([`RedisStore::charge`], one call): its slot given back, its token reservation settled to what
+//!   it used, its totals added to the day's usage (`…:usage:<day>`, a hash by route, model and figure, kept 400
+//!   days); a request that ends without an answer (its [`Lease`] dropped) gives its slot and reservation back in
+//!   the same script;
 //! - concurrent streams: leases (`…:streams`, a sorted set of lease ids scored by their expiry). A stream takes a
 //!   lease when fewer than the tenant's limit are unexpired, gives it back when it ends (however it ends: the lease
 //!   is dropped with the stream's permit), and this replica renews all the leases it holds every third of
@@ -82,11 +84,13 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// A stream's start, on the server, in one call: a stream slot, then the tenant's tokens, then its request rate.
 /// `KEYS`: the tenant's leases (a sorted set), requests TAT, tokens TAT, tokens used today and this month. `ARGV`:
 /// the tenant's concurrent streams, the lease (ms), the new lease's id, requests per minute (0: none), tokens per
-/// minute (0: none), the day and month quotas (0: none). The lease is added only when everything admits the
-/// request. TATs are µs of the server's clock, written with `%.0f` (Lua would write a float as `%.14g`, losing
-/// microseconds). Returns `{verdict, requests_ahead_us, requests_retry_us, tokens_ahead_us, day_used,
-/// month_used}`; verdict 1 admitted (lease taken, request counted), 3 no stream slot, 2 refused by tokens, 0
-/// refused by the request rate (nothing taken or counted but for 1).
+/// minute (0: none), the day and month quotas (0: none), the tokens to reserve (0: none). The lease is added and
+/// the tokens reserved only when everything admits the request. TATs are µs of the server's clock, written with
+/// `%.0f` (Lua would write a float as `%.14g`, losing microseconds); a microsecond of slack absorbs the float
+/// division's rounding. Returns `{verdict, requests_ahead_us, requests_retry_us, tokens_ahead_us, day_used,
+/// month_used}` (the tokens before the reservation); verdict 1 admitted (lease taken, tokens reserved, request
+/// counted), 3 no stream slot, 2 refused by tokens, 0 refused by the request rate (nothing taken or counted but
+/// for 1).
 const ENTER: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -98,6 +102,7 @@ end
 local period = 60000000
 local rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
 local day_quota, month_quota = tonumber(ARGV[6]), tonumber(ARGV[7])
+local reserve = tonumber(ARGV[8])
 local tok_ahead = 0
 if tpm > 0 then
   local tat = tonumber(redis.call('GET', KEYS[3]) or now)
@@ -105,9 +110,9 @@ if tpm > 0 then
 end
 local day_used = tonumber(redis.call('GET', KEYS[4]) or 0)
 local month_used = tonumber(redis.call('GET', KEYS[5]) or 0)
-if (tpm > 0 and tok_ahead + period / tpm > period)
-  or (day_quota > 0 and day_used >= day_quota)
-  or (month_quota > 0 and month_used >= month_quota) then
+if (tpm > 0 and tok_ahead + reserve * (period / tpm) > period + 1)
+  or (day_quota > 0 and day_used + reserve > day_quota)
+  or (month_quota > 0 and month_used + reserve > month_quota) then
   return {2, 0, 0, tok_ahead, day_used, month_used}
 end
 local ahead = 0
@@ -121,38 +126,56 @@ if rpm > 0 then
   end
   redis.call('SET', KEYS[2], string.format('%.0f', tat + interval), 'PX', math.ceil(ahead / 1000) + 1000)
 end
+if reserve > 0 then
+  if tpm > 0 then
+    local until_us = tok_ahead + reserve * (period / tpm)
+    redis.call('SET', KEYS[3], string.format('%.0f', now + until_us), 'PX', math.ceil(until_us / 1000) + 1000)
+  end
+  redis.call('INCRBY', KEYS[4], reserve)
+  redis.call('EXPIRE', KEYS[4], 172800)
+  redis.call('INCRBY', KEYS[5], reserve)
+  redis.call('EXPIRE', KEYS[5], 3024000)
+end
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return {1, ahead, 0, tok_ahead, day_used, month_used}
 ";
 
-/// A stream's end, in one call: its lease given back, its tokens charged and its usage added. `KEYS`: the leases,
-/// tokens TAT, tokens used today, this month, the day's usage hash. `ARGV`: the lease's id (empty: none), tokens
-/// per minute (0: none), the tokens, the field prefix (`route\nmodel\n`), then field/value pairs of the usage.
+/// A stream's end, in one call: its lease given back, its reservation settled and its usage added. `KEYS`: the
+/// leases, tokens TAT, tokens used on the day and in the month of the reservation, the day's usage hash. `ARGV`:
+/// the lease's id (empty: none), tokens per minute (0: none), the tokens to charge beyond the reservation
+/// (negative: given back; a refund never frees more than the whole limit nor takes a count below 0), the field
+/// prefix (`route\nmodel\n`), then field/value pairs of the usage (none: a reservation given back unused).
 const END: &str = r"
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
 local tpm = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-if tpm > 0 and n > 0 then
+if tpm > 0 and n ~= 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local tat = tonumber(redis.call('GET', KEYS[2]) or now)
   if tat < now then tat = now end
   tat = tat + n * (60000000 / tpm)
-  redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  if tat <= now then
+    redis.call('DEL', KEYS[2])
+  else
+    redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  end
 end
-if n > 0 then
-  redis.call('INCRBY', KEYS[3], n)
+if n ~= 0 then
+  if redis.call('INCRBY', KEYS[3], n) < 0 then redis.call('SET', KEYS[3], 0) end
   redis.call('EXPIRE', KEYS[3], 172800)
-  redis.call('INCRBY', KEYS[4], n)
+  if redis.call('INCRBY', KEYS[4], n) < 0 then redis.call('SET', KEYS[4], 0) end
   redis.call('EXPIRE', KEYS[4], 3024000)
 end
-for i = 5, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[5], ARGV[4] .. ARGV[i], ARGV[i + 1])
+if #ARGV > 4 then
+  for i = 5, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[5], ARGV[4] .. ARGV[i], ARGV[i + 1])
+  end
+  redis.call('EXPIRE', KEYS[5], 34560000)
 end
-redis.call('EXPIRE', KEYS[5], 34560000)
 return 1
 ";
 
@@ -227,12 +250,17 @@ pub struct RedisStore {
     held: Mutex<HashMap<u64, Arc<str>>>,
 }
 
-/// A tenant's stream slot in the store; given back when dropped.
+/// A tenant's stream slot in the store, and the tokens reserved with it; given back (the reservation in full)
+/// when dropped, unless the stream's end call settles it ([`RedisStore::charge`]).
 #[derive(Debug)]
 pub struct Lease {
     store: Arc<RedisStore>,
     tenant: Arc<str>,
     id: u64,
+    /// Tokens reserved with the slot, under which per-minute limit, and when (the windows they count in).
+    reserved: u64,
+    per_minute: Option<u32>,
+    made: Calendar,
     /// Given back by another call (the stream's end): nothing to do on drop.
     given_back: bool,
 }
@@ -252,15 +280,20 @@ impl Drop for Lease {
             return;
         }
         self.store.held().remove(&self.id);
-        let (store, tenant, id) = (self.store.clone(), self.tenant.clone(), self.id);
-        // The stream has ended; giving the slot back must not hold up what ends it. A release that fails leaves
-        // the slot to expire with its lease.
+        let store = self.store.clone();
+        let (tenant, id) = (self.tenant.clone(), self.id);
+        let (reserved, per_minute, made) = (self.reserved, self.per_minute, self.made);
+        // The request has ended without an answer to charge; giving the slot and the reservation back must not
+        // hold up what ends it. A release that fails leaves the slot to expire with its lease (and the reservation
+        // to count until its window turns).
         let release = async move {
-            let mut conn = store.conn.clone();
-            let mut cmd = redis::cmd("ZREM");
-            cmd.arg(store.key(&tenant, "streams"))
-                .arg(store.lease_id(id));
-            if let Err(e) = store.within(cmd.query_async::<i64>(&mut conn)).await {
+            let settle = Settle {
+                lease_id: store.lease_id(id),
+                per_minute,
+                delta: -i64::try_from(reserved).unwrap_or(i64::MAX),
+                made,
+            };
+            if let Err(e) = store.end(&tenant, settle, None, made).await {
                 store.failed(&e);
             }
         };
@@ -268,6 +301,14 @@ impl Drop for Lease {
             runtime.spawn(release);
         }
     }
+}
+
+/// What a stream's end settles: its lease, and its tokens beyond (or short of) what it reserved.
+struct Settle {
+    lease_id: String,
+    per_minute: Option<u32>,
+    delta: i64,
+    made: Calendar,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -456,22 +497,29 @@ impl RedisStore {
     }
 
     /// A stream's start ([`super::Limiter::enter`]), on the server, in one call: one of the tenant's
-    /// `max_streams` slots (a lease), then its tokens and request rate. The lease, or why not.
+    /// `max_streams` slots (a lease), then its tokens (`reserve` of them must fit, and are reserved) and request
+    /// rate. The lease (holding the reservation), or why not.
     pub async fn enter(
         self: &Arc<Self>,
         tenant: &Arc<str>,
         max_streams: u32,
         rpm: Option<u32>,
-        tokens: TokenLimits,
+        (tokens, reserve): (TokenLimits, u64),
         cal: Calendar,
     ) -> Result<Result<(Lease, Admitted), LimitError>, StoreError> {
         let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
         // Held (renewed) from before the call: a lease granted just as a renewal runs is renewed too.
         self.held().insert(id, tenant.clone());
-        let lease = Lease {
+        // Nothing reserved until the store says so: a call that fails gives back the slot only (whether the script
+        // ran is unknown; a reservation it made counts until its window turns, rather than tokens never reserved
+        // being given away).
+        let mut lease = Lease {
             store: self.clone(),
             tenant: tenant.clone(),
             id,
+            reserved: 0,
+            per_minute: tokens.per_minute,
+            made: cal,
             given_back: false,
         };
         let mut conn = self.conn.clone();
@@ -487,38 +535,41 @@ impl RedisStore {
             .arg(rpm.unwrap_or(0))
             .arg(tokens.per_minute.unwrap_or(0))
             .arg(tokens.per_day.unwrap_or(0))
-            .arg(tokens.per_month.unwrap_or(0));
-        // On an error it is unknown whether the script ran: dropping the lease gives it back (or lets it expire).
+            .arg(tokens.per_month.unwrap_or(0))
+            .arg(reserve);
         let reply: Vec<i64> = self.within(call.invoke_async(&mut conn)).await?;
         let &[verdict, ahead, retry, tok_ahead, day_used, month_used] = reply.as_slice() else {
             return Err(StoreError::Reply);
         };
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         if verdict == 1 {
+            lease.reserved = reserve;
             let requests = rpm.map(|limit| {
                 let interval = MINUTE / limit.max(1);
                 rate::state_for(limit, MINUTE, interval, us(ahead))
             });
             let tokens = tokens.per_minute.map(|limit| {
-                TokenLimits::per_minute_state(limit, us(tok_ahead)).unwrap_or_else(|r| r.state)
+                TokenLimits::per_minute_verdict(limit, us(tok_ahead), reserve)
+                    .unwrap_or_else(|r| r.state)
             });
             return Ok(Ok((lease, Admitted { requests, tokens })));
         }
         // Not taken: nothing to give back.
         lease.disarm();
         let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        let used = (count(day_used), count(month_used));
         Ok(Err(match verdict {
             3 => LimitError::Tenant,
-            2 => match tokens.verdict(us(tok_ahead), count(day_used), count(month_used), cal) {
+            2 => match tokens.verdict(us(tok_ahead), used, reserve, cal) {
                 Err(refused) => refused_tokens(refused),
                 // The server's float arithmetic refused at the boundary where the relay's does not: one token's
                 // time later it will not.
-                Ok(state) => LimitError::Tokens(RateRefused {
-                    state: state.unwrap_or(rate::RateState {
+                Ok(_) => LimitError::Tokens(RateRefused {
+                    state: rate::RateState {
                         limit: tokens.per_minute.unwrap_or(0),
                         remaining: 0,
                         reset: Duration::ZERO,
-                    }),
+                    },
                     retry_after: Duration::from_secs(1),
                 }),
             },
@@ -533,31 +584,64 @@ impl RedisStore {
         }))
     }
 
-    /// The end of a stream of `tenant` on `route` for `model`: its lease given back, its tokens charged against the
-    /// tenant's limits and its totals added to the day's usage, in one call.
+    /// The end of an answer of `tenant` on `route` for `model` that used `used` tokens: its lease given back, its
+    /// reservation settled (without a lease, as when the store did not answer at its start: `used` charged under
+    /// `per_minute`) and its totals added to the day's usage, in one call.
     pub async fn charge(
         &self,
         tenant: &str,
         (lease, per_minute): (Option<Lease>, Option<u32>),
+        used: u64,
         (route, model): (&str, &str),
         usage: &Totals,
         cal: Calendar,
     ) -> Result<(), StoreError> {
+        let used = i64::try_from(used).unwrap_or(i64::MAX);
+        // The lease is given back by this call (when it fails, the lease expires with its time).
+        let settle = match lease {
+            Some(l) => {
+                let (reserved, per_minute, made) = (l.reserved, l.per_minute, l.made);
+                Settle {
+                    lease_id: self.lease_id(l.disarm()),
+                    per_minute,
+                    delta: used - i64::try_from(reserved).unwrap_or(i64::MAX),
+                    made,
+                }
+            }
+            None => Settle {
+                lease_id: String::new(),
+                per_minute,
+                delta: used,
+                made: cal,
+            },
+        };
+        self.end(tenant, settle, Some(((route, model), usage)), cal)
+            .await
+    }
+
+    /// The end script: `settle`, and `usage` (when given) added to the usage of the day of `cal`.
+    async fn end(
+        &self,
+        tenant: &str,
+        settle: Settle,
+        usage: Option<((&str, &str), &Totals)>,
+        cal: Calendar,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let [tat, day, month] = self.token_keys(tenant, cal);
+        let [tat, day, month] = self.token_keys(tenant, settle.made);
         let mut call = self.end.key(self.key(tenant, "streams"));
         call.key(tat)
             .key(day)
             .key(month)
             .key(self.usage_key(tenant, cal.day()));
-        // The lease is given back by this call (when it fails, the lease expires with its time).
-        let lease_id = lease.map(|l| self.lease_id(l.disarm())).unwrap_or_default();
-        call.arg(lease_id)
-            .arg(per_minute.unwrap_or(0))
-            .arg(usage.prompt_tokens + usage.completion_tokens)
-            .arg(format!("{route}\n{model}\n"));
-        for (name, value) in Totals::FIELDS.into_iter().zip(usage.values()) {
-            call.arg(name).arg(value);
+        call.arg(settle.lease_id)
+            .arg(settle.per_minute.unwrap_or(0))
+            .arg(settle.delta);
+        if let Some(((route, model), totals)) = usage {
+            call.arg(format!("{route}\n{model}\n"));
+            for (name, value) in Totals::FIELDS.into_iter().zip(totals.values()) {
+                call.arg(name).arg(value);
+            }
         }
         self.within(call.invoke_async::<i64>(&mut conn)).await?;
         Ok(())

@@ -1,15 +1,27 @@
 //! A tenant's tokens: per minute, per UTC day and per UTC month.
 //!
-//! Tokens are known only when a stream ends (the vendor's usage chunk), so a token limit cannot refuse the request
-//! that crosses it: a request is admitted while the tenant has **any** tokens left (checked before the vendor call,
-//! nothing charged), and its stream is **charged** when it ends with the tokens it actually used. A tenant that used
-//! more than was left is in debt, and waits until the debt is repaid.
+//! Tokens are known for sure only when an answer ends (the vendor's usage), so a request **reserves** what it may
+//! use before the vendor is called, and its answer **settles** to what it used when it ends:
+//!
+//! - the reservation is the request's prompt (estimated, [`crate::usage::estimate`]) plus its answer's cap (its
+//!   `max_tokens`, `max_completion_tokens` or `max_output_tokens`, else the tenant's `reserve_output_tokens`),
+//!   at most the smallest of the tenant's token limits ([`TokenLimits::reservation`]);
+//! - a request is admitted only when its reservation fits in what is left of every limit, and the reservation is
+//!   charged at once, so requests sent together see each other's reservations (N parallel requests cannot overrun
+//!   a limit N times over, as they could when each was admitted while any token was left);
+//! - at the end the difference is charged or given back: the vendor's usage, or an estimate for an answer without
+//!   one, or nothing for a request the vendor refused or never answered.
+//!
+//! A limit is overrun only by an answer longer than its reservation (a request without `max_tokens` whose answer
+//! is longer than `reserve_output_tokens`, or a prompt the estimate undercounted); the tenant is then in debt, and
+//! waits until the debt is repaid.
 //!
 //! - **Per minute**: the same GCRA as [`super::rate`] with a cost: each token moves the tenant's theoretical arrival
-//!   time one interval (`60 s / limit`) later; a request is admitted while at least one token is free. `remaining`
-//!   and `reset` read like OpenAI's `x-ratelimit-*-tokens` headers.
+//!   time one interval (`60 s / limit`) later; a request is admitted while its reservation is free. `remaining`
+//!   and `reset` read like OpenAI's `x-ratelimit-*-tokens` headers, after the reservation.
 //! - **Per day / per month**: fixed UTC calendar windows (a quota resets at 00:00 UTC, and on the first of the
-//!   month); `Retry-After` is the time until the window turns.
+//!   month); `Retry-After` is the time until the window turns. A reservation is settled in the window it was made
+//!   in (in this process: while that window lasts).
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -160,26 +172,49 @@ impl TokenLimits {
         MINUTE / limit.max(1)
     }
 
-    /// What is left of the per-minute limit when its TAT is `ahead` of now: the headers' state, or the refusal
-    /// (not one token left).
-    pub fn per_minute_state(limit: u32, ahead: Duration) -> Result<RateState, RateRefused> {
-        let interval = Self::interval(limit);
-        let state = state_for(limit, MINUTE, interval, ahead);
-        let need = ahead + interval;
+    /// What a request that may use `wanted` tokens reserves: that, but at most the smallest limit (a request
+    /// larger than a limit may still go when the whole limit is free; it is settled to what it used).
+    pub fn reservation(&self, wanted: u64) -> u64 {
+        [self.per_minute.map(u64::from), self.per_day, self.per_month]
+            .into_iter()
+            .flatten()
+            .fold(wanted.max(1), u64::min)
+    }
+
+    /// What is left of the per-minute limit when its TAT is `ahead` of now: the headers' state.
+    pub fn per_minute_state(limit: u32, ahead: Duration) -> RateState {
+        state_for(limit, MINUTE, Self::interval(limit), ahead)
+    }
+
+    /// The per-minute verdict on reserving `tokens` when the TAT is `ahead` of now: the state after the
+    /// reservation, or the refusal (with the state before it).
+    pub fn per_minute_verdict(
+        limit: u32,
+        ahead: Duration,
+        tokens: u64,
+    ) -> Result<RateState, RateRefused> {
+        let cost = Self::cost(limit, tokens);
+        let need = ahead.saturating_add(cost);
         if need > MINUTE {
             return Err(RateRefused {
-                state,
+                state: Self::per_minute_state(limit, ahead),
                 retry_after: need - MINUTE,
             });
         }
-        Ok(state)
+        Ok(Self::per_minute_state(limit, need))
     }
 
-    /// The quotas' verdict on `day_used` and `month_used` tokens at `cal`.
+    /// The time `tokens` take of a per-minute limit.
+    pub fn cost(limit: u32, tokens: u64) -> Duration {
+        Self::interval(limit).saturating_mul(u32::try_from(tokens).unwrap_or(u32::MAX))
+    }
+
+    /// The quotas' verdict on reserving `tokens` when `day_used` and `month_used` are used at `cal`.
     pub fn quotas(
         &self,
         day_used: u64,
         month_used: u64,
+        tokens: u64,
         cal: Calendar,
     ) -> Result<(), QuotaRefused> {
         let windows = [
@@ -187,7 +222,7 @@ impl TokenLimits {
             (Window::Month, self.per_month, month_used),
         ];
         for (window, limit, used) in windows {
-            if let Some(limit) = limit.filter(|l| used >= *l) {
+            if let Some(limit) = limit.filter(|l| used.saturating_add(tokens) > *l) {
                 return Err(QuotaRefused {
                     window,
                     limit,
@@ -199,18 +234,19 @@ impl TokenLimits {
         Ok(())
     }
 
-    /// The whole verdict: the per-minute state for the headers (`None` without a per-minute limit), or why not.
+    /// The whole verdict on reserving `tokens` (a [`TokenLimits::reservation`]): the per-minute state after it
+    /// for the headers (`None` without a per-minute limit), or why not.
     pub fn verdict(
         &self,
         ahead: Duration,
-        day_used: u64,
-        month_used: u64,
+        (day_used, month_used): (u64, u64),
+        tokens: u64,
         cal: Calendar,
     ) -> Result<Option<RateState>, TokensRefused> {
-        self.quotas(day_used, month_used, cal)
+        self.quotas(day_used, month_used, tokens, cal)
             .map_err(TokensRefused::Quota)?;
         self.per_minute
-            .map(|limit| Self::per_minute_state(limit, ahead))
+            .map(|limit| Self::per_minute_verdict(limit, ahead, tokens))
             .transpose()
             .map_err(TokensRefused::PerMinute)
     }
@@ -266,22 +302,59 @@ impl TokenBudget {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether a request may go now (nothing is charged).
-    pub fn check(&self, now: Instant, cal: Calendar) -> Result<Option<RateState>, TokensRefused> {
-        let spent = self.spent();
+    /// Reserves `tokens` (a [`TokenLimits::reservation`]) when they fit in every limit: the per-minute state
+    /// after it, or why not (nothing reserved).
+    pub fn reserve(
+        &self,
+        tokens: u64,
+        now: Instant,
+        cal: Calendar,
+    ) -> Result<Option<RateState>, TokensRefused> {
+        let mut spent = self.spent();
         let ahead = spent
             .tat
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
-        let (day, month) = spent.used(cal);
-        self.limits.verdict(ahead, day, month, cal)
+        let state = self.limits.verdict(ahead, spent.used(cal), tokens, cal)?;
+        self.add(&mut spent, tokens, now, cal);
+        Ok(state)
     }
 
-    /// Charges the `tokens` a stream used, when it ended.
+    /// Settles a reservation of `reserved` tokens made at `made` to the `used` tokens of its answer: the
+    /// difference charged or given back. A quota's refund goes to the window the reservation was made in, while
+    /// that window lasts; what an answer used beyond its reservation is charged now.
+    pub fn settle(&self, reserved: u64, used: u64, now: Instant, made: Calendar) {
+        let mut spent = self.spent();
+        if used >= reserved {
+            self.add(&mut spent, used - reserved, now, Calendar::now());
+            return;
+        }
+        let back = reserved - used;
+        if let (Some(limit), Some(tat)) = (self.limits.per_minute, spent.tat) {
+            let earlier = tat
+                .checked_sub(TokenLimits::cost(limit, back))
+                .unwrap_or(now);
+            spent.tat = Some(earlier.max(now));
+        }
+        if spent.day.0 == made.day() {
+            spent.day.1 = spent.day.1.saturating_sub(back);
+        }
+        if spent.month.0 == made.month() {
+            spent.month.1 = spent.month.1.saturating_sub(back);
+        }
+    }
+
+    /// Charges `tokens` (used beyond any reservation, or with no reservation at all).
     pub fn charge(&self, tokens: u64, now: Instant, cal: Calendar) {
         let mut spent = self.spent();
+        self.add(&mut spent, tokens, now, cal);
+    }
+
+    fn add(&self, spent: &mut Spent, tokens: u64, now: Instant, cal: Calendar) {
+        if tokens == 0 {
+            return;
+        }
         if let Some(limit) = self.limits.per_minute {
-            let cost = TokenLimits::interval(limit)
-                .saturating_mul(u32::try_from(tokens).unwrap_or(u32::MAX));
+            let cost = TokenLimits::cost(limit, tokens);
             let from = spent.tat.map_or(now, |t| t.max(now));
             spent.tat = from.checked_add(cost).or(Some(from));
         }
@@ -328,29 +401,54 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_tenant_goes_while_any_token_is_left_and_pays_its_debt_after() {
+    async fn reservations_that_do_not_fit_wait_and_settle_to_what_was_used() {
         let cal = Calendar { unix: NOON };
         let b = TokenBudget::new(TokenLimits {
             per_minute: Some(100),
             ..TokenLimits::default()
         });
-        let s = b.check(Instant::now(), cal).unwrap().unwrap();
-        assert_eq!((s.limit, s.remaining), (100, 100));
-        b.charge(60, Instant::now(), cal);
-        let s = b.check(Instant::now(), cal).unwrap().unwrap();
-        assert_eq!(s.remaining, 40);
-        assert_eq!(s.reset, Duration::from_secs(36));
-        // 60 more: 20 over. Refused until the debt and one token are back: 21 tokens of 0.6 s.
-        b.charge(60, Instant::now(), cal);
-        let Err(TokensRefused::PerMinute(r)) = b.check(Instant::now(), cal) else {
+        let now = Instant::now;
+        // Three requests at once reserving 30, 50 and 30: the third does not fit in the 20 left.
+        assert_eq!(b.reserve(30, now(), cal).unwrap().unwrap().remaining, 70);
+        let s = b.reserve(50, now(), cal).unwrap().unwrap();
+        assert_eq!((s.remaining, s.reset), (20, Duration::from_secs(48)));
+        let Err(TokensRefused::PerMinute(r)) = b.reserve(30, now(), cal) else {
             panic!("not refused");
         };
-        assert_eq!(r.retry_after, Duration::from_millis(12_600));
-        assert_eq!(r.state.remaining, 0);
-        tokio::time::advance(Duration::from_millis(12_599)).await;
-        assert!(b.check(Instant::now(), cal).is_err());
+        // 10 tokens short: 6 s; nothing was reserved by the refusal.
+        assert_eq!(r.retry_after, Duration::from_secs(6));
+        assert_eq!(r.state.remaining, 20);
+        // The first answer used 10 of its 30: 20 back, and now the third fits.
+        b.settle(30, 10, now(), cal);
+        assert_eq!(b.reserve(30, now(), cal).unwrap().unwrap().remaining, 10);
+        // The second used 90 of its 50: 40 more charged, the tenant is 30 in debt: refused until the debt and
+        // one token are repaid (31 tokens of 0.6 s).
+        b.settle(50, 90, now(), cal);
+        let Err(TokensRefused::PerMinute(r)) = b.reserve(1, now(), cal) else {
+            panic!("not refused");
+        };
+        assert_eq!(r.retry_after, Duration::from_millis(18_600));
+        tokio::time::advance(Duration::from_millis(18_599)).await;
+        assert!(b.reserve(1, now(), cal).is_err());
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(b.check(Instant::now(), cal).unwrap().unwrap().remaining, 1);
+        assert_eq!(b.reserve(1, now(), cal).unwrap().unwrap().remaining, 0);
+        // A refund never makes more than the whole limit free.
+        tokio::time::advance(Duration::from_secs(120)).await;
+        b.settle(1000, 0, now(), cal);
+        assert_eq!(b.reserve(1, now(), cal).unwrap().unwrap().remaining, 99);
+    }
+
+    #[test]
+    fn a_reservation_is_at_most_the_smallest_limit() {
+        let limits = TokenLimits {
+            per_minute: Some(100),
+            per_day: Some(50),
+            per_month: None,
+        };
+        assert_eq!(limits.reservation(4000), 50);
+        assert_eq!(limits.reservation(7), 7);
+        assert_eq!(limits.reservation(0), 1);
+        assert_eq!(TokenLimits::default().reservation(4000), 4000);
     }
 
     #[test]
@@ -363,19 +461,22 @@ mod tests {
         let b = TokenBudget::new(limits);
         let now = Instant::now();
         let noon = Calendar { unix: NOON };
-        b.charge(99, now, noon);
-        assert_eq!(b.check(now, noon), Ok(None));
-        b.charge(1, now, noon);
-        let Err(TokensRefused::Quota(q)) = b.check(now, noon) else {
+        b.charge(90, now, noon);
+        // 10 left: a reservation of 10 fits, one of 11 does not.
+        assert!(b.reserve(11, now, noon).is_err());
+        assert_eq!(b.reserve(10, now, noon), Ok(None));
+        let Err(TokensRefused::Quota(q)) = b.reserve(1, now, noon) else {
             panic!("not refused");
         };
         assert_eq!((q.window, q.limit, q.used), (Window::Day, 100, 100));
         assert_eq!(q.retry_after, Duration::from_secs(12 * 3600));
+        // The answer used 4 of its 10: 6 are back.
+        b.settle(10, 4, now, noon);
+        assert_eq!(b.reserve(6, now, noon), Ok(None));
         // The next day: the day's quota is back, the month's has 50 left.
         let tomorrow = Calendar { unix: NOON + DAY };
-        assert_eq!(b.check(now, tomorrow), Ok(None));
-        b.charge(50, now, tomorrow);
-        let Err(TokensRefused::Quota(q)) = b.check(now, tomorrow) else {
+        assert_eq!(b.reserve(50, now, tomorrow), Ok(None));
+        let Err(TokensRefused::Quota(q)) = b.reserve(1, now, tomorrow) else {
             panic!("not refused");
         };
         assert_eq!((q.window, q.used), (Window::Month, 150));
@@ -383,6 +484,6 @@ mod tests {
         let december = Calendar {
             unix: NOON + 3 * DAY,
         };
-        assert_eq!(b.check(now, december), Ok(None));
+        assert_eq!(b.reserve(1, now, december), Ok(None));
     }
 }

@@ -210,14 +210,15 @@ async fn a_daily_token_quota_counts_both_replicas_streams() {
     let redis = Redis::start(bin).unwrap();
     let mock = start_mock().await;
     let top = format!(
-        "{}[[tenants]]\nname = \"acme\"\ntokens_per_day = 20\n\n[store]\nurl = {:?}\n",
+        "{}[[tenants]]\nname = \"acme\"\ntokens_per_day = 40\nreserve_output_tokens = 5\n\n[store]\nurl = {:?}\n",
         admin_key_line(),
         redis.url()
     );
     let config = || config_with(&mock.addr.to_string(), &top, "usage = \"openai\"");
     let (a, admin_a) = start_relay_with_admin(config()).await;
     let (b, admin_b) = start_relay_with_admin(config()).await;
-    // 14 tokens a stream: the first on each replica goes (0, then 14 used of 20), then the quota is used up.
+    // Each reserves 26 (its prompt, 21, and 5 for its answer) and uses 14: the first on each replica goes (0 + 26,
+    // then 14 + 26 of 40), then no reservation fits, on either replica.
     for (i, relay) in [&a, &b].into_iter().enumerate() {
         let res = chat(relay, &[("x-mock-chunks", "5")]).send().await.unwrap();
         assert_eq!(res.status(), 200);
@@ -285,7 +286,7 @@ async fn a_redis_cluster_holds_each_tenants_limits_on_its_own_shard() {
     let shards_used = cluster.keys_per_node().iter().filter(|n| **n > 0).count();
     assert!(shards_used >= 2, "{:?}", cluster.keys_per_node());
     drop(answers);
-    // The six streams were cut: recorded without usage, their slots given back in the same store call.
+    // The six streams were cut: charged an estimate, their slots given back in the same store call.
     await_usage(admin_a, 6).await;
     // Two short ones report their usage.
     for relay in [&a, &b] {
@@ -307,9 +308,17 @@ async fn a_redis_cluster_holds_each_tenants_limits_on_its_own_shard() {
         (&total["streams"], &total["streams_without_usage"]),
         (&5.into(), &3.into())
     );
+    // Two reported 9 + 5; the three cut ones were estimated: their prompt, and what they relayed.
+    let prompt = relay::usage::estimate::request_tokens(
+        mock_upstream::testkit::client::CHAT_BODY.as_bytes(),
+    );
+    assert_eq!(total["prompt_tokens"], 18 + 3 * prompt, "{gamma}");
+    let completion = total["completion_tokens"].as_u64().unwrap();
+    assert!(completion >= 10 + 3, "{gamma}");
     assert_eq!(
-        (&total["prompt_tokens"], &total["completion_tokens"]),
-        (&18.into(), &10.into())
+        total["estimated_tokens"],
+        3 * prompt + completion - 10,
+        "{gamma}"
     );
 }
 
