@@ -4,7 +4,8 @@
 #   scripts/perf.sh                          full table: 1, 100 and 1000 streams
 #   scripts/perf.sh --gate                   short CI variant, compared with loadtest/perf-baseline.json
 #   scripts/perf.sh --gate --write-baseline  refresh the baseline from this machine
-# Other flags: --levels 1,100 --run-secs 20 --interval-ms 50 --chunks 40.
+# Other flags: --levels 1,100 --run-secs 20 --interval-ms 50 --chunks 40 --serial-streams 20 --serial-only
+# (the one-stream-at-a-time pairs only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then

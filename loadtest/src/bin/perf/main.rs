@@ -2,7 +2,9 @@
 //! `deploy/nginx/ssegate.conf`, runs the goose load test against eight targets (mock directly, nginx → mock,
 //! relay → mock, the same relay with `[metrics] enabled = false`, nginx → relay → mock, a tokio TCP forwarder with
 //! no HTTP as the relay's floor, and nginx and the relay to the same mock over HTTPS) at each concurrency, and
-//! prints one Markdown table. Everything binds
+//! prints one Markdown table. Then one stream at a time (`serial`: hyper's client on one kept-alive connection, the
+//! next request right after the previous answer) against the mock directly, nginx → mock and relay → mock, the
+//! pattern of a replica that serves few streams at a time. Everything binds
 //! 127.0.0.1 and is stopped by its PID (processes and nginx from the workspace's test kit). `--gate` runs the short
 //! CI variant and compares same-run ratios with `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which
 //! builds the release binaries first.
@@ -60,6 +62,13 @@ struct Args {
     /// compare settings side by side.
     #[arg(long, default_value = "")]
     relay_top: String,
+    /// Streams per one-at-a-time run (`serial`: one kept-alive connection, the next request right after the
+    /// previous answer's end); 0 skips the one-stream pairs.
+    #[arg(long, default_value_t = 20)]
+    serial_streams: usize,
+    /// Only the one-stream pairs (no goose runs): the quick check while working on the low-load path.
+    #[arg(long)]
+    serial_only: bool,
 }
 
 /// Which CPUs the proxies and the rest run on when pinned.
@@ -204,6 +213,48 @@ async fn run_load(
         summary,
         cpu_ns,
         peak_rss_kib,
+        idle_rss_kib,
+    })
+}
+
+/// One `serial` run (one stream at a time on one connection, see `loadtest/src/bin/serial.rs`) and what the
+/// proxies spent on it.
+async fn run_serial(
+    base: &str,
+    key: &str,
+    a: &Args,
+    proxies: &[&dyn Cost],
+    pinning: Option<&Pinning>,
+) -> Result<Measured> {
+    let idle_rss_kib: u64 = proxies.iter().map(|p| p.rss_kib()).sum();
+    let cpu_before: u64 = proxies.iter().map(|p| p.cpu_ns()).sum();
+    let serial = binary("serial", "SSEGATE_SERIAL_BIN")?;
+    let mut cmd = match pinning {
+        Some(p) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.args(["-c", &p.rest]).arg(&serial);
+            c
+        }
+        None => tokio::process::Command::new(&serial),
+    };
+    let out = cmd
+        .arg("--url")
+        .arg(format!("{base}/v1/chat/completions"))
+        .args(["--key", key, "--streams", &a.serial_streams.to_string()])
+        .args(["--chunks", &a.chunks.min(20).to_string()])
+        .args(["--interval-ms", &a.interval_ms.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "serial failed: {}", out.status);
+    let cpu_ns = proxies.iter().map(|p| p.cpu_ns()).sum::<u64>() - cpu_before;
+    let mut summary: Value = serde_json::from_slice(&out.stdout).context("serial's summary")?;
+    // In the goose summary's terms, so that the table and the ratios read both alike.
+    summary["chunks"] = summary["events"].clone();
+    Ok(Measured {
+        summary,
+        cpu_ns,
+        peak_rss_kib: idle_rss_kib,
         idle_rss_kib,
     })
 }
@@ -373,6 +424,9 @@ async fn main() -> Result<()> {
         None
     };
     let mut results = Vec::new();
+    if a.serial_only {
+        a.levels.clear();
+    }
     for &users in &a.levels {
         for rep in 0..a.repeat.max(1) {
             for (name, base, key, proxies) in &targets {
@@ -387,6 +441,19 @@ async fn main() -> Result<()> {
                 let m = run_load(base, key, users, &a, proxies, &out, pinning.as_ref()).await?;
                 eprintln!("perf: {users:>5} streams, {name}: {}", m.summary);
                 results.push((users, *name, m));
+            }
+        }
+    }
+    // One stream at a time: the direct run once, then the gated pair `--repeat` times, interleaved.
+    if a.serial_streams > 0 {
+        for rep in 0..a.repeat.max(1) {
+            for (name, base, key, proxies) in &targets {
+                if (rep > 0 || *name != "direct") && !PAIR.contains(name) {
+                    continue;
+                }
+                let m = run_serial(base, key, &a, proxies, pinning.as_ref()).await?;
+                eprintln!("perf: one stream at a time, {name}: {}", m.summary);
+                results.push((SERIAL, *name, m));
             }
         }
     }
@@ -420,6 +487,10 @@ fn print_table(a: &Args, results: &[(usize, &str, Measured)], pinning: Option<&P
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (users, name, m) in results {
+        let streams = match *users {
+            SERIAL => "1 at a time".to_owned(),
+            n => n.to_string(),
+        };
         let direct = results
             .iter()
             .find(|(u, n, _)| u == users && *n == "direct")
@@ -436,7 +507,7 @@ fn print_table(a: &Args, results: &[(usize, &str, Measured)], pinning: Option<&P
         } else {
             m.cpu_ns as f64 / 1000.0 / chunks
         };
-        let rss = if *name == "direct" {
+        let rss = if *name == "direct" || *users == SERIAL {
             f64::NAN
         } else {
             m.rss_per_stream(*users)
@@ -451,7 +522,7 @@ fn print_table(a: &Args, results: &[(usize, &str, Measured)], pinning: Option<&P
         .map(|k| f(s, &format!("/failures/{k}")))
         .sum::<f64>();
         println!(
-            "| {users} | {name} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.1} | {chunks} | {errors} |",
+            "| {streams} | {name} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.1} | {chunks} | {errors} |",
             f(s, "/ttfb_ms/p50"),
             f(s, "/ttfb_ms/p99"),
             f(s, "/chunk_delay_ms/p50"),
@@ -464,6 +535,9 @@ fn print_table(a: &Args, results: &[(usize, &str, Measured)], pinning: Option<&P
         );
     }
 }
+
+/// The level under which the one-stream-at-a-time runs are kept (`serial` in the ratios and the baseline).
+const SERIAL: usize = 0;
 
 /// The targets the gate compares, run `--repeat` times each, interleaved.
 const PAIR: [&str; 2] = ["nginx → mock", "relay → mock"];
@@ -526,7 +600,33 @@ fn ratios(results: &[(usize, &str, Measured)]) -> Value {
         if let Some(off) = get("relay, metrics off → mock") {
             level["metrics_cpu_ratio"] = json!(cpu(r) / cpu(off));
         }
-        out.insert(users.to_string(), level);
+        if users == SERIAL {
+            // One stream at a time: CPU per event (median of the pairs) and time to first byte, relay over nginx.
+            let ttfb = |n: &str| {
+                results
+                    .iter()
+                    .filter(|(u, name, _)| *u == users && *name == n)
+                    .map(|r| f(&r.2.summary, "/ttfb_ms/p50"))
+                    .collect::<Vec<_>>()
+            };
+            let ttfb_pairs: Vec<f64> = ttfb(PAIR[1])
+                .into_iter()
+                .zip(ttfb(PAIR[0]))
+                .map(|(relay, nginx)| relay / nginx)
+                .collect();
+            level = json!({
+                "added_p50_ratio": level["added_p50_ratio"],
+                "cpu_per_event_ratio": level["cpu_per_chunk_ratio"],
+                "cpu_per_event_ratio_runs": level["cpu_per_chunk_ratio_runs"],
+                "ttfb_p50_ratio": median(ttfb_pairs.clone()),
+                "ttfb_p50_ratio_runs": ttfb_pairs,
+            });
+        }
+        let label = match users {
+            SERIAL => "serial".to_owned(),
+            n => n.to_string(),
+        };
+        out.insert(label, level);
     }
     Value::Object(out)
 }
@@ -541,7 +641,11 @@ fn gate(path: &Path, ratios: &Value, write: bool) -> Result<()> {
         let gated = if old["gated"].is_object() {
             old["gated"].clone()
         } else {
-            json!({ "100": ["cpu_per_chunk_ratio"], "1000": ["rss_per_stream_ratio"] })
+            json!({
+                "100": ["cpu_per_chunk_ratio"],
+                "1000": ["rss_per_stream_ratio"],
+                "serial": ["cpu_per_event_ratio", "ttfb_p50_ratio"],
+            })
         };
         let baseline =
             json!({ "ratios": ratios, "margin": margin, "gated": gated, "note": old["note"] });
@@ -572,7 +676,7 @@ fn gate(path: &Path, ratios: &Value, write: bool) -> Result<()> {
                 "ok"
             };
             println!(
-                "perf gate: {level} streams {key}: {now:.3} vs baseline {base:.3} (margin {margin:.0}%): {verdict}",
+                "perf gate: {level} {key}: {now:.3} vs baseline {base:.3} (margin {margin:.0}%): {verdict}",
                 margin = margin * 100.0
             );
             if verdict != "ok" {
