@@ -1,5 +1,6 @@
-//! A leaf: token counts read from the relayed bytes as they pass, for the tokens metric (and, later, usage
-//! accounting). OpenAI-style streams end with a chunk carrying `"usage":{"prompt_tokens":N,"completion_tokens":M}`
+//! A leaf: token counts read from the relayed bytes as they pass (streams and JSON bodies alike), for the token
+//! limits' settlement, the usage records and the tokens metric; what an answer is charged ([`charged`]: the
+//! vendor's usage, else an [`estimate`]); the usage rows ([`Totals`]). OpenAI-style streams end with a chunk carrying `"usage":{"prompt_tokens":N,"completion_tokens":M}`
 //! (when the request asked for `stream_options.include_usage`); OpenAI's Responses API (`response.completed`) and
 //! Anthropic's messages stream say `"input_tokens"` / `"output_tokens"` (the last value of each wins, so
 //! Anthropic's running `output_tokens` ends at its final count); [`UsageScanner`] finds those numbers without
