@@ -32,6 +32,7 @@
 //! | `ssegate_relay_added_delay_seconds` | histogram | route | per vendor frame: the tap received it → the client's connection wrote it ([`crate::tap::AddedDelay`]) |
 //! | `ssegate_stream_duration_seconds` | histogram | route, outcome class (`complete`, `failed`, `cancelled`) | request start → end of stream |
 //! | `ssegate_trace_spans_total` | counter | result (`ended`, `exported`, `export_failed`) | spans handed to the trace exporter and what became of them; `ended` minus the others is what a full queue dropped (traces on only, [`crate::otel`]) |
+//! | `ssegate_build_info` | gauge (1) | version, profile (`release`, `debug`) | what is running; `debug` is an unoptimized build, also warned about at startup |
 //! | `ssegate_log_lines_dropped_total` | counter | | log and audit lines dropped because the log reader did not keep up and the writer's queue was full ([`crate::logs`]) |
 //! | `process_*` | | | CPU seconds, resident memory, open and max file descriptors, threads (`metrics-process`) |
 
@@ -61,6 +62,7 @@ pub const KEEPALIVES: &str = "ssegate_keepalives_total";
 pub const TOKENS: &str = "ssegate_tokens_total";
 pub const TRACE_SPANS: &str = "ssegate_trace_spans_total";
 pub const LOG_DROPPED: &str = "ssegate_log_lines_dropped_total";
+pub const BUILD_INFO: &str = "ssegate_build_info";
 pub const OVERHEAD: &str = "ssegate_relay_overhead_seconds";
 pub const UPSTREAM_TTFB: &str = "ssegate_upstream_first_byte_seconds";
 pub const CLIENT_TTFB: &str = "ssegate_client_first_byte_seconds";
@@ -171,6 +173,10 @@ fn describe() {
     describe_counter!(
         TOKENS,
         "Tokens answers were charged: reported by the vendor's usage, or estimated"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "1, labelled with the relay's version and build profile (release or debug)"
     );
     describe_counter!(
         LOG_DROPPED,
@@ -449,6 +455,11 @@ pub fn request(route: &'static str, tenant: &str, status: u16) {
     };
     counter!(REQUESTS, "route" => route, "tenant" => tenant.to_owned(), "status_class" => class)
         .increment(1);
+}
+
+/// The relay's version and build profile (`release` or `debug`), as a gauge at 1 (Prometheus' `_info` convention).
+pub fn build_info(profile: &'static str) {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "profile" => profile).set(1.0);
 }
 
 /// The configured limits, for alerts that compare against them; also registers the rejection reasons, so that

@@ -48,6 +48,24 @@ async fn metrics_count_what_the_streams_did() -> Result<()> {
         );
     }
 
+    // What is running: the relay binary is built with this test's profile; an unoptimized one says so at startup.
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let label = format!("profile=\"{profile}\"");
+    assert_eq!(
+        sample(&fresh, "ssegate_build_info", &[&label]),
+        Some(1.0),
+        "{fresh}"
+    );
+    if profile == "debug" {
+        s.relay
+            .await_logs(|l| l.contains("this relay is a debug build"))
+            .await?;
+    }
+
     let base = s.base();
     let complete = receive(chat_with_usage(&base, &[("x-mock-chunks", "5")])).await?;
     assert!(String::from_utf8(complete.bytes)?.ends_with("data: [DONE]\n\n"));

@@ -259,6 +259,31 @@ async fn run_serial(
     })
 }
 
+/// Refuses to measure an unoptimized relay: a debug build (what `cargo build` and `cargo test` make, and what the
+/// test kit starts from a debug harness) spends several times the CPU per chunk of a release build, which is how a
+/// side-by-side run once reported the relay at 4-5 times nginx's CPU per event (issue 23). Reads
+/// `ssegate_build_info` from the relay's admin listener.
+async fn require_release(relay: &Proc) -> Result<()> {
+    let admin = relay
+        .admin()
+        .context("the relay did not print its admin address")?;
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let info = metrics
+        .lines()
+        .find(|l| l.starts_with("ssegate_build_info{"))
+        .context("no ssegate_build_info on the relay's /metrics")?;
+    if !info.contains(r#"profile="release""#) {
+        bail!(
+            "the relay under test is not a release build ({info}); build it with `cargo build --release --workspace` \
+             or point SSEGATE_RELAY_BIN at a release binary"
+        );
+    }
+    Ok(())
+}
+
 fn f(v: &Value, path: &str) -> f64 {
     v.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
@@ -293,6 +318,7 @@ async fn main() -> Result<()> {
     let config = mock_upstream::relay_config(&toml);
     let env = [(VENDOR_KEY_VAR, VENDOR_KEY)];
     let relay = mock_upstream::testkit::proc::start_relay(&config, &env, "info").await?;
+    require_release(&relay).await?;
     // The same relay with its request-path metrics off: what metrics cost, measured in the same run.
     let off = config.replacen("[audit]", "[metrics]\nenabled = false\n[audit]", 1);
     let relay_off = mock_upstream::testkit::proc::start_relay(&off, &env, "info").await?;
