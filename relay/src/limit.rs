@@ -337,21 +337,6 @@ impl Limiter {
     pub fn store(&self) -> Option<&Arc<RedisStore>> {
         self.store.as_ref()
     }
-
-    /// [`Limiter::admit_total`] and [`Limiter::enter`]'s permit, for a request of no size.
-    pub async fn acquire(&self, tenant: &str) -> Result<StreamPermit, LimitError> {
-        let total = self.admit_total()?;
-        let (permit, _) = self
-            .enter(
-                tenant,
-                total,
-                Want::default(),
-                Instant::now(),
-                Calendar::now(),
-            )
-            .await?;
-        Ok(permit)
-    }
 }
 
 /// A token refusal as a [`LimitError`].
@@ -409,6 +394,23 @@ pub fn admitted_headers(admitted: &Admitted, headers: &mut http::HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Limiter {
+        /// [`Limiter::admit_total`] and [`Limiter::enter`]'s permit, for a request of no size.
+        pub(crate) async fn acquire(&self, tenant: &str) -> Result<StreamPermit, LimitError> {
+            let total = self.admit_total()?;
+            let (permit, _) = self
+                .enter(
+                    tenant,
+                    total,
+                    Want::default(),
+                    Instant::now(),
+                    Calendar::now(),
+                )
+                .await?;
+            Ok(permit)
+        }
+    }
 
     #[tokio::test]
     async fn tenant_limit_then_total_limit_and_release_on_drop() {

@@ -258,11 +258,6 @@ fn wall_clock(at: Instant) -> SystemTime {
     SystemTime::now() - Instant::now().saturating_duration_since(at)
 }
 
-/// The model a request asks for (`"model"` at the top of its JSON body).
-pub fn request_model(body: &[u8]) -> Option<String> {
-    crate::usage::asked(body)?.model
-}
-
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -363,10 +358,11 @@ mod tests {
 
     #[test]
     fn the_model_is_read_from_the_top_of_the_body() {
+        let model = |body: &[u8]| crate::usage::asked(body).and_then(|a| a.model);
         let body =
             br#"{"messages":[{"role":"user","content":"\"model\":\"x\""}],"model":"gpt-4o"}"#;
-        assert_eq!(request_model(body).as_deref(), Some("gpt-4o"));
-        assert_eq!(request_model(b"{\"model\":3}"), None);
-        assert_eq!(request_model(b"not json"), None);
+        assert_eq!(model(body).as_deref(), Some("gpt-4o"));
+        assert_eq!(model(b"{\"model\":3}"), None);
+        assert_eq!(model(b"not json"), None);
     }
 }

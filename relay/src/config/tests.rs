@@ -352,11 +352,55 @@ fn failover_endpoints_are_validated_like_the_first() {
     assert!(e.contains("routes[0].max_attempts"), "{e}");
 }
 
+/// Every listener limit at both edges of its range: the last value in is taken as given, the first one out is
+/// refused naming its own field (not a neighbour's), from the file and from the environment alike.
 #[test]
 fn listener_limits_are_bounded() {
-    assert!(err("", "max_header_bytes = 100", &[]).contains("max_header_bytes"));
-    assert!(err("", "max_streams = 0", &[]).contains("max_streams"));
-    assert!(err("", "write_timeout_ms = 0", &[]).contains("write_timeout_ms"));
+    let day_ms = 24 * 3600 * 1000_u64;
+    let cases: [(&str, u64, u64, fn(&ServerLimits) -> u64); 6] = [
+        ("max_header_bytes", 8192, 1 << 20, |l| {
+            l.max_header_bytes as u64
+        }),
+        ("header_read_timeout_ms", 1, day_ms, |l| {
+            l.header_read_timeout.as_millis() as u64
+        }),
+        ("write_timeout_ms", 1, day_ms, |l| {
+            l.write_timeout.as_millis() as u64
+        }),
+        ("shutdown_grace_ms", 1, day_ms, |l| {
+            l.shutdown_grace.as_millis() as u64
+        }),
+        ("max_streams", 1, u64::from(u32::MAX), |l| {
+            u64::from(l.max_streams)
+        }),
+        ("max_streams_per_tenant", 1, u64::from(u32::MAX), |l| {
+            u64::from(l.max_streams_per_tenant)
+        }),
+    ];
+    for (key, low, high, read) in cases {
+        for inside in [low, high] {
+            let c = load("", &format!("{key} = {inside}"), &[])
+                .unwrap_or_else(|e| panic!("{key} = {inside}: {e}"));
+            assert_eq!(read(&c.limits), inside, "{key}");
+        }
+        let var = format!("RELAY_{}", key.to_ascii_uppercase());
+        for outside in [low - 1, high + 1] {
+            let e = err("", &format!("{key} = {outside}"), &[]);
+            assert!(
+                e.contains(&format!("`{key}`")) || e.contains(key),
+                "{key} = {outside}: {e}"
+            );
+            for other in cases
+                .iter()
+                .map(|c| c.0)
+                .filter(|o| *o != key && !key.starts_with(o))
+            {
+                assert!(!e.contains(other), "{key} = {outside} names {other}: {e}");
+            }
+            let e = err("", "", &[(&var, &outside.to_string())]);
+            assert!(e.contains(&var), "{var}={outside}: {e}");
+        }
+    }
 }
 
 #[test]
