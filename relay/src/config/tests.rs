@@ -352,12 +352,15 @@ fn failover_endpoints_are_validated_like_the_first() {
     assert!(e.contains("routes[0].max_attempts"), "{e}");
 }
 
+/// A listener limit: its key, the smallest and largest values allowed, and where the loaded value is.
+type Bounded = (&'static str, u64, u64, fn(&ServerLimits) -> u64);
+
 /// Every listener limit at both edges of its range: the last value in is taken as given, the first one out is
 /// refused naming its own field (not a neighbour's), from the file and from the environment alike.
 #[test]
 fn listener_limits_are_bounded() {
     let day_ms = 24 * 3600 * 1000_u64;
-    let cases: [(&str, u64, u64, fn(&ServerLimits) -> u64); 6] = [
+    let cases: [Bounded; 6] = [
         ("max_header_bytes", 8192, 1 << 20, |l| {
             l.max_header_bytes as u64
         }),
