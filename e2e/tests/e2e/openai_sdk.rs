@@ -84,7 +84,7 @@ fn prepare() -> Result<Option<PathBuf>> {
             if std::env::var(REQUIRE).as_deref() == Ok("1") {
                 bail!("{why}");
             }
-            eprintln!("skipping: {why}");
+            mock_upstream::testkit::proc::skipped(&why);
             return Ok(None);
         }
     }

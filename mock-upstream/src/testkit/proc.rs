@@ -124,9 +124,30 @@ pub fn installed(name: &str, require: &str, package: &str) -> Option<PathBuf> {
             std::env::var(require).as_deref() != Ok("1"),
             "{name} is required ({require}=1) but not installed: apt-get install -y {package}"
         );
-        eprintln!("skipping: {name} is not installed");
+        skipped(&format!(
+            "{name} is not installed (apt-get install -y {package})"
+        ));
     }
     found
+}
+
+/// Tests of this process that did not run for want of a part ([`skipped`]).
+static SKIPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Says that the running test does not run, and `why`, on one line of the real stderr: the test harness captures
+/// `eprintln!` (shown only for failed tests), so a skip printed that way would leave a newcomer's green
+/// `cargo test --workspace` hiding that part of the suite never ran. The line names the test and counts the skips of
+/// this test binary so far (the last such line is the binary's total), and names the command that installs every
+/// part.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let n = SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a test");
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED {test}: {why} [{n} skipped in this test binary so far; sudo scripts/install-test-parts.sh installs every part]"
+    );
 }
 
 /// Sends TERM to `child` and waits up to 5 s for it to exit; false when it is still running (the caller kills).
