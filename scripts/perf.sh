@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The side-by-side performance run (README, "Performance"): builds the release binaries, then runs
+# The side-by-side performance run (docs/performance.md): builds the release binaries, then runs
 # target/release/perf, which starts mock-upstream, the relay and nginx on loopback and load-tests four targets.
 #   scripts/perf.sh                          full table: 1, 100 and 1000 streams
 #   scripts/perf.sh --gate                   short CI variant, compared with loadtest/perf-baseline.json

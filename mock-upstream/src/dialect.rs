@@ -43,7 +43,7 @@ fn memchr_ts(hay: &[u8]) -> Option<usize> {
     hay.windows(3).position(|w| w == b"ts=")
 }
 
-/// The chunk text for content chunk `index`: `ts=<unix nanos>;` then the next `bytes / 3` characters of [`ANSWER`]
+/// The chunk text for content chunk `index`: `ts=<unix nanos>;` then the next `bytes / 3` characters of `ANSWER`
 /// (about `bytes` bytes of mostly three-byte characters), so consecutive chunks read as one continuous answer.
 /// Built from whole slices of the text (memcpy), since flood scenarios make megabytes of it.
 pub fn chunk_text(index: u32, bytes: usize) -> String {

@@ -1,6 +1,6 @@
 //! The one interpreter of a [`Script`]: turns it into a body stream of timed, timestamped frames.
 //!
-//! Every frame goes through [`Emission::sent`], which feeds the stream's digest, so `GET /streams/{id}` can prove
+//! Every frame goes through `Emission::sent`, which feeds the stream's digest, so `GET /streams/{id}` can prove
 //! what was sent. Dropping the stream before its end (the client went away) counts as a cancellation.
 
 use std::collections::VecDeque;

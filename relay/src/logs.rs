@@ -11,7 +11,7 @@
 //! a reader that never reads cannot hold the exit).
 //!
 //! Memory: at most `log_queue_lines` formatted lines; the longest is an audit line, about `audit.max_text_bytes`
-//! plus 1 KiB (README, "Logs").
+//! plus 1 KiB (docs/observability.md, "Logs").
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! called (its prompt, [`request_tokens`]), and the charge of an answer that ended without the vendor's usage (its
 //! text so far, [`AnswerTokens`]).
 //!
-//! The rule (README, "Tokens per tenant"): a quarter of a token per ASCII byte (English runs about four
+//! The rule (docs/tenants.md, "Tokens per tenant"): a quarter of a token per ASCII byte (English runs about four
 //! characters a token in OpenAI's and Anthropic's tokenizers), half a token per two-byte UTF-8 character (accented
 //! Latin, Cyrillic, Greek, Hebrew, Arabic), one token per wider character (Chinese, Japanese, Korean characters are
 //! one token or a little less each; emoji a little more), rounded up. JSON escapes count as the character they
