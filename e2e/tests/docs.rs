@@ -5,15 +5,17 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+use anyhow::{Context, Result};
+
+fn root() -> Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("workspace root")
-        .to_path_buf()
+        .context("no workspace root")?
+        .to_path_buf())
 }
 
 /// The pages a newcomer reads.
-fn pages(root: &Path) -> Vec<PathBuf> {
+fn pages(root: &Path) -> Result<Vec<PathBuf>> {
     let mut pages: Vec<PathBuf> = [
         "README.md",
         "vendor/README.md",
@@ -25,14 +27,14 @@ fn pages(root: &Path) -> Vec<PathBuf> {
     .map(|p| root.join(p))
     .filter(|p| p.is_file())
     .collect();
-    for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
-        let path = entry.expect("docs entry").path();
+    for entry in std::fs::read_dir(root.join("docs")).context("docs/")? {
+        let path = entry?.path();
         if path.extension().is_some_and(|e| e == "md") {
             pages.push(path);
         }
     }
     pages.sort();
-    pages
+    Ok(pages)
 }
 
 /// Text outside fenced code blocks (configuration and shell examples may name paths of the reader's machine).
@@ -160,19 +162,19 @@ const EXTENSIONS: [&str; 9] = [
 ];
 
 #[test]
-fn docs_exist() {
-    let root = root();
+fn docs_exist() -> Result<()> {
+    let root = root()?;
     let files = files(&root);
     let functions = functions(&root, &files);
     let mut missing = Vec::new();
-    for page in pages(&root) {
-        let text = std::fs::read_to_string(&page).expect("page");
+    for page in pages(&root)? {
+        let text = std::fs::read_to_string(&page)?;
         let shown = page
             .strip_prefix(&root)
             .unwrap_or(&page)
             .display()
             .to_string();
-        let dir = page.parent().expect("page dir");
+        let dir = page.parent().context("no page dir")?;
         let body = prose(&text);
         for target in links(&body) {
             if target.contains("://") || target.starts_with("mailto:") {
@@ -236,4 +238,5 @@ fn docs_exist() {
         "the documentation names what does not exist:\n{}",
         missing.join("\n")
     );
+    Ok(())
 }
