@@ -95,9 +95,10 @@ fn code_spans(text: &str) -> Vec<String> {
         .collect()
 }
 
-const TOP: [&str; 10] = [
+const TOP: [&str; 11] = [
     "relay/",
     "mock-upstream/",
+    "testkit/",
     "loadtest/",
     "e2e/",
     "deploy/",

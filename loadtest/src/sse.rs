@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use goose::prelude::*;
 use mock_upstream::dialect::unix_nanos;
-use mock_upstream::testkit::sse::{EventReader, delay};
+use testkit::sse::{EventReader, delay};
 
 /// What one stream showed.
 #[derive(Debug, Default)]

@@ -9,16 +9,14 @@
 //! [`stream`] (script → frames) · [`stats`] (counters and per-stream records) · [`routes`] (HTTP handlers) ·
 //! [`tls`] (HTTPS: a private CA made at start, and the broken certificates tests need).
 //! [`relay_config`] writes a relay configuration for a mock, the one template the demo, the tests and the load
-//! test share. With the `testkit` feature, [`testkit`] holds what every test crate of the workspace uses to drive
-//! real processes: `spawn_listening`, the nginx launcher and the SSE reader that times each event.
+//! test share. The test kit that drives real processes (the mock, the relay, nginx, Prometheus, redis-server) is its
+//! own crate, `testkit`, a dev-dependency of the crates that test.
 
 pub mod dialect;
 pub mod routes;
 pub mod scenario;
 pub mod stats;
 pub mod stream;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 pub mod tls;
 
 use std::future::Future;

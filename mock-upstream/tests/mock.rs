@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use mock_upstream::testkit::client::{await_counter, chat_with, stats, stream_record};
-use mock_upstream::testkit::proc::{Proc, spawn_listening};
+use testkit::client::{await_counter, chat_with, stats, stream_record};
+use testkit::proc::{Proc, spawn_listening};
 
 const KEY: &str = "mock-test-key";
 

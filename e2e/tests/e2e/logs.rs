@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use futures_util::future::join_all;
-use mock_upstream::testkit::proc::{Stderr, start_relay_logging};
+use testkit::proc::{Stderr, start_relay_logging};
 
 use crate::admin::sample;
 use crate::support::*;

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use mock_upstream::testkit::proc::installed;
+use testkit::proc::installed;
 use tokio::sync::OnceCell;
 
 use crate::stack::{Front, Options, stack};
@@ -84,7 +84,7 @@ fn prepare() -> Result<Option<PathBuf>> {
             if std::env::var(REQUIRE).as_deref() == Ok("1") {
                 bail!("{why}");
             }
-            mock_upstream::testkit::proc::skipped(&why);
+            testkit::proc::skipped(&why);
             return Ok(None);
         }
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use mock_upstream::testkit::prometheus::{self, Prometheus};
+use testkit::prometheus::{self, Prometheus};
 
 use crate::stack::{Front, Options, stack};
 use crate::support::*;

@@ -26,11 +26,9 @@ impl Tinyproxy {
     /// `None` when tinyproxy is not installed (and `SSEGATE_REQUIRE_TINYPROXY` is not `1`). `extra`: more config
     /// lines (`BasicAuth`, `ConnectPort`).
     async fn start(extra: &str) -> Result<Option<Self>> {
-        let Some(bin) = mock_upstream::testkit::proc::installed(
-            "tinyproxy",
-            "SSEGATE_REQUIRE_TINYPROXY",
-            "tinyproxy",
-        ) else {
+        let Some(bin) =
+            testkit::proc::installed("tinyproxy", "SSEGATE_REQUIRE_TINYPROXY", "tinyproxy")
+        else {
             return Ok(None);
         };
         // tinyproxy cannot bind port 0 ("You MUST set a Port"): take a free port from the kernel, release it, and
@@ -108,7 +106,7 @@ impl Tinyproxy {
 
 /// The TLS mock and a relay for it with `route` lines (its CA trusted) and `env`.
 async fn relay_via(route: &str, env: &[(&str, &str)]) -> Result<(Proc, Proc)> {
-    let (mock, ca) = mock_upstream::testkit::proc::start_mock_tls(VENDOR_KEY).await?;
+    let (mock, ca) = testkit::proc::start_mock_tls(VENDOR_KEY).await?;
     let route = format!("ca_file = {ca:?}\n{route}");
     let relay = start_relay_to(mock.addr, true, "", &route, "info", env).await?;
     Ok((mock, relay))

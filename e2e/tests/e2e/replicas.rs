@@ -4,8 +4,8 @@
 //! is what the vendor reported.
 
 use anyhow::{Context, Result};
-use mock_upstream::testkit::nginx;
-use mock_upstream::testkit::redis::{self, Redis};
+use testkit::nginx;
+use testkit::redis::{self, Redis};
 
 use crate::support::*;
 

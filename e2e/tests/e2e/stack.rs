@@ -1,7 +1,7 @@
 //! A whole deployment on loopback: mock vendor, relay (its binary, its config file) and, optionally, nginx in front.
 
 use anyhow::Result;
-use mock_upstream::testkit::nginx;
+use testkit::nginx;
 
 use crate::support::*;
 
@@ -74,7 +74,7 @@ pub async fn stack_env(
         Front::Relay => None,
     };
     let (mock, route) = if options.vendor_tls {
-        let (mock, ca) = mock_upstream::testkit::proc::start_mock_tls(VENDOR_KEY).await?;
+        let (mock, ca) = testkit::proc::start_mock_tls(VENDOR_KEY).await?;
         let route = format!("{}\nca_file = {:?}", options.relay_route, ca);
         (mock, route)
     } else {

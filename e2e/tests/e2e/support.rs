@@ -1,21 +1,21 @@
 //! The e2e suite's own helpers: the keys, the relay's config for a mock, and clients of the mock's inspection API.
-//! Processes, nginx and the SSE reader come from the workspace's test kit ([`mock_upstream::testkit`]).
+//! Processes, nginx and the SSE reader come from the workspace's test kit ([`testkit`]).
 
 use std::net::SocketAddr;
 
 use anyhow::Result;
 pub use mock_upstream::sha256_hex;
-use mock_upstream::testkit::client;
-pub use mock_upstream::testkit::client::{chat, client};
-pub use mock_upstream::testkit::proc::{Proc, binary, spawn_listening};
-pub use mock_upstream::testkit::sse::{receive, stalled_reader};
+use testkit::client;
+pub use testkit::client::{chat, client};
+pub use testkit::proc::{Proc, binary, spawn_listening};
+pub use testkit::sse::{receive, stalled_reader};
 
 pub const VENDOR_KEY: &str = "sk-vendor-CANARY-e2e-91c3";
 pub const CLIENT_KEY: &str = "client-CANARY-e2e-key-4d2a";
 const VENDOR_KEY_VAR: &str = "SSEGATE_E2E_VENDOR_KEY";
 
 pub async fn start_mock() -> Result<Proc> {
-    mock_upstream::testkit::proc::start_mock(VENDOR_KEY).await
+    testkit::proc::start_mock(VENDOR_KEY).await
 }
 
 /// The relay binary for a mock at `mock` (speaking HTTPS when `https`: its CA is for `route` to trust), with extra
@@ -39,7 +39,7 @@ pub async fn start_relay_to(
         route,
     });
     let env = [&[(VENDOR_KEY_VAR, VENDOR_KEY)], env].concat();
-    mock_upstream::testkit::proc::start_relay(&config, &env, log).await
+    testkit::proc::start_relay(&config, &env, log).await
 }
 
 /// `relay --demo` on free loopback ports, with the first `lines` lines it prints after `listening on ADDR`.
@@ -65,7 +65,7 @@ pub async fn drain(rb: reqwest::RequestBuilder) -> Result<u16> {
 
 /// A streaming chat request that asks for the closing `usage` chunk.
 pub fn chat_with_usage(base: &str, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder {
-    use mock_upstream::testkit::client::{CHAT_BODY_WITH_USAGE, chat_with};
+    use testkit::client::{CHAT_BODY_WITH_USAGE, chat_with};
     chat_with(base, CLIENT_KEY, CHAT_BODY_WITH_USAGE, scenario)
 }
 

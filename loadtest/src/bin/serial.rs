@@ -14,7 +14,7 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use mock_upstream::dialect::unix_nanos;
-use mock_upstream::testkit::sse::{EventReader, delay};
+use testkit::sse::{EventReader, delay};
 use tokio::time::Instant;
 
 #[derive(Parser)]

@@ -443,7 +443,7 @@ fn the_admin_listener_needs_an_address_of_its_own() {
 
 #[test]
 fn jwt_settings_are_checked_and_the_jwks_file_read_at_load() {
-    let idp = mock_upstream::testkit::idp::Idp::new().unwrap();
+    let idp = testkit::idp::Idp::new().unwrap();
     let section = |extra: &str| idp.config_section(extra);
     let c = load("", &section("[[tenants]]\nname = \"globex\""), &[]).unwrap();
     assert_eq!(c.jwt.as_ref().map(|j| j.key_count()), Some(3));

@@ -1,9 +1,9 @@
 //! JWT client authentication through the running relay: a good token streams for the tenant it names; every bad
 //! one is the same 401 and never reaches the vendor.
 
-use mock_upstream::testkit::client::chat;
-use mock_upstream::testkit::idp::{self, Idp};
 use serde_json::json;
+use testkit::client::chat;
+use testkit::idp::{self, Idp};
 
 use crate::support::*;
 

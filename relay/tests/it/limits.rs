@@ -223,7 +223,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_upstream_cancelled() {
         "",
     ))
     .await;
-    let _stream = mock_upstream::testkit::sse::stalled_reader(relay.addr, CLIENT_KEY)
+    let _stream = testkit::sse::stalled_reader(relay.addr, CLIENT_KEY)
         .await
         .unwrap();
     // Now read nothing: buffers fill, the relay's writes block, the write timeout fires.

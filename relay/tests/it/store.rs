@@ -1,7 +1,7 @@
 //! Limits shared by replicas through a real redis-server: two relays count one tenant's requests together, and
 //! Redis going away applies `on_store_error` until it is back.
 
-use mock_upstream::testkit::redis::{self, Redis};
+use testkit::redis::{self, Redis};
 use tokio::time::{Duration, Instant};
 
 use crate::support::*;
@@ -262,9 +262,8 @@ async fn a_redis_cluster_holds_each_tenants_limits_on_its_own_shard() {
     let (a, admin_a) = start_relay_with_admin(config()).await;
     let (b, admin_b) = start_relay_with_admin(config()).await;
     let long = [("x-mock-chunks", "1000"), ("x-mock-interval-ms", "50")];
-    let send = |relay: &Relay, key: &'static str| {
-        mock_upstream::testkit::client::chat(&relay.url(""), key, &long).send()
-    };
+    let send =
+        |relay: &Relay, key: &'static str| testkit::client::chat(&relay.url(""), key, &long).send();
     let sends = (0..16).map(|i| {
         let relay = if i % 2 == 0 { &a } else { &b };
         send(relay, if i < 8 { CLIENT_KEY } else { GAMMA_KEY })
@@ -290,14 +289,10 @@ async fn a_redis_cluster_holds_each_tenants_limits_on_its_own_shard() {
     await_usage(admin_a, 6).await;
     // Two short ones report their usage.
     for relay in [&a, &b] {
-        let res = mock_upstream::testkit::client::chat(
-            &relay.url(""),
-            GAMMA_KEY,
-            &[("x-mock-chunks", "5")],
-        )
-        .send()
-        .await
-        .unwrap();
+        let res = testkit::client::chat(&relay.url(""), GAMMA_KEY, &[("x-mock-chunks", "5")])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         res.bytes().await.unwrap();
     }
@@ -309,9 +304,7 @@ async fn a_redis_cluster_holds_each_tenants_limits_on_its_own_shard() {
         (&5.into(), &3.into())
     );
     // Two reported 9 + 5; the three cut ones were estimated: their prompt, and what they relayed.
-    let prompt = relay::usage::estimate::request_tokens(
-        mock_upstream::testkit::client::CHAT_BODY.as_bytes(),
-    );
+    let prompt = relay::usage::estimate::request_tokens(testkit::client::CHAT_BODY.as_bytes());
     assert_eq!(total["prompt_tokens"], 18 + 3 * prompt, "{gamma}");
     let completion = total["completion_tokens"].as_u64().unwrap();
     assert!(completion >= 10 + 3, "{gamma}");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use mock_upstream::sha256_hex;
-pub use mock_upstream::testkit::client::client;
 use relay::Config;
+pub use testkit::client::client;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -168,7 +168,7 @@ pub async fn await_usage(admin: SocketAddr, streams: u64) -> serde_json::Value {
 
 /// A streaming chat request with the right client key and `x-mock-*` scenario headers.
 pub fn chat(relay: &Relay, scenario: &[(&str, &str)]) -> reqwest::RequestBuilder {
-    mock_upstream::testkit::client::chat(&relay.url(""), CLIENT_KEY, scenario)
+    testkit::client::chat(&relay.url(""), CLIENT_KEY, scenario)
 }
 
 /// Waits (awaiting the mock's watch channel, not sleeping) until `counter` reaches `at_least`.

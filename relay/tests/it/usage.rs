@@ -4,7 +4,7 @@
 //! before its usage, an estimate, and token limits reserve what a request may use and settle to what it used.
 
 use mock_upstream::dialect::Dialect;
-use mock_upstream::testkit::client::{CHAT_BODY, CHAT_BODY_WITH_USAGE, chat_with};
+use testkit::client::{CHAT_BODY, CHAT_BODY_WITH_USAGE, chat_with};
 
 use crate::support::*;
 

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use mock_upstream::testkit::nginx::{self, Nginx};
-use mock_upstream::testkit::proc::{Proc, binary};
-use mock_upstream::testkit::redis::{self, Redis};
 use serde_json::{Value, json};
+use testkit::nginx::{self, Nginx};
+use testkit::proc::{Proc, binary};
+use testkit::redis::{self, Redis};
 
 const VENDOR_KEY: &str = "perf-vendor-key";
 const CLIENT_KEY: &str = "perf-client-key";
@@ -301,7 +301,7 @@ async fn main() -> Result<()> {
     }
     let root = root()?;
     let dir = tempfile::Builder::new().prefix("ssegate-perf-").tempdir()?;
-    let mock = mock_upstream::testkit::proc::start_mock(VENDOR_KEY).await?;
+    let mock = testkit::proc::start_mock(VENDOR_KEY).await?;
     let top = format!(
         "max_streams = 20000\nmax_streams_per_tenant = 20000\n{}\n[audit]\nenabled = true",
         a.relay_top
@@ -317,11 +317,11 @@ async fn main() -> Result<()> {
     };
     let config = mock_upstream::relay_config(&toml);
     let env = [(VENDOR_KEY_VAR, VENDOR_KEY)];
-    let relay = mock_upstream::testkit::proc::start_relay(&config, &env, "info").await?;
+    let relay = testkit::proc::start_relay(&config, &env, "info").await?;
     require_release(&relay).await?;
     // The same relay with its request-path metrics off: what metrics cost, measured in the same run.
     let off = config.replacen("[audit]", "[metrics]\nenabled = false\n[audit]", 1);
-    let relay_off = mock_upstream::testkit::proc::start_relay(&off, &env, "info").await?;
+    let relay_off = testkit::proc::start_relay(&off, &env, "info").await?;
     // The same relay with its tenant's limits in a real redis-server (`[store]`: one script at a stream's start for
     // its lease, tokens and request rate; one at its end for the lease, the token charge and the usage record), and
     // usage asked for on the client's behalf (`usage = "openai"`: the request rewritten, the usage chunk hidden):
@@ -342,7 +342,7 @@ async fn main() -> Result<()> {
             let stored = config
                 .replacen("[audit]", &store, 1)
                 .replace("[[routes]]\n", "[[routes]]\nusage = \"openai\"\n");
-            Some(mock_upstream::testkit::proc::start_relay(&stored, &env, "info").await?)
+            Some(testkit::proc::start_relay(&stored, &env, "info").await?)
         }
         None => None,
     };
@@ -358,7 +358,7 @@ async fn main() -> Result<()> {
     let nginx_mock = nginx::start(&nginx_bin, mock.addr, opts).await?;
     let nginx_relay = nginx::start(&nginx_bin, relay.addr, opts).await?;
     // TLS to the vendor: the same mock over HTTPS (a private CA), the relay and nginx both checking its certificate.
-    let (mock_tls, ca) = mock_upstream::testkit::proc::start_mock_tls(VENDOR_KEY).await?;
+    let (mock_tls, ca) = testkit::proc::start_mock_tls(VENDOR_KEY).await?;
     let ca: &'static str = Box::leak(ca.display().to_string().into_boxed_str());
     let tls_config = mock_upstream::relay_config(&mock_upstream::RelayToml {
         https: true,
@@ -366,7 +366,7 @@ async fn main() -> Result<()> {
         route: &format!("ca_file = {ca:?}"),
         ..toml
     });
-    let relay_tls = mock_upstream::testkit::proc::start_relay(&tls_config, &env, "info").await?;
+    let relay_tls = testkit::proc::start_relay(&tls_config, &env, "info").await?;
     let tls_opts = nginx::Options {
         upstream_ca: Some(ca),
         ..opts
@@ -375,7 +375,7 @@ async fn main() -> Result<()> {
     // The tokio floor: a forwarder with no HTTP (`loadtest/src/bin/forward.rs`), the relay's lower bound.
     let mut forward = tokio::process::Command::new(binary("forward", "SSEGATE_FORWARD_BIN")?);
     forward.args(["--upstream", &mock.addr.to_string()]);
-    let forward = mock_upstream::testkit::proc::spawn_listening(forward, "forward", 0).await?;
+    let forward = testkit::proc::spawn_listening(forward, "forward", 0).await?;
     let url = |addr: std::net::SocketAddr| format!("http://{addr}");
     let mut targets: Vec<(&str, String, &str, Vec<&dyn Cost>)> = vec![
         ("direct", url(mock.addr), VENDOR_KEY, vec![]),

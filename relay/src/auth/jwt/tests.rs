@@ -2,8 +2,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use mock_upstream::testkit::idp::{self, Idp};
 use serde_json::json;
+use testkit::idp::{self, Idp};
 
 use super::*;
 

@@ -262,7 +262,7 @@ const PROXY_VARS: [&str; 8] = [
 
 /// The mock vendor speaking HTTPS (`--tls`) on a free loopback port, and the path of its CA certificate (PEM, in
 /// the process's directory, removed with it). Plain-HTTP requests to the same port still reach the inspection
-/// endpoints ([`crate::tls::serve`]).
+/// endpoints ([`mock_upstream::tls::serve`]).
 pub async fn start_mock_tls(api_key: &str) -> Result<(Proc, PathBuf)> {
     let dir = temp_dir("mock")?;
     let ca = dir.path().join("ca.pem");

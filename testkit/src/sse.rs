@@ -1,5 +1,5 @@
 //! Reading an event stream as a client, timing what a user feels: the response head, the first byte, and each
-//! event's one-way delay (arrival wall clock minus the mock's `ts=` stamp, [`crate::dialect::event_ts`]).
+//! event's one-way delay (arrival wall clock minus the mock's `ts=` stamp, [`mock_upstream::dialect::event_ts`]).
 //!
 //! Events are found by [`EventReader`], a small incremental splitter over the bytes received so far (a copy is
 //! fine here: this is the client, not the relay); transport reads are not events, so timing reads would be wrong.
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::dialect::{event_ts, unix_nanos};
+use mock_upstream::dialect::{event_ts, unix_nanos};
 
 /// Splits received bytes into events (the text before each blank line).
 #[derive(Debug, Default)]

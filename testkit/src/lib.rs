@@ -1,5 +1,6 @@
-//! Test plumbing for the whole workspace (feature `testkit`): `relay/tests`, `e2e` and `loadtest` all drive real
-//! processes on loopback ports the same way, so the way lives here, once.
+//! Test plumbing for the whole workspace, in a crate of its own (a dev-dependency of the crates that test, and a
+//! dependency of `loadtest`'s perf harness): `relay/tests`, `e2e`, `mock-upstream/tests` and `loadtest` all drive
+//! real processes on loopback ports the same way, so the way lives here, once.
 //!
 //! - [`proc`]: spawn a binary that prints `listening on ADDR`, read the address, keep its stderr for log
 //!   assertions, and kill it by PID when the test ends; CPU time and RSS from `/proc`.
@@ -10,7 +11,7 @@
 //! - [`prometheus`]: a real Prometheus scraping the relay's admin listener, queried through its API.
 //! - [`redis`]: a real redis-server on a unix socket, stopped and started again at will.
 //! - [`sse`]: read an event stream, timing each event's one-way delay from the mock's `ts=` stamp
-//!   ([`crate::dialect::event_ts`]).
+//!   (`mock_upstream::dialect::event_ts`).
 //!
 //! Everything binds 127.0.0.1.
 

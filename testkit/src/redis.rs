@@ -121,8 +121,8 @@ impl TlsRedis {
         let dir = tempfile::Builder::new()
             .prefix("ssegate-redis-tls-")
             .tempdir()?;
-        let pki = crate::tls::Pki::new("ssegate test redis CA")?;
-        let (cert, key) = pki.leaf(crate::tls::Leaf::Loopback)?;
+        let pki = mock_upstream::tls::Pki::new("ssegate test redis CA")?;
+        let (cert, key) = pki.leaf(mock_upstream::tls::Leaf::Loopback)?;
         std::fs::write(dir.path().join("ca.pem"), pki.ca_pem())?;
         std::fs::write(dir.path().join("cert.pem"), cert)?;
         std::fs::write(dir.path().join("key.pem"), key)?;
