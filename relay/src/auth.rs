@@ -23,12 +23,7 @@ pub struct Principal {
     pub tenant: Arc<str>,
 }
 
-/// A client key: who it belongs to and the SHA-256 of the key itself (`[[clients]]`).
-#[derive(Clone, Debug)]
-pub struct ClientKey {
-    pub tenant: Arc<str>,
-    pub sha256: [u8; 32],
-}
+pub use crate::config::ClientKey;
 
 /// Missing, malformed, unknown or refused credential. The client is told only the `Display` text.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

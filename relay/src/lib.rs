@@ -19,10 +19,12 @@
 //!             settled, usage recorded, read on the admin listener)
 //! ```
 //!
-//! [`startup`] wires all of it for every entry point (`main.rs`, `--demo`, the tests): the configuration checked,
-//! the listeners bound, the workers, the admin listener and the store's renewals run until shutdown.
+//! [`startup`] wires all of it for every entry point (`main.rs`, `--demo`, the tests): the runtime objects built
+//! from the configuration (vendor TLS, JWT verifier, Redis client), the listeners bound, the workers, the admin
+//! listener and the store's renewals run until shutdown.
 //!
-//! Beside the path: [`config`] (file + environment → validated [`Config`]), [`error`] (each stage's error → the
+//! Beside the path: [`config`] (file + environment → validated [`Config`], plain data, one file per concern),
+//! [`error`] (each stage's error → the
 //! one response function), and leaves every stage may use: [`headers`] (header policy both ways), [`relay_wire::sse`] (event
 //! boundaries), [`text`] (bounded UTF-8 audit text), [`outcome`] (how a stream ended, as the tap reports it),
 //! [`flushed`] (when a connection last wrote out its buffer), [`metrics`] (every metric's name and labels).

@@ -29,22 +29,12 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+pub use crate::config::{Limits, TokenLimits};
 use rate::Gcra;
 pub use rate::{RateRefused, RateState};
 use store::{Lease, RedisStore};
 use tokens::TokenBudget;
-pub use tokens::{Calendar, QuotaRefused, TokenLimits, TokensRefused};
-
-/// One tenant's limits as configured; each `None` is no limit (`max_streams`: the relay's per-tenant default;
-/// `reserve_output_tokens`: [`DEFAULT_RESERVE_OUTPUT`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub requests_per_minute: Option<u32>,
-    pub tokens: TokenLimits,
-    pub max_streams: Option<u32>,
-    /// The answer's size a request reserves when it names no `max_tokens` (token limits only).
-    pub reserve_output_tokens: Option<u64>,
-}
+pub use tokens::{Calendar, QuotaRefused, TokensRefused};
 
 /// What a request without `max_tokens` reserves for its answer, unless the tenant says otherwise.
 pub const DEFAULT_RESERVE_OUTPUT: u64 = 1024;

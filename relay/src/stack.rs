@@ -22,6 +22,30 @@
 //! functions rather than tower layers: each is small, ordered, and tested alone; [`Relay::handle_request`] is
 //! generic over the request body so the whole path can be driven without a socket.
 
+/// What stages 3 to 5 leave for the vendor call: the caller, its stream slot, the body to send, what it asked for.
+struct Admission {
+    principal: crate::auth::Principal,
+    permit: crate::limit::StreamPermit,
+    body: Bytes,
+    asked: Option<crate::usage::Asked>,
+    want: Want,
+}
+
+/// The one rewrite of the client's bytes: on an OpenAI route, ask for usage on the client's behalf when it did
+/// not; then the relay hides the usage answer it did not ask for (true).
+fn ask_for_usage(route: &Route, asked: Option<&crate::usage::Asked>, body: &mut Bytes) -> bool {
+    let (UsageMode::Openai, Some(asked)) = (route.usage, asked) else {
+        return false;
+    };
+    match crate::usage::ask_for_usage(body, asked) {
+        Some(rewritten) => {
+            *body = rewritten;
+            true
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -97,7 +121,7 @@ impl Handler for Relay {
 }
 
 impl Relay {
-    /// The relay with its limits in this process. `tls`: the vendor TLS settings
+    /// The relay with its limits in this process and client keys only (no JWTs). `tls`: the vendor TLS settings
     /// ([`crate::upstream::tls_config`]); `drain`: cancelled when the shutdown grace period is over, which ends
     /// every stream with a `shutdown` event.
     pub fn new(
@@ -105,13 +129,16 @@ impl Relay {
         tls: crate::upstream::VendorTls,
         drain: CancellationToken,
     ) -> Self {
-        Self::with_store(config, tls, drain, None)
+        let auth = Authenticator::with(config.clients.clone(), None);
+        Self::with_store(config, tls, auth, drain, None)
     }
 
-    /// The relay with its request rates counted in `store` (shared by replicas) when given.
+    /// The relay with its request rates counted in `store` (shared by replicas) when given, its callers checked by
+    /// `auth` (the configured client keys and, with `[auth.jwt]`, the verifier startup built).
     pub fn with_store(
         config: Arc<Config>,
         tls: crate::upstream::VendorTls,
+        auth: Authenticator,
         drain: CancellationToken,
         store: Option<Arc<crate::limit::store::RedisStore>>,
     ) -> Self {
@@ -136,7 +163,6 @@ impl Relay {
             Limiter::with_limits(limits.max_streams, limits.max_streams_per_tenant, tenants)
                 .with_store(store);
         let account = Arc::new(Account::new(limiter.clone(), config.tenants.clone()));
-        let auth = Authenticator::with(config.clients.clone(), config.jwt.clone());
         Self {
             config,
             tls,
@@ -265,32 +291,17 @@ impl Relay {
     {
         let started = Instant::now();
         let route = &self.config.routes[index];
-        let principal = self.auth.authenticate(headers)?;
-        trace.tenant(&principal.tenant);
-        *tenant = Some(principal.tenant.clone());
-        // The relay-wide slot before the body is read; the tenant's limits once it is (its size and max_tokens
-        // make the token reservation).
-        let total = self.limiter.admit_total()?;
-        let mut body = read_body(headers, body, self.config.max_request_body_bytes).await?;
-        let asked = crate::usage::asked(&body);
-        let want = Want {
-            prompt: crate::usage::estimate::request_tokens(&body),
-            max_output: asked.as_ref().and_then(|a| a.max_output),
-        };
-        let (permit, admitted) = self
-            .limiter
-            .enter(&principal.tenant, total, want, started, Calendar::now())
+        let Admission {
+            principal,
+            permit,
+            mut body,
+            asked,
+            want,
+        } = self
+            .admit(headers, body, trace, started, (tenant, rate_out))
             .await?;
-        *rate_out = Some(admitted);
         let model = asked.as_ref().and_then(|a| a.model.clone());
-        // The one rewrite of the client's bytes: ask for usage on its behalf, and hide the answer it did not ask for.
-        let mut hide_usage = false;
-        if let (UsageMode::Openai, Some(a)) = (route.usage, &asked) {
-            if let Some(rewritten) = crate::usage::ask_for_usage(&body, a) {
-                body = rewritten;
-                hide_usage = true;
-            }
-        }
+        let hide_usage = ask_for_usage(route, asked.as_ref(), &mut body);
         let system = &route.gen_ai_system;
         trace.gen_ai(system, model.as_deref());
         let name = self.route_names[index].clone();
@@ -342,6 +353,44 @@ impl Relay {
             permit,
         };
         Ok(self.stream_back(route, upstream, started, shown_id, on_end, hide_usage))
+    }
+
+    /// Stages 3 to 5: the caller (auth), a relay-wide slot before the body is read, the body, then the tenant's
+    /// limits (its size and `max_tokens` make the token reservation).
+    async fn admit<B>(
+        &self,
+        headers: &HeaderMap,
+        body: &mut B,
+        trace: &RequestTrace,
+        started: Instant,
+        (tenant, rate_out): (&mut Option<Arc<str>>, &mut Option<Admitted>),
+    ) -> Result<Admission, RelayError>
+    where
+        B: Body + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let principal = self.auth.authenticate(headers)?;
+        trace.tenant(&principal.tenant);
+        *tenant = Some(principal.tenant.clone());
+        let total = self.limiter.admit_total()?;
+        let body = read_body(headers, body, self.config.max_request_body_bytes).await?;
+        let asked = crate::usage::asked(&body);
+        let want = Want {
+            prompt: crate::usage::estimate::request_tokens(&body),
+            max_output: asked.as_ref().and_then(|a| a.max_output),
+        };
+        let (permit, admitted) = self
+            .limiter
+            .enter(&principal.tenant, total, want, started, Calendar::now())
+            .await?;
+        *rate_out = Some(admitted);
+        Ok(Admission {
+            principal,
+            permit,
+            body,
+            asked,
+            want,
+        })
     }
 
     /// Stage 7: the vendor's status and allowed headers, and its body behind the tap.

@@ -8,16 +8,26 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use std::path::Path;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::auth::jwt::Verifier;
+use crate::config::{Config, ConfigError, JwtSettings, StoreServers, StoreSettings};
+use crate::limit::store::{StoreClient, StoreConfig};
 use crate::server::ServeError;
 use crate::server::{Handler, Shutdown};
 use crate::upstream::TlsError;
 use crate::{admin, config, demo, limit, logs, metrics, server, stack, upstream};
 
-/// A configuration that passed every startup check (its vendor TLS settings included), ready to serve.
+/// A configuration that passed every startup check, with the runtime objects built from its plain data: the vendor
+/// TLS settings, the JWT verifier (its JWKS file read) and the limit store's client. Ready to serve.
 pub struct Prepared {
     config: Arc<Config>,
     tls: crate::upstream::VendorTls,
+    jwt: Option<Arc<Verifier>>,
+    store: Option<StoreConfig>,
 }
 
 impl Prepared {
@@ -28,7 +38,7 @@ impl Prepared {
     /// What `--check-config` prints.
     pub fn summary(&self) -> String {
         let c = &self.config;
-        let jwt = c
+        let jwt = self
             .jwt
             .as_ref()
             .map(|j| format!(", JWTs checked against {} keys", j.key_count()))
@@ -51,14 +61,84 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
-/// Checks what can be checked before binding: the two listeners' addresses (after command-line overrides) and the
-/// vendor TLS settings (an `https` route without CA roots is refused here).
+/// Checks what can be checked before binding and builds the runtime objects: the two listeners' addresses (after
+/// command-line overrides), the vendor TLS settings (an `https` route without CA roots is refused here), the JWT
+/// verifier (an unreadable or unusable JWKS file is `auth.jwt.jwks_file`'s error) and the store client (its CA
+/// file read with rustls' PEM reader). Nothing connects yet.
 pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     config::check_admin(config.listen, config.admin_listen)?;
     let tls = upstream::tls_config(&config.routes)?;
+    let jwt = config
+        .jwt
+        .as_ref()
+        .map(|settings| jwt_verifier(settings, &config.tenants))
+        .transpose()?;
+    let store = config.store.as_ref().map(store_config).transpose()?;
     Ok(Prepared {
         config: Arc::new(config),
         tls,
+        jwt,
+        store,
+    })
+}
+
+/// The JWT verifier, its JWKS file read once.
+fn jwt_verifier(
+    settings: &JwtSettings,
+    tenants: &[Arc<str>],
+) -> Result<Arc<Verifier>, ConfigError> {
+    Verifier::load(settings.clone(), tenants)
+        .map(Arc::new)
+        .map_err(|e| ConfigError::field("auth.jwt.jwks_file", e.to_string()))
+}
+
+/// The limit store's Redis client (one server or a cluster), not yet connected.
+fn store_config(settings: &StoreSettings) -> Result<StoreConfig, ConfigError> {
+    let certs = settings.ca_file.as_deref().map(store_roots).transpose()?;
+    let client = match &settings.servers {
+        StoreServers::One(url) => {
+            let opened = match &certs {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs.clone()),
+                None => redis::Client::open(url.as_str()),
+            };
+            let client = opened.map_err(|e| ConfigError::field("store.url", e.to_string()))?;
+            StoreClient::Single(Box::new(client))
+        }
+        StoreServers::Cluster(nodes) => {
+            let mut builder =
+                redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str));
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder
+                .build()
+                .map_err(|e| ConfigError::field("store.cluster_nodes", e.to_string()))?;
+            StoreClient::Cluster(Box::new(client))
+        }
+    };
+    Ok(StoreConfig {
+        client,
+        timeout: settings.timeout,
+        on_error: settings.on_error,
+        key_prefix: settings.key_prefix.clone(),
+        stream_lease: settings.stream_lease,
+    })
+}
+
+/// `store.ca_file`: PEM certificates, at least one, read with rustls' PEM reader.
+fn store_roots(path: &Path) -> Result<redis::TlsCertificates, ConfigError> {
+    let bad = |reason: String| ConfigError::field("store.ca_file", reason);
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read `{shown}`: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("`{shown}` is not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(format!("`{shown}` holds no PEM certificate")));
+    }
+    Ok(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
     })
 }
 
@@ -190,41 +270,29 @@ pub async fn serve<H: Handler>(
     wrap: impl Fn(stack::Relay) -> H,
     ready: impl FnOnce(),
 ) -> Result<(), RunError> {
-    let Prepared { config, tls } = prepared;
-    // Before any handle is looked up: handles taken earlier would record nowhere.
-    let registry = metrics::install()?;
-    metrics::set_enabled(config.metrics);
-    metrics::limits(config.limits.max_streams);
-    metrics::build_info(PROFILE);
-    if PROFILE == "debug" {
-        // A debug build costs several times the CPU per chunk of a release build and adds delay: a side-by-side
-        // measurement of it against nginx says nothing about the relay (issue 23's low-load report).
-        tracing::warn!(
-            "this relay is a debug build (unoptimized): not for production or performance measurement; \
-             build with `cargo build --release -p relay`"
-        );
-    }
+    let Prepared {
+        config,
+        tls,
+        jwt,
+        store,
+    } = prepared;
+    let registry = announce(&config)?;
     let shutdown = Shutdown {
         stop: stop.clone(),
         drain: CancellationToken::new(),
     };
-    for route in &config.routes {
-        // Which way each route's vendor calls go, so an operator can check it (credentials are never shown).
-        tracing::info!(route = %route.path, egress = %route.egress, "vendor calls");
-    }
-    let store = match &config.store {
+    let store = match store {
         None => None,
-        Some(c) => {
-            let store = limit::store::RedisStore::new(c.clone())?;
-            // Unreachable now is not fatal: `on_store_error` applies until it answers.
-            if let Err(e) = store.ping().await {
-                tracing::warn!(error = %e, "the limit store does not answer at startup; on_store_error applies until it does");
-            }
-            Some(Arc::new(store))
-        }
+        Some(c) => Some(connect_store(c).await?),
     };
-    let relay =
-        stack::Relay::with_store(config.clone(), tls, shutdown.drain.clone(), store.clone());
+    let auth = crate::auth::Authenticator::with(config.clients.clone(), jwt);
+    let relay = stack::Relay::with_store(
+        config.clone(),
+        tls,
+        auth,
+        shutdown.drain.clone(),
+        store.clone(),
+    );
     let make = || Arc::new(wrap(relay.for_worker()));
     let (workers, pinned, limits) = (config.workers, config.pin_connections, config.limits);
     let done = CancellationToken::new();
@@ -253,4 +321,37 @@ pub async fn serve<H: Handler>(
     let (served, (), (), ()) =
         tokio::join!(serving, admin, renewing, logs::report_drops(done.clone()));
     Ok(served?)
+}
+
+/// Installs the metrics recorder (before any handle is looked up: handles taken earlier would record nowhere)
+/// with the build and limit gauges, and logs what an operator checks at startup: a debug build, each route's way
+/// out.
+fn announce(config: &Config) -> Result<&'static metrics::Registry, RunError> {
+    let registry = metrics::install()?;
+    metrics::set_enabled(config.metrics);
+    metrics::limits(config.limits.max_streams);
+    metrics::build_info(PROFILE);
+    if PROFILE == "debug" {
+        // A debug build costs several times the CPU per chunk of a release build and adds delay: a side-by-side
+        // measurement of it against nginx says nothing about the relay (issue 23's low-load report).
+        tracing::warn!(
+            "this relay is a debug build (unoptimized): not for production or performance measurement; \
+             build with `cargo build --release -p relay`"
+        );
+    }
+    for route in &config.routes {
+        // Which way each route's vendor calls go, so an operator can check it (credentials are never shown).
+        tracing::info!(route = %route.path, egress = %route.egress, "vendor calls");
+    }
+    Ok(registry)
+}
+
+/// The limit store, connecting on first use. Unreachable now is not fatal: `on_store_error` applies until it
+/// answers.
+async fn connect_store(config: StoreConfig) -> Result<Arc<limit::store::RedisStore>, RunError> {
+    let store = limit::store::RedisStore::new(config)?;
+    if let Err(e) = store.ping().await {
+        tracing::warn!(error = %e, "the limit store does not answer at startup; on_store_error applies until it does");
+    }
+    Ok(Arc::new(store))
 }

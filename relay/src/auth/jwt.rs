@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
@@ -29,25 +29,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tokio::time::Instant;
 
 use super::AuthError;
-
-/// The algorithms the relay verifies, by their JOSE names.
-pub const ALGORITHMS: [(&str, Algorithm); 3] = [
-    ("RS256", Algorithm::RS256),
-    ("ES256", Algorithm::ES256),
-    ("EdDSA", Algorithm::EdDSA),
-];
-
-/// Everything `[auth.jwt]` says, validated ([`crate::config`]).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub jwks_file: PathBuf,
-    pub algorithms: Vec<Algorithm>,
-    pub issuer: String,
-    pub audience: String,
-    pub leeway: Duration,
-    pub tenant_claim: String,
-    pub jwks_check_interval: Duration,
-}
+pub use crate::config::{ALGORITHMS, JwtSettings as Settings};
 
 /// A JWKS file that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,33 @@
-//! `[auth.jwt]`: JWT client authentication beside the hashed keys ([`crate::auth::jwt`]).
+//! `[auth.jwt]`: JWT client authentication beside the hashed keys, as plain data: the JWKS file is read, and the
+//! verifier built, at startup ([`crate::auth::jwt::Verifier::load`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::{ConfigError, field};
-use crate::auth::jwt::{ALGORITHMS, Settings, Verifier};
+
+/// The algorithms the relay verifies, by their JOSE names.
+pub const ALGORITHMS: [(&str, Algorithm); 3] = [
+    ("RS256", Algorithm::RS256),
+    ("ES256", Algorithm::ES256),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+/// Everything `[auth.jwt]` says, validated.
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    pub jwks_file: PathBuf,
+    pub algorithms: Vec<Algorithm>,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway: Duration,
+    pub tenant_claim: String,
+    pub jwks_check_interval: Duration,
+}
 
 /// `[auth]`.
 #[derive(Debug, Default, Deserialize)]
@@ -58,11 +78,12 @@ fn default_check_ms() -> u64 {
 /// The longest leeway accepted: more would let a token live on long after it expired.
 const MAX_LEEWAY_SECS: u64 = 300;
 
-/// Validates `[auth.jwt]` and reads the JWKS file (an unreadable or unusable file is a configuration error).
+/// Validates `[auth.jwt]` (its JWKS file is read at startup, where an unreadable or unusable one is refused as
+/// `auth.jwt.jwks_file`).
 pub fn validate(
     raw: Option<&RawJwt>,
     tenants: &[Arc<str>],
-) -> Result<Option<Arc<Verifier>>, ConfigError> {
+) -> Result<Option<JwtSettings>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
@@ -109,7 +130,7 @@ pub fn validate(
             "JWTs name their tenant, so at least one tenant must be configured ([[tenants]] or [[clients]])",
         ));
     }
-    let settings = Settings {
+    Ok(Some(JwtSettings {
         jwks_file: raw.jwks_file.clone(),
         algorithms,
         issuer: raw.issuer.clone(),
@@ -117,8 +138,5 @@ pub fn validate(
         leeway: Duration::from_secs(raw.leeway_secs),
         tenant_claim: raw.tenant_claim.clone(),
         jwks_check_interval: Duration::from_millis(raw.jwks_check_interval_ms),
-    };
-    Verifier::load(settings, tenants)
-        .map(|v| Some(Arc::new(v)))
-        .map_err(|e| field("auth.jwt.jwks_file", e.to_string()))
+    }))
 }

@@ -206,7 +206,27 @@ pub struct Route {
     pub usage: UsageMode,
 }
 
-pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
+/// Every `[[routes]]` entry, each path used once; at least one.
+pub(super) fn validate_routes(raw: &[RawRoute], env: &dyn Env) -> Result<Vec<Route>, ConfigError> {
+    if raw.is_empty() {
+        return Err(field("routes", "at least one [[routes]] entry is required"));
+    }
+    let mut paths = std::collections::HashSet::new();
+    let mut routes = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let route = validate_route(i, r, env)?;
+        if !paths.insert(route.path.clone()) {
+            return Err(field(
+                format!("routes[{i}].path"),
+                format!("`{}` is used by another route", r.path),
+            ));
+        }
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
+fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, ConfigError> {
     let at = |name: &str| format!("routes[{i}].{name}");
     let reserved = r.path == "/" || r.path == "/healthz";
     if !r.path.starts_with('/') || reserved || r.path.contains(['?', '#']) {
@@ -215,6 +235,40 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
             "must start with `/`, have no query, and not be `/` or `/healthz`",
         ));
     }
+    let (targets, max_attempts) = targets(&at, r, env)?;
+    let (idle_timeout, keepalive_interval) = idle(&at, r)?;
+    check_names(&at, r)?;
+    if r.max_event_bytes < 1024 {
+        return Err(field(at("max_event_bytes"), "must be at least 1024"));
+    }
+    Ok(Route {
+        path: r.path.clone(),
+        targets,
+        max_attempts,
+        connect_timeout: timeout(&at("connect_timeout_ms"), r.connect_timeout_ms)?,
+        first_byte_timeout: timeout(&at("first_byte_timeout_ms"), r.first_byte_timeout_ms)?,
+        idle_timeout,
+        total_timeout: timeout(&at("total_timeout_ms"), r.total_timeout_ms)?,
+        keepalive_interval,
+        terminal_event: r.terminal_event.clone(),
+        max_event_bytes: r.max_event_bytes,
+        forward_headers: validate_forward(&at("forward_headers"), &r.forward_headers)?,
+        max_idle_connections: r.max_idle_connections,
+        pool_idle_timeout: timeout(&at("pool_idle_timeout_ms"), r.pool_idle_timeout_ms)?,
+        propagate_trace: r.propagate_trace,
+        gen_ai_system: r.gen_ai_system.clone(),
+        tls: route_tls(&at, r)?,
+        egress: super::proxy::egress(&at, r.proxy.as_deref(), r.proxy_auth_file.as_deref(), env)?,
+        usage: r.usage,
+    })
+}
+
+/// The endpoints in failover order (the route's own first), and how many of them a request may try.
+fn targets(
+    at: &dyn Fn(&str) -> String,
+    r: &RawRoute,
+    env: &dyn Env,
+) -> Result<(Vec<Target>, usize), ConfigError> {
     let first = RawTarget {
         upstream: r.upstream.clone(),
         secret_env: r.secret_env.clone(),
@@ -231,6 +285,14 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
             format!("must be from 1 to {} (one per endpoint)", targets.len()),
         ));
     }
+    Ok((targets, max_attempts))
+}
+
+/// The idle timeout, and the keepalive interval that must come before it (0: no keepalives).
+fn idle(
+    at: &dyn Fn(&str) -> String,
+    r: &RawRoute,
+) -> Result<(Duration, Option<Duration>), ConfigError> {
     let idle_timeout = timeout(&at("idle_timeout_ms"), r.idle_timeout_ms)?;
     let keepalive_interval = match r.keepalive_interval_ms {
         0 => None,
@@ -242,6 +304,11 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
             "must be shorter than idle_timeout_ms (pings keep idle proxies open)",
         ));
     }
+    Ok((idle_timeout, keepalive_interval))
+}
+
+/// `terminal_event` (one short line) and `gen_ai_system` (a short name).
+fn check_names(at: &dyn Fn(&str) -> String, r: &RawRoute) -> Result<(), ConfigError> {
     if let Some(t) = &r.terminal_event {
         let bad = t.is_empty()
             || t.len() > relay_wire::sse::MAX_TERMINAL_LINE
@@ -261,9 +328,11 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
             "must be 1 to 64 letters, digits, `.`, `_` or `-` (`openai`, `anthropic`, ...)",
         ));
     }
-    if r.max_event_bytes < 1024 {
-        return Err(field(at("max_event_bytes"), "must be at least 1024"));
-    }
+    Ok(())
+}
+
+/// Which roots verify the vendor (a `ca_file` alone adds to the system's), and the client certificate, if any.
+fn route_tls(at: &dyn Fn(&str) -> String, r: &RawRoute) -> Result<RouteTls, ConfigError> {
     let roots = match (r.tls_roots, &r.ca_file) {
         (Some(TlsRoots::CaFile | TlsRoots::Both), None) => {
             return Err(field(at("tls_roots"), "needs `ca_file`"));
@@ -282,29 +351,10 @@ pub(super) fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Ro
             ));
         }
     };
-    Ok(Route {
-        path: r.path.clone(),
-        targets,
-        max_attempts,
-        connect_timeout: timeout(&at("connect_timeout_ms"), r.connect_timeout_ms)?,
-        first_byte_timeout: timeout(&at("first_byte_timeout_ms"), r.first_byte_timeout_ms)?,
-        idle_timeout,
-        total_timeout: timeout(&at("total_timeout_ms"), r.total_timeout_ms)?,
-        keepalive_interval,
-        terminal_event: r.terminal_event.clone(),
-        max_event_bytes: r.max_event_bytes,
-        forward_headers: validate_forward(&at("forward_headers"), &r.forward_headers)?,
-        max_idle_connections: r.max_idle_connections,
-        pool_idle_timeout: timeout(&at("pool_idle_timeout_ms"), r.pool_idle_timeout_ms)?,
-        propagate_trace: r.propagate_trace,
-        gen_ai_system: r.gen_ai_system.clone(),
-        tls: RouteTls {
-            roots,
-            ca_file: r.ca_file.clone(),
-            client_auth,
-        },
-        egress: super::proxy::egress(&at, r.proxy.as_deref(), r.proxy_auth_file.as_deref(), env)?,
-        usage: r.usage,
+    Ok(RouteTls {
+        roots,
+        ca_file: r.ca_file.clone(),
+        client_auth,
     })
 }
 

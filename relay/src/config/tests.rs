@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const SECRET: &str = "sk-test-CANARY-0123";
 
@@ -44,6 +45,15 @@ fn err(route_extra: &str, top_extra: &str, extra_env: &[(&str, &str)]) -> String
         .to_string();
     assert!(!e.contains(SECRET), "error leaks the secret: {e}");
     e
+}
+
+/// A file that loads (plain data, valid) but whose runtime objects cannot be built at startup: why.
+fn startup_err(top_extra: &str) -> String {
+    let config = load("", top_extra, &[]).expect("the file itself is valid");
+    match crate::startup::prepare(config) {
+        Ok(_) => panic!("startup accepted {top_extra}"),
+        Err(e) => e.to_string(),
+    }
 }
 
 #[test]
@@ -442,11 +452,12 @@ fn the_admin_listener_needs_an_address_of_its_own() {
 }
 
 #[test]
-fn jwt_settings_are_checked_and_the_jwks_file_read_at_load() {
+fn jwt_settings_are_checked_at_load_and_the_jwks_file_read_at_startup() {
     let idp = testkit::idp::Idp::new().unwrap();
     let section = |extra: &str| idp.config_section(extra);
     let c = load("", &section("[[tenants]]\nname = \"globex\""), &[]).unwrap();
-    assert_eq!(c.jwt.as_ref().map(|j| j.key_count()), Some(3));
+    let summary = crate::startup::prepare(c.clone()).unwrap().summary();
+    assert!(summary.contains("JWTs checked against 3 keys"), "{summary}");
     let names: Vec<&str> = c.tenants.iter().map(|t| &**t).collect();
     assert_eq!(names, ["globex", "acme"]);
     let cases = [
@@ -474,7 +485,7 @@ fn jwt_settings_are_checked_and_the_jwks_file_read_at_load() {
     }
     let missing =
         "[auth.jwt]\njwks_file = \"/nonexistent/jwks.json\"\nissuer = \"i\"\naudience = \"a\"";
-    let e = err("", missing, &[]);
+    let e = startup_err(missing);
     assert!(
         e.contains("auth.jwt.jwks_file") && e.contains("cannot read"),
         "{e}"
@@ -512,10 +523,7 @@ fn request_rates_come_from_the_tenant_or_the_defaults_and_zero_is_refused() {
 fn store_settings_name_the_field_when_wrong() {
     let cluster = "[store]\ncluster_nodes = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]";
     let c = load("", cluster, &[]).unwrap().store.unwrap();
-    assert!(matches!(
-        c.client,
-        crate::limit::store::StoreClient::Cluster(_)
-    ));
+    assert!(matches!(&c.servers, StoreServers::Cluster(nodes) if nodes.len() == 2));
     let ok = load("", "[store]\nurl = \"unix:///run/redis.sock\"", &[]).unwrap();
     let store = ok.store.unwrap();
     assert_eq!(store.timeout, Duration::from_millis(50));
@@ -552,19 +560,57 @@ fn store_settings_name_the_field_when_wrong() {
             "url = \"redis://h\"\nca_file = \"/etc/hostname\"",
             "store.ca_file",
         ),
-        (
-            "url = \"rediss://h\"\nca_file = \"/nonexistent/ca.pem\"",
-            "store.ca_file",
-        ),
-        (
-            "url = \"rediss://h\"\nca_file = \"/etc/hostname\"",
-            "store.ca_file",
-        ),
     ];
     for (lines, field) in cases {
         let e = err("", &format!("[store]\n{lines}"), &[]);
         assert!(e.contains(field), "{lines}: {e}");
     }
+}
+
+/// The CA file is read at startup with rustls' PEM reader: a file that merely contains the PEM header line is no
+/// certificate, and a real one is taken.
+#[test]
+fn the_store_ca_file_must_hold_pem_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let fake = write(
+        "fake.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["redis.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let real = write("ca.pem", &cert.pem());
+    let store = |ca: &str| format!("[store]\nurl = \"rediss://h\"\nca_file = \"{ca}\"");
+    for (ca, reason) in [
+        ("/nonexistent/ca.pem".to_owned(), "cannot read"),
+        ("/etc/hostname".to_owned(), "holds no PEM certificate"),
+        (fake, "is not PEM"),
+    ] {
+        let e = startup_err(&store(&ca));
+        assert!(
+            e.contains("store.ca_file") && e.contains(reason),
+            "{ca}: {e}"
+        );
+    }
+    let c = load("", &store(&real), &[]).unwrap();
+    assert!(crate::startup::prepare(c).is_ok());
+}
+
+#[test]
+fn store_urls_never_print_their_password() {
+    let c = load("", "[store]\nurl = \"redis://:hunter2@10.0.0.1:6379\"", &[]).unwrap();
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("hunter2") && shown.contains("10.0.0.1:6379"),
+        "{shown}"
+    );
 }
 
 #[test]

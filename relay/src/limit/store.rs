@@ -38,20 +38,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
+use super::TokenLimits;
 use super::rate::{self, RateRefused};
-use super::tokens::{Calendar, TokenLimits};
+use super::tokens::Calendar;
 use super::{Admitted, LimitError, refused_tokens};
+pub use crate::config::OnStoreError;
 use crate::usage::Totals;
-
-/// What a request does when the store cannot answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnStoreError {
-    /// Goes on without the limits the store keeps (the default: Redis down must not take the relay down).
-    Allow,
-    /// Is refused with 503.
-    Deny,
-}
 
 /// Where the store is: one Redis server (or a primary behind a failover proxy), or a Redis Cluster.
 #[derive(Clone, Debug)]
@@ -62,7 +54,7 @@ pub enum StoreClient {
     Cluster(Box<redis::cluster::ClusterClient>),
 }
 
-/// `[store]`, validated.
+/// The store's client and settings, built at startup from `[store]` ([`crate::config::StoreSettings`]).
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub client: StoreClient,
@@ -538,50 +530,14 @@ impl RedisStore {
             .arg(tokens.per_month.unwrap_or(0))
             .arg(reserve);
         let reply: Vec<i64> = self.within(call.invoke_async(&mut conn)).await?;
-        let &[verdict, ahead, retry, tok_ahead, day_used, month_used] = reply.as_slice() else {
-            return Err(StoreError::Reply);
-        };
-        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        if verdict == 1 {
+        let reply = EnterReply::read(&reply).ok_or(StoreError::Reply)?;
+        if reply.verdict == 1 {
             lease.reserved = reserve;
-            let requests = rpm.map(|limit| {
-                let interval = MINUTE / limit.max(1);
-                rate::state_for(limit, MINUTE, interval, us(ahead))
-            });
-            let tokens = tokens.per_minute.map(|limit| {
-                TokenLimits::per_minute_verdict(limit, us(tok_ahead), reserve)
-                    .unwrap_or_else(|r| r.state)
-            });
-            return Ok(Ok((lease, Admitted { requests, tokens })));
+            return Ok(Ok((lease, reply.admitted(rpm, tokens, reserve))));
         }
         // Not taken: nothing to give back.
         lease.disarm();
-        let count = |v: i64| u64::try_from(v).unwrap_or(0);
-        let used = (count(day_used), count(month_used));
-        Ok(Err(match verdict {
-            3 => LimitError::Tenant,
-            2 => match tokens.verdict(us(tok_ahead), used, reserve, cal) {
-                Err(refused) => refused_tokens(refused),
-                // The server's float arithmetic refused at the boundary where the relay's does not: one token's
-                // time later it will not.
-                Ok(_) => LimitError::Tokens(RateRefused {
-                    state: rate::RateState {
-                        limit: tokens.per_minute.unwrap_or(0),
-                        remaining: 0,
-                        reset: Duration::ZERO,
-                    },
-                    retry_after: Duration::from_secs(1),
-                }),
-            },
-            _ => {
-                let limit = rpm.unwrap_or(1);
-                let interval = MINUTE / limit.max(1);
-                LimitError::Requests(RateRefused {
-                    state: rate::state_for(limit, MINUTE, interval, us(ahead)),
-                    retry_after: us(retry),
-                })
-            }
-        }))
+        Ok(Err(reply.refusal(rpm, tokens, reserve, cal)))
     }
 
     /// The end of an answer of `tenant` on `route` for `model` that used `used` tokens: its lease given back, its
@@ -723,6 +679,80 @@ impl RedisStore {
                 OnStoreError::Deny => "deny",
             };
             tracing::warn!(%error, on_store_error, "limit store unavailable (logged at most every 10 s)");
+        }
+    }
+}
+
+/// What the `ENTER` script answered (see it for the fields).
+struct EnterReply {
+    verdict: i64,
+    requests_ahead: Duration,
+    requests_retry: Duration,
+    tokens_ahead: Duration,
+    /// Tokens used today and this month, before the reservation.
+    used: (u64, u64),
+}
+
+impl EnterReply {
+    fn read(reply: &[i64]) -> Option<Self> {
+        let &[verdict, ahead, retry, tok_ahead, day_used, month_used] = reply else {
+            return None;
+        };
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        let us = |v: i64| Duration::from_micros(count(v));
+        Some(Self {
+            verdict,
+            requests_ahead: us(ahead),
+            requests_retry: us(retry),
+            tokens_ahead: us(tok_ahead),
+            used: (count(day_used), count(month_used)),
+        })
+    }
+
+    /// An admitted request's rate headers' state: requests and tokens left after it.
+    fn admitted(&self, rpm: Option<u32>, tokens: TokenLimits, reserve: u64) -> Admitted {
+        let requests = rpm.map(|limit| {
+            let interval = MINUTE / limit.max(1);
+            rate::state_for(limit, MINUTE, interval, self.requests_ahead)
+        });
+        let tokens = tokens.per_minute.map(|limit| {
+            TokenLimits::per_minute_verdict(limit, self.tokens_ahead, reserve)
+                .unwrap_or_else(|r| r.state)
+        });
+        Admitted { requests, tokens }
+    }
+
+    /// Why a request was refused: no stream slot (3), its tokens (2), else its request rate.
+    fn refusal(
+        &self,
+        rpm: Option<u32>,
+        tokens: TokenLimits,
+        reserve: u64,
+        cal: Calendar,
+    ) -> LimitError {
+        match self.verdict {
+            3 => LimitError::Tenant,
+            2 => match tokens.verdict(self.tokens_ahead, self.used, reserve, cal) {
+                Err(refused) => refused_tokens(refused),
+                // The server's float arithmetic refused at the boundary where the relay's does not: one token's
+                // time later it will not.
+                Ok(_) => LimitError::Tokens(RateRefused {
+                    state: rate::RateState {
+                        limit: tokens.per_minute.unwrap_or(0),
+                        remaining: 0,
+                        reset: Duration::ZERO,
+                    },
+                    retry_after: Duration::from_secs(1),
+                }),
+            },
+            _ => {
+                let limit = rpm.unwrap_or(1);
+                let interval = MINUTE / limit.max(1);
+                LimitError::Requests(RateRefused {
+                    state: rate::state_for(limit, MINUTE, interval, self.requests_ahead),
+                    retry_after: self.requests_retry,
+                })
+            }
         }
     }
 }

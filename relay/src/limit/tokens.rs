@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::rate::{RateRefused, RateState, state_for};
+use crate::config::TokenLimits;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: u64 = 86_400;
@@ -154,14 +155,7 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
     (era * 146_097 + doe).checked_sub(719_468)
 }
 
-/// A tenant's token limits; each `None` is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenLimits {
-    pub per_minute: Option<u32>,
-    pub per_day: Option<u64>,
-    pub per_month: Option<u64>,
-}
-
+/// The token arithmetic of a tenant's limits (the limits themselves are configuration: [`crate::config::TokenLimits`]).
 impl TokenLimits {
     pub fn any(&self) -> bool {
         self.per_minute.is_some() || self.per_day.is_some() || self.per_month.is_some()
