@@ -17,6 +17,7 @@ mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -88,41 +89,13 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         limit_unsent(&stream);
-        let handler = handler.clone();
-        let stop = shutdown.stop.clone();
-        tracker.spawn(async move {
-            let state = Arc::new(ConnState::default());
-            let io = io::WriteTimeout::new(stream, limits.write_timeout, state.clone());
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                let state = state.clone();
-                // Boxed per request: hyper keeps the slot for a service future for the connection's life, sized
-                // for the future's type. Unboxed, that was ~8 KiB (the whole vendor call: connect, TLS, head) held
-                // by every open stream; boxed, it is a pointer, and the call's state is freed with its response.
-                Box::pin(async move {
-                    let fallback = handler.clone();
-                    let res = AssertUnwindSafe(handler.handle(req, state))
-                        .catch_unwind()
-                        .await;
-                    Ok::<_, Infallible>(res.unwrap_or_else(|_| {
-                        tracing::error!(%peer, "request handler panicked; answered 500");
-                        fallback.panicked()
-                    }))
-                })
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_header_bytes)
-                .serve_connection(TokioIo::new(io), service);
-            // A panic while streaming a body unwinds out of the connection future: only this connection ends.
-            let driven = AssertUnwindSafe(drive(conn, stop)).catch_unwind().await;
-            match driven {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
-                Err(_) => tracing::error!(%peer, "connection panicked while streaming; closed it"),
-            }
-        });
+        tracker.spawn(connection(
+            stream,
+            peer,
+            handler.clone(),
+            limits,
+            shutdown.stop.clone(),
+        ));
     }
     drop(listener);
     tracker.close();
@@ -166,6 +139,48 @@ fn limit_unsent(stream: &tokio::net::TcpStream) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
         tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
+}
+
+/// One client connection, start to end: HTTP/1.1 with the header limits, each request to `handler` (a panic
+/// answers 500), writes under the write timeout; a panic while streaming closes only this connection.
+async fn connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    stop: CancellationToken,
+) {
+    let state = Arc::new(ConnState::default());
+    let io = io::WriteTimeout::new(stream, limits.write_timeout, state.clone());
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        let state = state.clone();
+        // Boxed per request: hyper keeps the slot for a service future for the connection's life, sized for the
+        // future's type. Unboxed, that was ~8 KiB (the whole vendor call: connect, TLS, head) held by every open
+        // stream; boxed, it is a pointer, and the call's state is freed with its response.
+        Box::pin(async move {
+            let fallback = handler.clone();
+            let res = AssertUnwindSafe(handler.handle(req, state))
+                .catch_unwind()
+                .await;
+            Ok::<_, Infallible>(res.unwrap_or_else(|_| {
+                tracing::error!(%peer, "request handler panicked; answered 500");
+                fallback.panicked()
+            }))
+        })
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .serve_connection(TokioIo::new(io), service);
+    // A panic while streaming a body unwinds out of the connection future: only this connection ends.
+    let driven = AssertUnwindSafe(drive(conn, stop)).catch_unwind().await;
+    match driven {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Err(_) => tracing::error!(%peer, "connection panicked while streaming; closed it"),
     }
 }
 

@@ -200,6 +200,9 @@ impl Observer {
     }
 }
 
+/// What [`TapBody`]'s `poll_frame` answers.
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
 /// The upstream body, wrapped. Owns the upstream body: dropping this drops (cancels) the upstream.
 pub struct TapBody<B, E: OnEnd> {
     inner: B,
@@ -263,11 +266,7 @@ impl<B, E: OnEnd> TapBody<B, E> {
     }
 
     /// Ends the stream with `failure`: an error event on event streams, an error otherwise.
-    fn fail(
-        &mut self,
-        failure: Failure,
-        detail: String,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn fail(&mut self, failure: Failure, detail: String) -> Polled {
         let event = self.live.as_ref().and_then(|(o, _)| {
             o.scanner.as_ref()?;
             Some(failure::error_event(
@@ -288,6 +287,82 @@ impl<B, E: OnEnd> TapBody<B, E> {
                 Poll::Ready(self.ready.pop_front().map(|b| Ok(Frame::data(b))))
             }
             None => Poll::Ready(Some(Err(failure.message().into()))),
+        }
+    }
+
+    /// A vendor data frame, seen before it goes out: the observer scans it, the gap since the last one and the
+    /// delay the relay adds are measured. `Err`: the frame breaks the event size limit (the stream fails instead).
+    #[inline]
+    fn saw(&mut self, data: &Bytes) -> Result<(), String> {
+        let now = Instant::now();
+        if let Some((observer, _)) = self.live.as_mut() {
+            observer.observe(data, now).map_err(|e| e.to_string())?;
+        }
+        if let (Some(gap), Some(last)) = (&self.chunk_gap, self.last_frame) {
+            gap.record(now.duration_since(last));
+        }
+        self.last_frame = Some(now);
+        self.last_activity = now;
+        if let Some(d) = self.added_delay.as_mut() {
+            d.yielded(now);
+        }
+        Ok(())
+    }
+
+    /// The vendor's body ended: a truncation fails, else the end is reported. `None`: something held back still
+    /// goes out (poll again).
+    fn upstream_ended(&mut self) -> Option<Polled> {
+        let scanner = self.live.as_ref().and_then(|(o, _)| o.scanner.as_ref());
+        if scanner.is_some_and(EventScanner::truncated_at_eof) {
+            let detail = "end of body without the terminal event".to_owned();
+            return Some(self.fail(Failure::UpstreamTruncated, detail));
+        }
+        self.finish(End::Complete);
+        // Nothing is held at a clean end (an open event is a truncation, above); should anything be, it goes out
+        // rather than being lost.
+        if let Some(h) = self.hide.as_mut().filter(|h| h.holding()) {
+            h.flush(&mut self.ready);
+            return None;
+        }
+        Some(Poll::Ready(None))
+    }
+
+    /// The vendor has nothing now: the shutdown drain, the timeouts, a keepalive due. `None`: poll again (a ping
+    /// is queued, or the timer has fired already).
+    fn quiet(&mut self, cx: &mut Context<'_>) -> Option<Polled> {
+        if Pin::new(&mut self.drain).poll(cx).is_ready() {
+            let detail = "shutdown grace period over".to_owned();
+            return Some(self.fail(Failure::Shutdown, detail));
+        }
+        let now = Instant::now();
+        let at_boundary = self.live.as_ref().is_some_and(|(o, _)| o.at_boundary());
+        match self
+            .timers
+            .due(now, self.last_frame, self.last_activity, at_boundary)
+        {
+            Due::Fail(f) => Some(self.fail(f, f.message().to_owned())),
+            Due::Ping => {
+                self.outbox = Some(Bytes::from_static(KEEPALIVE));
+                self.last_activity = now;
+                if let Some((observer, _)) = self.live.as_mut() {
+                    observer.seen.pings += 1;
+                }
+                None
+            }
+            Due::Wait(at) => {
+                // Re-arm only when the timer must fire earlier, or has fired. A deadline that moved later (every
+                // frame pushes the idle deadline back) is left alone: the timer fires early once and is re-armed
+                // then, instead of being moved in the timer wheel on every frame.
+                let deadline = self.sleep.deadline();
+                if at < deadline || deadline <= now {
+                    self.sleep.as_mut().reset(at);
+                }
+                self.sleep
+                    .as_mut()
+                    .poll(cx)
+                    .is_pending()
+                    .then_some(Poll::Pending)
+            }
         }
     }
 }
@@ -316,25 +391,16 @@ where
             if let Some(out) = this.outbox.take() {
                 return Poll::Ready(Some(Ok(Frame::data(out))));
             }
-            let Some((observer, _)) = this.live.as_mut() else {
+            if this.live.is_none() {
                 return Poll::Ready(None);
-            };
+            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        let now = Instant::now();
-                        if let Err(e) = observer.observe(data, now) {
-                            // The oversized event is not forwarded: the error event ends what was sent so far.
-                            return this.fail(Failure::UpstreamProtocol, e.to_string());
-                        }
-                        if let (Some(gap), Some(last)) = (&this.chunk_gap, this.last_frame) {
-                            gap.record(now.duration_since(last));
-                        }
-                        this.last_frame = Some(now);
-                        this.last_activity = now;
-                        if let Some(d) = this.added_delay.as_mut() {
-                            d.yielded(now);
-                        }
+                    if let Some(data) = frame.data_ref()
+                        && let Err(detail) = this.saw(data)
+                    {
+                        // The oversized event is not forwarded: the error event ends what was sent so far.
+                        return this.fail(Failure::UpstreamProtocol, detail);
                     }
                     if let Some(hide) = this.hide.as_mut() {
                         match frame.into_data() {
@@ -345,53 +411,15 @@ where
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    return this.fail(e.failure(), e.to_string());
-                }
-                Poll::Ready(None) => {
-                    let scanner = observer.scanner.as_ref();
-                    if scanner.is_some_and(EventScanner::truncated_at_eof) {
-                        let detail = "end of body without the terminal event".to_owned();
-                        return this.fail(Failure::UpstreamTruncated, detail);
-                    }
-                    this.finish(End::Complete);
-                    // Nothing is held at a clean end (an open event is a truncation, above); should anything be,
-                    // it goes out rather than being lost.
-                    if let Some(h) = this.hide.as_mut().filter(|h| h.holding()) {
-                        h.flush(&mut this.ready);
-                        continue;
-                    }
-                    return Poll::Ready(None);
-                }
+                Poll::Ready(Some(Err(e))) => return this.fail(e.failure(), e.to_string()),
+                Poll::Ready(None) => match this.upstream_ended() {
+                    Some(end) => return end,
+                    None => continue,
+                },
                 Poll::Pending => {}
             }
-            if Pin::new(&mut this.drain).poll(cx).is_ready() {
-                return this.fail(Failure::Shutdown, "shutdown grace period over".to_owned());
-            }
-            let now = Instant::now();
-            let at_boundary = observer.at_boundary();
-            match this
-                .timers
-                .due(now, this.last_frame, this.last_activity, at_boundary)
-            {
-                Due::Fail(f) => return this.fail(f, f.message().to_owned()),
-                Due::Ping => {
-                    this.outbox = Some(Bytes::from_static(KEEPALIVE));
-                    this.last_activity = now;
-                    observer.seen.pings += 1;
-                }
-                Due::Wait(at) => {
-                    // Re-arm only when the timer must fire earlier, or has fired. A deadline that moved later
-                    // (every frame pushes the idle deadline back) is left alone: the timer fires early once and
-                    // is re-armed then, instead of being moved in the timer wheel on every frame.
-                    let deadline = this.sleep.deadline();
-                    if at < deadline || deadline <= now {
-                        this.sleep.as_mut().reset(at);
-                    }
-                    if this.sleep.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                }
+            if let Some(polled) = this.quiet(cx) {
+                return polled;
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod exchange;
 pub use relay_wire::h1;
 mod pool;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -53,77 +54,90 @@ pub fn tls_config(routes: &[Route]) -> Result<VendorTls, TlsError> {
     let mut native: Option<Result<Vec<CertificateDer<'static>>, String>> = None;
     let mut configs = Vec::with_capacity(routes.len());
     for (i, route) in routes.iter().enumerate() {
-        let tls = &route.tls;
-        let https = route
-            .targets
-            .iter()
-            .any(|t| t.upstream.scheme_str() == Some("https"));
-        let mut roots = rustls::RootCertStore::empty();
-        let wants_native = matches!(tls.roots, TlsRoots::Native | TlsRoots::Both);
-        if wants_native {
-            if let Ok(certs) = native.get_or_insert_with(load_native) {
-                roots.add_parsable_certificates(certs.iter().cloned());
-            }
-        }
-        if let Some(path) = &tls.ca_file {
-            let field = format!("routes[{i}].ca_file");
-            let pem = read(&field, path)?;
-            let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-                .filter_map(Result::ok)
-                .collect();
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(TlsError::File {
-                    field,
-                    path: path.display().to_string(),
-                    reason: "holds no CA certificate (PEM)".into(),
-                });
-            }
-        }
-        // Plain-http routes need none: no certificate will ever be checked.
-        if https && roots.is_empty() {
-            let reason = match &native {
-                Some(Err(why)) if wants_native => why.clone(),
-                _ => "no CA certificate to check the vendor's with".into(),
-            };
-            return Err(TlsError::NoRoots {
-                route: route.path.clone(),
-                reason,
-            });
-        }
+        let roots = route_roots(i, route, &mut native)?;
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Provider)?
             .with_root_certificates(roots);
-        let mut config = match &tls.client_auth {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let field = format!("routes[{i}].client_cert");
-                let chain: Vec<_> = CertificateDer::pem_slice_iter(&read(&field, cert)?)
-                    .filter_map(Result::ok)
-                    .collect();
-                let key_field = format!("routes[{i}].client_key");
-                let key_der =
-                    PrivateKeyDer::from_pem_slice(&read(&key_field, key)?).map_err(|e| {
-                        TlsError::File {
-                            field: key_field,
-                            path: key.display().to_string(),
-                            reason: format!("holds no private key (PEM): {e}"),
-                        }
-                    })?;
-                builder
-                    .with_client_auth_cert(chain, key_der)
-                    .map_err(|e| TlsError::File {
-                        field,
-                        path: cert.display().to_string(),
-                        reason: format!("not a usable certificate and key: {e}"),
-                    })?
-            }
-        };
+        let mut config = with_client_auth(i, builder, route.tls.client_auth.as_ref())?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         configs.push(Arc::new(config));
     }
     Ok(VendorTls(configs))
+}
+
+/// The CA roots route `i` checks its vendors with: the system's (loaded once, into `native`), its `ca_file`'s, or
+/// both. An `https` route with none is refused; plain-http routes need none (no certificate will be checked).
+fn route_roots(
+    i: usize,
+    route: &Route,
+    native: &mut Option<Result<Vec<CertificateDer<'static>>, String>>,
+) -> Result<rustls::RootCertStore, TlsError> {
+    let tls = &route.tls;
+    let mut roots = rustls::RootCertStore::empty();
+    let wants_native = matches!(tls.roots, TlsRoots::Native | TlsRoots::Both);
+    if wants_native && let Ok(certs) = native.get_or_insert_with(load_native) {
+        roots.add_parsable_certificates(certs.iter().cloned());
+    }
+    if let Some(path) = &tls.ca_file {
+        let field = format!("routes[{i}].ca_file");
+        let pem = read(&field, path)?;
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+            .filter_map(Result::ok)
+            .collect();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(TlsError::File {
+                field,
+                path: path.display().to_string(),
+                reason: "holds no CA certificate (PEM)".into(),
+            });
+        }
+    }
+    let https = route
+        .targets
+        .iter()
+        .any(|t| t.upstream.scheme_str() == Some("https"));
+    if https && roots.is_empty() {
+        let reason = match native {
+            Some(Err(why)) if wants_native => why.clone(),
+            _ => "no CA certificate to check the vendor's with".into(),
+        };
+        return Err(TlsError::NoRoots {
+            route: route.path.clone(),
+            reason,
+        });
+    }
+    Ok(roots)
+}
+
+/// Route `i`'s client certificate and key (`client_cert`, `client_key`), when it presents one to its vendors.
+fn with_client_auth(
+    i: usize,
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    client_auth: Option<&(PathBuf, PathBuf)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let Some((cert, key)) = client_auth else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let field = format!("routes[{i}].client_cert");
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&read(&field, cert)?)
+        .filter_map(Result::ok)
+        .collect();
+    let key_field = format!("routes[{i}].client_key");
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&read(&key_field, key)?).map_err(|e| TlsError::File {
+            field: key_field,
+            path: key.display().to_string(),
+            reason: format!("holds no private key (PEM): {e}"),
+        })?;
+    builder
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|e| TlsError::File {
+            field,
+            path: cert.display().to_string(),
+            reason: format!("not a usable certificate and key: {e}"),
+        })
 }
 
 /// The system's CA certificates, or why there are none.

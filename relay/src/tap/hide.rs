@@ -106,14 +106,7 @@ impl HideUsage {
                 at += 1;
                 self.after_cr = false;
             }
-            let whole = if self.held.is_empty() {
-                usage_only(&bytes[event..at])
-            } else {
-                let mut joined = Vec::new();
-                self.held.iter().for_each(|p| joined.extend_from_slice(p));
-                joined.extend_from_slice(&bytes[..at]);
-                usage_only(&joined)
-            };
+            let whole = self.ends_usage(bytes, event, at);
             if whole {
                 if event > pass {
                     out.push_back(frame.slice(pass..event));
@@ -137,14 +130,32 @@ impl HideUsage {
         if event > pass {
             out.push_back(frame.slice(pass..event));
         }
-        if event < bytes.len() {
-            let rest = frame.slice(event..);
-            if self.event_lines == 0 && self.line_empty {
-                // Only blank-line bytes after the last event: nothing to judge.
-                out.push_back(rest);
-            } else {
-                self.held.push(rest);
-            }
+        self.keep_rest(&frame, event, out);
+    }
+
+    /// Whether the event that ends at `at` (from `event` in this frame, after the pieces held) is only the usage
+    /// answer the client did not ask for.
+    fn ends_usage(&self, bytes: &[u8], event: usize, at: usize) -> bool {
+        if self.held.is_empty() {
+            return usage_only(&bytes[event..at]);
+        }
+        let mut joined = Vec::new();
+        self.held.iter().for_each(|p| joined.extend_from_slice(p));
+        joined.extend_from_slice(&bytes[..at]);
+        usage_only(&joined)
+    }
+
+    /// The frame's bytes from `event` on, after its last whole event: held until their event is whole, or sent
+    /// when they are only blank lines (nothing to judge).
+    fn keep_rest(&mut self, frame: &Bytes, event: usize, out: &mut VecDeque<Bytes>) {
+        if event >= frame.len() {
+            return;
+        }
+        let rest = frame.slice(event..);
+        if self.event_lines == 0 && self.line_empty {
+            out.push_back(rest);
+        } else {
+            self.held.push(rest);
         }
     }
 
