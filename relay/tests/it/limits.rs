@@ -530,23 +530,38 @@ async fn raw_stream(relay: &Relay, rcvbuf: u32, chunks: u32, chunk_bytes: u32) -
     stream
 }
 
-/// The reproduction from issue 10: a client with a 256 KiB receive buffer reading 512 KiB a second gets its whole
-/// ~3 MB answer under a 1 s write timeout. On the machine the issue was found on, such readers were cut (Linux calls
-/// a socket writable only once a third of its send buffer is free, and the send buffer had grown to megabytes);
-/// here the send buffer never grows that far and the test passes either way, so it guards the behaviour without
-/// proving the cause.
+/// The cause in issue 10: Linux calls a socket writable only once a third of its send buffer is free, and on the
+/// machine the issue was found on the send buffer had grown (autotuned) to megabytes, so a client that kept reading
+/// slowly made no write succeed for longer than the write timeout and was cut. Here the relay's listening socket gets
+/// a 1 MiB send buffer (2 MiB as the kernel counts it; accepted sockets inherit it) and the client reads 128 KiB a
+/// second. With `TCP_NOTSENT_LOWAT` (`server::NOTSENT_LOWAT`) writes follow the client's progress; without it the
+/// first write after the buffer filled waits for ~700 KiB to drain, over 5 s against a 1.5 s write timeout. Read
+/// for 6 s (four write timeouts): the stream must still be open and flowing, and the vendor's stream never
+/// cancelled (a cut is seen there at once; the client would see it only once the kernel had sent it the megabyte it
+/// already held).
 #[tokio::test]
 async fn a_slow_reader_that_keeps_reading_is_never_cut() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(1 << 20).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let sndbuf = socket.send_buffer_size().unwrap();
+    if sndbuf < 1 << 20 {
+        return testkit::proc::skipped(&format!(
+            "the kernel caps SO_SNDBUF at {sndbuf} bytes (net.core.wmem_max): too small to reproduce a megabyte send buffer"
+        ));
+    }
     let mock = start_mock().await;
-    let relay = start_relay(config_with(
-        &mock.addr.to_string(),
-        "write_timeout_ms = 1000",
-        "",
-    ))
-    .await;
-    let stream = raw_stream(&relay, 256 << 10, 420, 8000).await;
-    let got = read_slowly(stream, 128 << 10).await;
-    assert!(got.len() > 1_000_000, "{} bytes", got.len());
+    let config = config_with(&mock.addr.to_string(), "write_timeout_ms = 1500", "");
+    let relay = start_relay_on(socket.listen(64).unwrap(), config);
+    let stream = raw_stream(&relay, 256 << 10, 3000, 8000).await;
+    let (got, ended) = read_paced(stream, 32 << 10, Some(Duration::from_secs(6))).await;
+    let cancelled = mock.app.stats.watch().borrow().get("streams_cancelled");
+    assert!(
+        !ended && cancelled.unwrap_or(0) == 0,
+        "the slow reader was cut: {} bytes read",
+        got.len()
+    );
+    assert!(got.len() > 500_000, "{} bytes in 6 s", got.len());
 }
 
 /// The issue's acceptance case: a reader draining 64 KiB a second (16 KiB every 250 ms) gets a 2 MB answer under a
@@ -565,14 +580,34 @@ async fn a_reader_draining_64_kib_a_second_gets_a_multi_megabyte_answer() {
     assert!(got.len() > 2_000_000, "{} bytes", got.len());
 }
 
-/// Reads `per_tick` bytes per 250 ms on average until the response's end (or the connection's): paced by the clock,
-/// so a tick that comes late (a loaded machine) reads what the rate allows by then, and the reader's rate is the
-/// one stated whatever the scheduling. Asserts the response ended complete and returns it.
-async fn read_slowly(mut stream: TcpStream, per_tick: usize) -> Vec<u8> {
+/// Reads `per_tick` bytes per 250 ms on average until the response's end (or the connection's). Asserts the
+/// response ended complete and returns it.
+async fn read_slowly(stream: TcpStream, per_tick: usize) -> Vec<u8> {
+    let (got, _) = read_paced(stream, per_tick, None).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n"),
+        "the slow reader was cut after {} bytes",
+        got.len()
+    );
+    got
+}
+
+/// Reads `per_tick` bytes per 250 ms on average until the response's end, the connection's, or `for_at_most`:
+/// paced by the clock, so a tick that comes late (a loaded machine) reads what the rate allows by then, and the
+/// reader's rate is the one stated whatever the scheduling. Returns what it read and whether the stream ended.
+async fn read_paced(
+    mut stream: TcpStream,
+    per_tick: usize,
+    for_at_most: Option<Duration>,
+) -> (Vec<u8>, bool) {
     let started = Instant::now();
     let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if for_at_most.is_some_and(|limit| started.elapsed() >= limit) {
+            return (got, false);
+        }
         let allowed = (started.elapsed().as_millis() as usize / 250) * per_tick;
         let ended = loop {
             let want = allowed.saturating_sub(got.len()).min(buf.len());
@@ -588,16 +623,9 @@ async fn read_slowly(mut stream: TcpStream, per_tick: usize) -> Vec<u8> {
             }
         };
         if ended || got.ends_with(b"0\r\n\r\n") {
-            break;
+            return (got, true);
         }
     }
-    let text = String::from_utf8_lossy(&got);
-    assert!(
-        text.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n"),
-        "the slow reader was cut after {} bytes",
-        got.len()
-    );
-    got
 }
 
 /// A client that stops reading is still cut within the write timeout plus a second.

@@ -94,7 +94,11 @@ pub fn config_with(upstream: &str, top: &str, extra: &str) -> Config {
 }
 
 pub async fn start_relay(config: Config) -> Relay {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_relay_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), config)
+}
+
+/// As [`start_relay`], serving `listener` (a test that needs its socket options set).
+pub fn start_relay_on(listener: TcpListener, config: Config) -> Relay {
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let prepared = relay::prepare(config).unwrap();
