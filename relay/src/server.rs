@@ -11,6 +11,7 @@
 //! the drain token, which makes every remaining stream send a `shutdown` error event and end; then wait briefly for
 //! those last bytes to be written. Every connection task belongs to a `TaskTracker`.
 
+mod drain;
 pub mod io;
 mod sent;
 mod workers;
@@ -153,9 +154,14 @@ async fn connection<H: Handler>(
 ) {
     let state = Arc::new(ConnState::default());
     let io = io::WriteTimeout::new(stream, limits.write_timeout, state.clone());
+    let stopping = stop.clone();
+    let activity = Arc::new(drain::Activity::default());
+    let requests = activity.clone();
     let service = service_fn(move |req| {
         let handler = handler.clone();
         let state = state.clone();
+        let stopping = stopping.clone();
+        let in_progress = requests.started();
         // Boxed per request: hyper keeps the slot for a service future for the connection's life, sized for the
         // future's type. Unboxed, that was ~8 KiB (the whole vendor call: connect, TLS, head) held by every open
         // stream; boxed, it is a pointer, and the call's state is freed with its response.
@@ -164,10 +170,18 @@ async fn connection<H: Handler>(
             let res = AssertUnwindSafe(handler.handle(req, state))
                 .catch_unwind()
                 .await;
-            Ok::<_, Infallible>(res.unwrap_or_else(|_| {
+            let mut res = res.unwrap_or_else(|_| {
                 tracing::error!(%peer, "request handler panicked; answered 500");
                 fallback.panicked()
-            }))
+            });
+            if stopping.is_cancelled() {
+                // Draining: this answer is the connection's last, and says so, so a proxy does not reuse it.
+                res.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(res.map(|body| drain::Counted::new(body, in_progress)))
         })
     });
     let conn = http1::Builder::new()
@@ -176,7 +190,9 @@ async fn connection<H: Handler>(
         .max_buf_size(limits.max_header_bytes)
         .serve_connection(TokioIo::new(io), service);
     // A panic while streaming a body unwinds out of the connection future: only this connection ends.
-    let driven = AssertUnwindSafe(drive(conn, stop)).catch_unwind().await;
+    let driven = AssertUnwindSafe(drive(conn, stop, &activity))
+        .catch_unwind()
+        .await;
     match driven {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
@@ -184,10 +200,13 @@ async fn connection<H: Handler>(
     }
 }
 
-/// Runs a connection; on `stop`, asks it to finish its in-flight response and close.
+/// Runs a connection; on `stop`, lets it answer what its client (a proxy reusing the kept-alive connection) still
+/// sends, each answer marked `Connection: close`, and closes it once it has had no request in progress for
+/// [`drain::DRAIN_LINGER`] (see `server/drain.rs` for the race this avoids).
 async fn drive<S>(
     conn: http1::Connection<TokioIo<io::WriteTimeout<tokio::net::TcpStream>>, S>,
     stop: CancellationToken,
+    activity: &drain::Activity,
 ) -> hyper::Result<()>
 where
     S: hyper::service::HttpService<Incoming>,
@@ -198,6 +217,18 @@ where
     tokio::select! {
         r = conn.as_mut() => r,
         () = Watch::new(stop) => {
+            let mut check = tokio::time::interval(drain::DRAIN_LINGER / 4);
+            loop {
+                tokio::select! {
+                    ended = conn.as_mut() => return ended,
+                    _ = check.tick() => {
+                        let idle = activity.idle_for(tokio::time::Instant::now());
+                        if idle.is_some_and(|d| d >= drain::DRAIN_LINGER) {
+                            break;
+                        }
+                    }
+                }
+            }
             conn.as_mut().graceful_shutdown();
             conn.await
         }
