@@ -119,6 +119,16 @@ impl Account {
         }
     }
 
+    /// The account after a reload: the same usage ledger, charged through the reloaded `limiter`, reporting
+    /// `tenants`.
+    pub fn reloaded(&self, limiter: Limiter, tenants: Vec<Arc<str>>) -> Self {
+        Self {
+            limiter,
+            ledger: self.ledger.clone(),
+            tenants,
+        }
+    }
+
     /// An answer ended: its `permit`'s token reservation is settled to the tokens it was charged and its totals
     /// are added (in the store's own task when there is a store, which gives the stream's lease back in the same
     /// call). The permit's slots are given back here.

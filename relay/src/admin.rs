@@ -1,7 +1,8 @@
 //! The admin listener, beside the request path and never behind the public proxy: `GET /metrics` (Prometheus text
 //! format, [`crate::metrics`]), `GET /healthz` (the process is up), `GET /readyz` (it takes new streams: 200
 //! until shutdown begins, then 503 while in-flight streams drain, so a load balancer stops sending first), and
-//! `GET /admin/usage` (token usage, [`crate::account`]).
+//! `GET /admin/usage` (token usage, [`crate::account`]) and `POST /admin/reload` (re-read the config file, as
+//! `SIGHUP` does).
 //!
 //! `/admin/usage?tenant=T&from=YYYY-MM-DD&to=YYYY-MM-DD` needs `Authorization: Bearer <admin key>`, the key whose
 //! SHA-256 is `admin_key_sha256` (401 otherwise; 404 when none is configured). Every parameter is optional: all
@@ -12,6 +13,9 @@
 //! also folds histogram samples into buckets every few seconds, so memory stays bounded without scrapes.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,6 +43,15 @@ pub struct UsageAccess {
     pub key_sha256: Option<[u8; 32]>,
 }
 
+/// What the admin endpoints ask of the relay serving now (a reload replaces it, and with it the account and the
+/// admin key).
+pub trait Control: Send + Sync + 'static {
+    /// Where usage is read, and the admin key's SHA-256.
+    fn usage(&self) -> UsageAccess;
+    /// Re-reads the config file (`POST /admin/reload`): what now serves, or why the old config still does.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
 /// The longest report, in days.
 pub const MAX_DAYS: u64 = 400;
 
@@ -50,7 +63,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     registry: &'static Registry,
-    usage: UsageAccess,
+    control: Arc<dyn Control>,
     stop: CancellationToken,
     done: CancellationToken,
 ) {
@@ -72,16 +85,21 @@ pub async fn serve(
             },
         };
         let stop = stop.clone();
-        let usage = usage.clone();
+        let control = control.clone();
         tracker.spawn(async move {
             let service = service_fn(move |req| {
                 let ready = !stop.is_cancelled();
-                let usage = usage.clone();
+                let control = control.clone();
                 async move {
-                    if req.uri().path() == "/admin/usage" && req.method() == Method::GET {
-                        return Ok::<_, Infallible>(usage_report(&req, &usage).await);
-                    }
-                    Ok::<_, Infallible>(answer(&req, registry, ready))
+                    let res = match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/admin/usage") => {
+                            usage_report(&req, &control.usage()).await
+                        }
+                        (&Method::POST, "/admin/reload") => reload(&req, &*control).await,
+                        (_, "/admin/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n"),
+                        _ => answer(&req, registry, ready),
+                    };
+                    Ok::<_, Infallible>(res)
                 }
             });
             let conn = http1::Builder::new()
@@ -117,13 +135,14 @@ fn answer<B>(req: &Request<B>, registry: &Registry, ready: bool) -> Response<Ful
     }
 }
 
-/// `GET /admin/usage`.
-pub async fn usage_report<B>(req: &Request<B>, access: &UsageAccess) -> Response<Full<Bytes>> {
-    let Some(key) = access.key_sha256 else {
-        return json(
+/// The admin key's check: the refusal to answer, if any (404 when no admin key is configured, 401 without it).
+fn refused<B>(req: &Request<B>, key: Option<[u8; 32]>) -> Option<Response<Full<Bytes>>> {
+    let path = req.uri().path();
+    let Some(key) = key else {
+        return Some(json(
             StatusCode::NOT_FOUND,
-            &error("not_found", "set admin_key_sha256 to read usage here"),
-        );
+            &error("not_found", "set admin_key_sha256 to use this endpoint"),
+        ));
     };
     let presented = req
         .headers()
@@ -131,18 +150,43 @@ pub async fn usage_report<B>(req: &Request<B>, access: &UsageAccess) -> Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|k| <[u8; 32]>::from(Sha256::digest(k.trim().as_bytes())));
-    if !presented.is_some_and(|p| bool::from(p.ct_eq(&key))) {
-        tracing::info!(
-            path = "/admin/usage",
-            "admin request rejected: no or wrong admin key"
-        );
-        let mut res = json(
-            StatusCode::UNAUTHORIZED,
-            &error("unauthorized", "needs the admin key"),
-        );
-        res.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return res;
+    if presented.is_some_and(|p| bool::from(p.ct_eq(&key))) {
+        return None;
+    }
+    tracing::info!(path, "admin request rejected: no or wrong admin key");
+    let mut res = json(
+        StatusCode::UNAUTHORIZED,
+        &error("unauthorized", "needs the admin key"),
+    );
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(res)
+}
+
+/// `POST /admin/reload`: 200 with what now serves, or 422 with why the old config still does.
+async fn reload<B>(req: &Request<B>, control: &dyn Control) -> Response<Full<Bytes>> {
+    if let Some(refusal) = refused(req, control.usage().key_sha256) {
+        return refusal;
+    }
+    match control.reload().await {
+        Ok(loaded) => json(
+            StatusCode::OK,
+            &serde_json::json!({"reloaded": true, "config": loaded}),
+        ),
+        Err(why) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &error(
+                "config_refused",
+                &format!("{why}; the previous config keeps serving"),
+            ),
+        ),
+    }
+}
+
+/// `GET /admin/usage`.
+pub async fn usage_report<B>(req: &Request<B>, access: &UsageAccess) -> Response<Full<Bytes>> {
+    if let Some(refusal) = refused(req, access.key_sha256) {
+        return refusal;
     }
     let query = match UsageQuery::parse(req.uri().query().unwrap_or(""), access.account.tenants()) {
         Ok(q) => q,

@@ -157,6 +157,9 @@ pub struct Config {
     /// The shared limit store (`[store]`); `None`: limits in the process.
     pub store: Option<StoreSettings>,
     pub routes: Vec<Route>,
+    /// SHA-256 of the file's text, when the configuration came from a file ([`Config::load`]): which version of
+    /// it is serving (`ssegate_config_info{sha256}`).
+    pub file_sha256: Option<[u8; 32]>,
 }
 
 impl Config {
@@ -167,7 +170,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, env, Some(path))
+        let mut config = Self::parse(&text, env, Some(path))?;
+        config.file_sha256 = Some(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into());
+        Ok(config)
     }
 
     /// Parses TOML text, applies `RELAY_*` overrides from `env`, validates, reads secrets.
@@ -224,7 +229,43 @@ impl Config {
             admin_key,
             store,
             routes,
+            file_sha256: None,
         })
+    }
+
+    /// The settings that differ in `next` but cannot change while the relay runs (a reload that changes one is
+    /// refused, naming it): the listeners and their limits, the worker threads, logging, metrics, traces and the
+    /// limit store. Everything else (tenants, keys, limits, routes, vendor secrets, timeouts) takes effect at once.
+    pub fn needs_restart(&self, next: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.limits, &next.limits);
+        [
+            ("listen", self.listen != next.listen),
+            ("admin_listen", self.admin_listen != next.admin_listen),
+            ("workers", self.workers != next.workers),
+            (
+                "pin_connections",
+                self.pin_connections != next.pin_connections,
+            ),
+            ("log_format", self.log_format != next.log_format),
+            (
+                "log_queue_lines",
+                self.log_queue_lines != next.log_queue_lines,
+            ),
+            (
+                "header_read_timeout_ms",
+                a.header_read_timeout != b.header_read_timeout,
+            ),
+            ("max_header_bytes", a.max_header_bytes != b.max_header_bytes),
+            ("write_timeout_ms", a.write_timeout != b.write_timeout),
+            ("shutdown_grace_ms", a.shutdown_grace != b.shutdown_grace),
+            ("max_streams", a.max_streams != b.max_streams),
+            ("metrics", self.metrics != next.metrics),
+            ("otel", self.otel != next.otel),
+            ("store", self.store != next.store),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 }
 

@@ -64,5 +64,6 @@ pub mod usage;
 pub use config::Config;
 pub use server::ServeError;
 pub use startup::{
-    BindError, Listeners, PROFILE, Prepared, RunError, StartError, prepare, run, serve, serve_main,
+    BindError, ConfigSource, Listeners, PROFILE, Prepared, RunError, StartError, prepare, run,
+    serve, serve_main,
 };

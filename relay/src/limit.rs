@@ -24,6 +24,7 @@ pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -151,10 +152,30 @@ impl Drop for StreamPermit {
     reason = "the slots are held, never read: dropping them gives them back"
 )]
 enum TenantSlot {
-    Local(OwnedSemaphorePermit),
+    Local(LocalSlot),
     Lease(Lease),
     /// The store did not answer and `on_store_error = "allow"`.
     Unlimited,
+}
+
+/// A tenant's stream slot in this process. A reload that lowered the tenant's limit below the streams it had open
+/// leaves a debt: slots given back while it lasts are forgotten instead, until the tenant is within its new limit.
+#[derive(Debug)]
+struct LocalSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    debt: Arc<AtomicU32>,
+}
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        let owed = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if let (true, Some(permit)) = (owed, self.permit.take()) {
+            permit.forget();
+        }
+    }
 }
 
 /// The limits of one relay process; clones share the same slots (one per worker thread).
@@ -169,10 +190,65 @@ pub struct Limiter {
 /// One tenant's limits.
 struct TenantLimits {
     streams: Arc<Semaphore>,
+    /// Slots to forget as they are given back (a reload lowered `max_streams` below the streams open).
+    debt: Arc<AtomicU32>,
     max_streams: u32,
     requests: Option<Gcra>,
     tokens: TokenBudget,
     reserve_output: u64,
+}
+
+impl TenantLimits {
+    fn new(l: &Limits, per_tenant: u32) -> Self {
+        let streams = l.max_streams.unwrap_or(per_tenant);
+        Self {
+            streams: Arc::new(Semaphore::new(streams as usize)),
+            debt: Arc::default(),
+            max_streams: streams,
+            requests: l.requests_per_minute.map(|n| Gcra::new(n, MINUTE)),
+            tokens: TokenBudget::new(l.tokens),
+            reserve_output: l.reserve_output_tokens.unwrap_or(DEFAULT_RESERVE_OUTPUT),
+        }
+    }
+
+    /// These limits changed to `l` by a reload, what was used carried over. The stream slots stay the same
+    /// semaphore (the open streams' permits go back to it), grown or shrunk to the new count.
+    fn carried(&self, l: &Limits, per_tenant: u32) -> Self {
+        let streams = l.max_streams.unwrap_or(per_tenant);
+        resize(&self.streams, &self.debt, self.max_streams, streams);
+        Self {
+            streams: self.streams.clone(),
+            debt: self.debt.clone(),
+            max_streams: streams,
+            requests: match (&self.requests, l.requests_per_minute) {
+                (Some(old), Some(n)) => Some(old.carried(n)),
+                (None, Some(n)) => Some(Gcra::new(n, MINUTE)),
+                (_, None) => None,
+            },
+            tokens: self.tokens.carried(l.tokens),
+            reserve_output: l.reserve_output_tokens.unwrap_or(DEFAULT_RESERVE_OUTPUT),
+        }
+    }
+}
+
+/// Makes `slots` (of which `from` exist, some perhaps held) `to`: more are added (a debt paid first), fewer are
+/// taken out of those free, and what is held beyond the new count becomes a debt, forgotten as it is given back.
+fn resize(slots: &Semaphore, debt: &AtomicU32, from: u32, to: u32) {
+    if to >= from {
+        let mut more = to - from;
+        let paid = debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                Some(d - d.min(more))
+            })
+            .map_or(0, |d| d.min(more));
+        more -= paid;
+        slots.add_permits(more as usize);
+    } else {
+        let fewer = (from - to) as usize;
+        let taken = slots.forget_permits(fewer);
+        let owed = u32::try_from(fewer - taken).unwrap_or(u32::MAX);
+        debt.fetch_add(owed, Ordering::AcqRel);
+    }
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -199,22 +275,37 @@ impl Limiter {
     ) -> Self {
         let tenants = tenants
             .into_iter()
-            .map(|(t, l)| {
-                let streams = l.max_streams.unwrap_or(per_tenant);
-                let limits = TenantLimits {
-                    streams: Arc::new(Semaphore::new(streams as usize)),
-                    max_streams: streams,
-                    requests: l.requests_per_minute.map(|n| Gcra::new(n, MINUTE)),
-                    tokens: TokenBudget::new(l.tokens),
-                    reserve_output: l.reserve_output_tokens.unwrap_or(DEFAULT_RESERVE_OUTPUT),
-                };
-                (t.clone(), Arc::new(limits))
-            })
+            .map(|(t, l)| (t.clone(), Arc::new(TenantLimits::new(&l, per_tenant))))
             .collect();
         Self {
             total: Arc::new(Semaphore::new(total as usize)),
             tenants,
             store: None,
+        }
+    }
+
+    /// The limiter after a reload: the same relay-wide slots and store; each tenant that stays keeps its open
+    /// streams, the requests and tokens it used and its reservations, under its new limits (slots added or taken
+    /// away, see [`LocalSlot`]); a new tenant starts afresh; a removed one is forgotten (its open streams finish).
+    pub fn reloaded<'a>(
+        &self,
+        per_tenant: u32,
+        tenants: impl IntoIterator<Item = (&'a Arc<str>, Limits)>,
+    ) -> Self {
+        let tenants = tenants
+            .into_iter()
+            .map(|(t, l)| {
+                let limits = match self.tenants.get(t) {
+                    Some(old) => old.carried(&l, per_tenant),
+                    None => TenantLimits::new(&l, per_tenant),
+                };
+                (t.clone(), Arc::new(limits))
+            })
+            .collect();
+        Self {
+            total: self.total.clone(),
+            tenants,
+            store: self.store.clone(),
         }
     }
 
@@ -266,11 +357,16 @@ impl Limiter {
             reserved,
         };
         let Some(store) = &self.store else {
-            let slot = limits
-                .streams
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| LimitError::Tenant)?;
+            let slot = LocalSlot {
+                permit: Some(
+                    limits
+                        .streams
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|_| LimitError::Tenant)?,
+                ),
+                debt: limits.debt.clone(),
+            };
             let tokens = match reserve {
                 Some(n) => limits.tokens.reserve(n, now, cal).map_err(refused_tokens)?,
                 None => None,
@@ -417,5 +513,89 @@ mod tests {
             limiter.acquire("nobody").await.unwrap_err(),
             LimitError::Tenant
         );
+    }
+
+    fn streams(n: u32) -> Limits {
+        Limits {
+            max_streams: Some(n),
+            ..Limits::default()
+        }
+    }
+
+    /// A reload that lowers a tenant's streams below those open lets them finish and admits no new one until the
+    /// tenant is within the new limit; one that raises it admits more at once.
+    #[tokio::test]
+    async fn a_reload_resizes_a_tenants_streams_with_streams_open() {
+        let a: Arc<str> = Arc::from("a");
+        let limiter = Limiter::with_limits(100, 10, [(&a, streams(3))]);
+        let open: Vec<_> = futures_util::future::join_all((0..3).map(|_| limiter.acquire("a")))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let lowered = limiter.reloaded(10, [(&a, streams(1))]);
+        assert_eq!(lowered.acquire("a").await.unwrap_err(), LimitError::Tenant);
+        let mut open = open.into_iter();
+        drop(open.next());
+        drop(open.next());
+        assert_eq!(
+            lowered.acquire("a").await.unwrap_err(),
+            LimitError::Tenant,
+            "one stream still open: the new limit"
+        );
+        drop(open.next());
+        let one = lowered.acquire("a").await.unwrap();
+        assert_eq!(lowered.acquire("a").await.unwrap_err(), LimitError::Tenant);
+        let raised = lowered.reloaded(10, [(&a, streams(3))]);
+        let _two = raised.acquire("a").await.unwrap();
+        let _three = raised.acquire("a").await.unwrap();
+        assert_eq!(raised.acquire("a").await.unwrap_err(), LimitError::Tenant);
+        drop(one);
+        assert!(raised.acquire("a").await.is_ok());
+    }
+
+    /// Lowered then raised again before the open streams ended: the debt is paid by the raise, not twice.
+    #[tokio::test]
+    async fn a_raise_pays_the_debt_a_lowering_left() {
+        let a: Arc<str> = Arc::from("a");
+        let limiter = Limiter::with_limits(100, 10, [(&a, streams(4))]);
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            open.push(limiter.acquire("a").await.unwrap());
+        }
+        let lowered = limiter.reloaded(10, [(&a, streams(1))]);
+        let back = lowered.reloaded(10, [(&a, streams(4))]);
+        assert_eq!(back.acquire("a").await.unwrap_err(), LimitError::Tenant);
+        open.clear();
+        let mut again = Vec::new();
+        for _ in 0..4 {
+            again.push(back.acquire("a").await.unwrap());
+        }
+        assert_eq!(back.acquire("a").await.unwrap_err(), LimitError::Tenant);
+    }
+
+    /// A reload keeps what a tenant used: a raised rate does not start a fresh burst, and a new tenant is served.
+    #[tokio::test]
+    async fn a_reload_carries_the_requests_used_over() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let rpm = |n| Limits {
+            requests_per_minute: Some(n),
+            ..Limits::default()
+        };
+        let limiter = Limiter::with_limits(100, 10, [(&a, rpm(2))]);
+        drop(limiter.acquire("a").await.unwrap());
+        drop(limiter.acquire("a").await.unwrap());
+        assert!(matches!(
+            limiter.acquire("a").await.unwrap_err(),
+            LimitError::Requests(_)
+        ));
+        let reloaded = limiter.reloaded(10, [(&a, rpm(3)), (&b, rpm(3))]);
+        assert!(matches!(
+            reloaded.acquire("a").await.unwrap_err(),
+            LimitError::Requests(_)
+        ));
+        assert!(reloaded.acquire("b").await.is_ok());
+        let removed = reloaded.reloaded(10, [(&b, rpm(3))]);
+        assert_eq!(removed.acquire("a").await.unwrap_err(), LimitError::Tenant);
     }
 }

@@ -69,7 +69,14 @@ async fn serve(cli: Cli) -> Result<ExitCode, ExitCode> {
     };
     config.listen = cli.listen.unwrap_or(config.listen);
     config.admin_listen = cli.admin_listen.unwrap_or(config.admin_listen);
-    let prepared = relay::prepare(config).map_err(|e| usage(&e))?;
+    let mut prepared = relay::prepare(config).map_err(|e| usage(&e))?;
+    if let Some(path) = &cli.config {
+        prepared = prepared.reloadable_from(relay::ConfigSource {
+            path: path.clone(),
+            listen: cli.listen,
+            admin_listen: cli.admin_listen,
+        });
+    }
     let c = prepared.config();
     if cli.check_config {
         return Ok(fail(&prepared.summary(), 0));

@@ -63,6 +63,9 @@ pub const TOKENS: &str = "ssegate_tokens_total";
 pub const TRACE_SPANS: &str = "ssegate_trace_spans_total";
 pub const LOG_DROPPED: &str = "ssegate_log_lines_dropped_total";
 pub const BUILD_INFO: &str = "ssegate_build_info";
+pub const CONFIG_RELOADS: &str = "ssegate_config_reloads_total";
+pub const CONFIG_INFO: &str = "ssegate_config_info";
+pub const CONFIG_LOADED: &str = "ssegate_config_loaded_timestamp_seconds";
 pub const OVERHEAD: &str = "ssegate_relay_overhead_seconds";
 pub const UPSTREAM_TTFB: &str = "ssegate_upstream_first_byte_seconds";
 pub const CLIENT_TTFB: &str = "ssegate_client_first_byte_seconds";
@@ -177,6 +180,19 @@ fn describe() {
     describe_gauge!(
         BUILD_INFO,
         "1, labelled with the relay's version and build profile (release or debug)"
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Config reloads (SIGHUP, POST /admin/reload), by result: ok, or refused (the old config kept serving)"
+    );
+    describe_gauge!(
+        CONFIG_INFO,
+        "1 for the config serving now, labelled with the SHA-256 of its file (0 for those it replaced)"
+    );
+    describe_gauge!(
+        CONFIG_LOADED,
+        Unit::Seconds,
+        "When the config serving now was loaded (Unix time)"
     );
     describe_counter!(
         LOG_DROPPED,
@@ -460,6 +476,28 @@ pub fn request(route: &'static str, tenant: &str, status: u16) {
 /// The relay's version and build profile (`release` or `debug`), as a gauge at 1 (Prometheus' `_info` convention).
 pub fn build_info(profile: &'static str) {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "profile" => profile).set(1.0);
+}
+
+/// A config was loaded (at startup, or by a reload): `sha256` (hex) of its file now serves, `replaced` no longer.
+pub fn config_loaded(sha256: &str, replaced: Option<&str>) {
+    if let Some(old) = replaced.filter(|old| *old != sha256) {
+        gauge!(CONFIG_INFO, "sha256" => old.to_owned()).set(0.0);
+    }
+    gauge!(CONFIG_INFO, "sha256" => sha256.to_owned()).set(1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(CONFIG_LOADED).set(now);
+}
+
+/// A reload's result: `ok`, or `refused` (the old config kept serving). Both series exist from the start.
+pub fn config_reload(result: Option<bool>) {
+    for (name, this) in [("ok", Some(true)), ("refused", Some(false))] {
+        let c = counter!(CONFIG_RELOADS, "result" => name);
+        if result == this {
+            c.increment(1);
+        }
+    }
 }
 
 /// The configured limits, for alerts that compare against them; also registers the rejection reasons, so that

@@ -22,6 +22,14 @@
 //! functions rather than tower layers: each is small, ordered, and tested alone; [`Relay::handle_request`] is
 //! generic over the request body so the whole path can be driven without a socket.
 
+/// Every tenant's limits as configured.
+fn tenant_limits(config: &Config) -> impl Iterator<Item = (&Arc<str>, crate::config::Limits)> {
+    config.tenants.iter().map(|t| {
+        let own = config.tenant_limits.get(t).copied().unwrap_or_default();
+        (t, own)
+    })
+}
+
 /// What stages 3 to 5 leave for the vendor call: the caller, its stream slot, the body to send, what it asked for.
 struct Admission {
     principal: crate::auth::Principal,
@@ -142,27 +150,59 @@ impl Relay {
         drain: CancellationToken,
         store: Option<Arc<crate::limit::store::RedisStore>>,
     ) -> Self {
+        let limits = &config.limits;
+        let limiter = Limiter::with_limits(
+            limits.max_streams,
+            limits.max_streams_per_tenant,
+            tenant_limits(&config),
+        )
+        .with_store(store);
+        let account = Arc::new(Account::new(limiter.clone(), config.tenants.clone()));
+        Self::assemble(config, tls, auth, drain, limiter, account)
+    }
+
+    /// This relay after a reload to `config` (its vendor TLS and credentials built from it): new requests are
+    /// served by the returned relay; the streams in flight finish on this one's. The limits' state (open streams,
+    /// requests and tokens used, reservations) and the usage ledger carry over ([`Limiter::reloaded`]).
+    pub fn reloaded(
+        &self,
+        config: Arc<Config>,
+        tls: crate::upstream::VendorTls,
+        auth: Authenticator,
+    ) -> Self {
+        let per_tenant = config.limits.max_streams_per_tenant;
+        let limiter = self.limiter.reloaded(per_tenant, tenant_limits(&config));
+        let account = Arc::new(
+            self.account
+                .reloaded(limiter.clone(), config.tenants.clone()),
+        );
+        Self::assemble(config, tls, auth, self.drain.clone(), limiter, account)
+    }
+
+    /// The configuration this relay serves.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    fn assemble(
+        config: Arc<Config>,
+        tls: crate::upstream::VendorTls,
+        auth: Authenticator,
+        drain: CancellationToken,
+        limiter: Limiter,
+        account: Arc<Account>,
+    ) -> Self {
         let upstreams = Upstream::for_routes(&config.routes, &tls);
         let route_names = config
             .routes
             .iter()
             .map(|r| Arc::from(r.path.as_str()))
             .collect();
-        let tenants = config.tenants.clone();
         let meters = config
             .routes
             .iter()
-            .map(|r| RouteMeters::new(&r.path, &tenants))
+            .map(|r| RouteMeters::new(&r.path, &config.tenants))
             .collect();
-        let limits = &config.limits;
-        let tenants = config.tenants.iter().map(|t| {
-            let own = config.tenant_limits.get(t).copied().unwrap_or_default();
-            (t, own)
-        });
-        let limiter =
-            Limiter::with_limits(limits.max_streams, limits.max_streams_per_tenant, tenants)
-                .with_store(store);
-        let account = Arc::new(Account::new(limiter.clone(), config.tenants.clone()));
         Self {
             config,
             tls,

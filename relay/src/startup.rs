@@ -8,11 +8,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+mod reload;
+mod upgrade;
+
+pub use reload::{ConfigSource, Live, ReloadError, Worker};
+pub use upgrade::LISTENER_VAR;
+
+use crate::auth::Authenticator;
 use crate::auth::jwt::Verifier;
 use crate::config::{Config, ConfigError, JwtSettings, StoreServers, StoreSettings};
 use crate::limit::store::{StoreClient, StoreConfig};
@@ -28,11 +36,25 @@ pub struct Prepared {
     tls: crate::upstream::VendorTls,
     jwt: Option<Arc<Verifier>>,
     store: Option<StoreConfig>,
+    /// Where `SIGHUP` and `POST /admin/reload` read the config again; `None`: nothing to reload.
+    source: Option<ConfigSource>,
 }
 
 impl Prepared {
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Reloads read the config again from `source` (its file, the command line's overrides).
+    pub fn reloadable_from(mut self, source: ConfigSource) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// What the request path is built from: the config, the vendor TLS settings and the credentials' checker.
+    fn into_request_path(self) -> (Arc<Config>, crate::upstream::VendorTls, Authenticator) {
+        let auth = Authenticator::with(self.config.clients.clone(), self.jwt);
+        (self.config, self.tls, auth)
     }
 
     /// What `--check-config` prints.
@@ -79,6 +101,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         tls,
         jwt,
         store,
+        source: None,
     })
 }
 
@@ -180,13 +203,30 @@ impl Listeners {
                 .await
                 .map_err(|source| BindError { addr, source })
         };
-        let public = bind(config.listen).await?;
+        // A successor of a relay that is upgrading takes over its public socket (`upgrade.rs`).
+        let public = match upgrade::inherited_listener() {
+            Ok(Some(listener)) => listener,
+            Ok(None) => bind(config.listen).await?,
+            Err(source) => {
+                return Err(BindError {
+                    addr: config.listen,
+                    source,
+                });
+            }
+        };
         let wanted = config.admin_listen;
-        let (admin, admin_taken) = match bind(wanted).await {
+        // Shared with the successor during an upgrade (both bind it, SO_REUSEPORT); a demo's moves instead.
+        let admin = |addr| async move {
+            if admin_may_move {
+                return bind(addr).await;
+            }
+            bind_shared(addr).map_err(|source| BindError { addr, source })
+        };
+        let (admin, admin_taken) = match admin(wanted).await {
             Ok(admin) => (admin, None),
             Err(e) if admin_may_move && e.source.kind() == std::io::ErrorKind::AddrInUse => {
                 let free = std::net::SocketAddr::new(wanted.ip(), 0);
-                (bind(free).await?, Some(wanted))
+                (admin(free).await?, Some(wanted))
             }
             Err(e) => return Err(e),
         };
@@ -264,28 +304,23 @@ pub const PROFILE: &str = if cfg!(debug_assertions) {
 /// As [`run`], with the admin listener when given, the request path wrapped by `wrap` (the demo page), and `ready`
 /// called once every worker is up.
 pub async fn serve<H: Handler>(
-    prepared: Prepared,
+    mut prepared: Prepared,
     listeners: Listeners,
     stop: CancellationToken,
-    wrap: impl Fn(stack::Relay) -> H,
+    wrap: impl Fn(Worker) -> H,
     ready: impl FnOnce(),
 ) -> Result<(), RunError> {
-    let Prepared {
-        config,
-        tls,
-        jwt,
-        store,
-    } = prepared;
-    let registry = announce(&config)?;
+    let registry = announce(&prepared.config)?;
     let shutdown = Shutdown {
         stop: stop.clone(),
         drain: CancellationToken::new(),
     };
-    let store = match store {
+    let store = match prepared.store.take() {
         None => None,
         Some(c) => Some(connect_store(c).await?),
     };
-    let auth = crate::auth::Authenticator::with(config.clients.clone(), jwt);
+    let source = prepared.source.take();
+    let (config, tls, auth) = prepared.into_request_path();
     let relay = stack::Relay::with_store(
         config.clone(),
         tls,
@@ -293,9 +328,16 @@ pub async fn serve<H: Handler>(
         shutdown.drain.clone(),
         store.clone(),
     );
-    let make = || Arc::new(wrap(relay.for_worker()));
+    let live = Arc::new(Live::new(relay, source));
+    let make = || Arc::new(wrap(live.worker()));
     let (workers, pinned, limits) = (config.workers, config.pin_connections, config.limits);
     let done = CancellationToken::new();
+    // A handle on the public socket, for a successor (`SIGUSR2`); dropped once this relay stops accepting.
+    let handoff = listeners.public.as_fd().try_clone_to_owned();
+    let ready = || {
+        ready();
+        upgrade::notify_ready();
+    };
     let serving = async {
         let public = listeners.public;
         let served =
@@ -303,13 +345,9 @@ pub async fn serve<H: Handler>(
         done.cancel();
         served
     };
-    let usage = admin::UsageAccess {
-        account: relay.account(),
-        key_sha256: config.admin_key,
-    };
     let admin = async {
         if let Some(l) = listeners.admin {
-            admin::serve(l, registry, usage, stop, done.clone()).await;
+            admin::serve(l, registry, live.clone(), stop.clone(), done.clone()).await;
         }
     };
     // The leases of streams this replica holds, renewed until it stops serving.
@@ -318,8 +356,23 @@ pub async fn serve<H: Handler>(
             store.renew_until(done.clone()).await;
         }
     };
-    let (served, (), (), ()) =
-        tokio::join!(serving, admin, renewing, logs::report_drops(done.clone()));
+    let reloading = live.reload_on_hangup(done.clone());
+    let upgrading = async {
+        match handoff {
+            Ok(fd) => upgrade::upgrade_on_signal(fd, stop.clone(), done.clone()).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep a handle on the listener: binary upgrades are off")
+            }
+        }
+    };
+    let (served, (), (), (), (), ()) = tokio::join!(
+        serving,
+        admin,
+        renewing,
+        reloading,
+        upgrading,
+        logs::report_drops(done.clone())
+    );
     Ok(served?)
 }
 
@@ -354,4 +407,17 @@ async fn connect_store(config: StoreConfig) -> Result<Arc<limit::store::RedisSto
         tracing::warn!(error = %e, "the limit store does not answer at startup; on_store_error applies until it does");
     }
     Ok(Arc::new(store))
+}
+
+/// A listener on `addr` that another process of this user may bind too (`SO_REUSEPORT`): the admin listener, which
+/// a relay's successor binds while the relay drains ([`upgrade`]).
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }

@@ -55,6 +55,11 @@ impl Proc {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// A file in the process's own temporary directory (for the relay: `relay.toml`, its config).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self._dir.path().join(name)
+    }
+
     /// The log once `done` holds for it, within 10 s. The relay writes its log lines from a thread of its own
     /// (they reach the file a moment after what they describe): a test that looks for a line waits for it.
     pub async fn await_logs(&self, done: impl Fn(&str) -> bool) -> Result<String> {

@@ -85,7 +85,7 @@ impl std::fmt::Debug for StoreServers {
 }
 
 /// `[store]`, validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreSettings {
     pub servers: StoreServers,
     /// CA certificates for `rediss://` (only set with such a URL); `None`: the system's roots.

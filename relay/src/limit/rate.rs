@@ -51,6 +51,21 @@ impl Gcra {
         }
     }
 
+    /// The same tenant's rate after a reload set its limit to `limit`: the arrival time it had carries over, so
+    /// a reload never hands a tenant a fresh burst.
+    pub fn carried(&self, limit: u32) -> Self {
+        let next = Self::new(limit, self.period);
+        let tat = *self
+            .tat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *next
+            .tat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tat;
+        next
+    }
+
     pub fn limit(&self) -> u32 {
         self.limit
     }

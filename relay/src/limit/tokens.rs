@@ -253,7 +253,7 @@ pub struct TokenBudget {
     state: Mutex<Spent>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Spent {
     /// The per-minute theoretical arrival time; `None`: nothing owed.
     tat: Option<Instant>,
@@ -288,6 +288,15 @@ impl TokenBudget {
 
     pub fn limits(&self) -> TokenLimits {
         self.limits
+    }
+
+    /// The same tenant's budget after a reload set its limits to `limits`: what it spent this minute, day and
+    /// month carries over (a reload never hands a tenant fresh tokens).
+    pub fn carried(&self, limits: TokenLimits) -> Self {
+        Self {
+            limits,
+            state: Mutex::new(self.spent().clone()),
+        }
     }
 
     fn spent(&self) -> std::sync::MutexGuard<'_, Spent> {
