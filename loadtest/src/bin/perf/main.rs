@@ -4,7 +4,9 @@
 //! no HTTP as the relay's floor, and nginx and the relay to the same mock over HTTPS) at each concurrency, and
 //! prints one Markdown table. Then one stream at a time (`serial`: hyper's client on one kept-alive connection, the
 //! next request right after the previous answer) against the mock directly, nginx → mock and relay → mock, the
-//! pattern of a replica that serves few streams at a time. Everything binds
+//! pattern of a replica that serves few streams at a time. Outside the gate, one more relay has its config reloaded
+//! (`SIGHUP`) every `--reload-every-ms` while its load runs, with its memory along the run and over 200 idle reloads
+//! reported after the table (issue 25). Everything binds
 //! 127.0.0.1 and is stopped by its PID (processes and nginx from the workspace's test kit). `--gate` runs the short
 //! CI variant and compares same-run ratios with `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which
 //! builds the release binaries first.
@@ -69,6 +71,14 @@ struct Args {
     /// Only the one-stream pairs (no goose runs): the quick check while working on the low-load path.
     #[arg(long)]
     serial_only: bool,
+    /// Only the targets whose name starts with one of these, `;`-separated (plus `direct`, which the others are
+    /// compared with), e.g. `relay → mock;relay, config reloaded`.
+    #[arg(long, value_delimiter = ';')]
+    only: Vec<String>,
+    /// Adds a relay whose config is reloaded (`SIGHUP`) at this interval while the load runs, to measure what
+    /// reloads cost streams in flight (issue 25); 0 leaves it out. Not in the gate.
+    #[arg(long, default_value_t = 1000)]
+    reload_every_ms: u64,
 }
 
 /// Which CPUs the proxies and the rest run on when pinned.
@@ -143,6 +153,8 @@ struct Measured {
     cpu_ns: u64,
     peak_rss_kib: u64,
     idle_rss_kib: u64,
+    /// The proxies' RSS once a second along the run (and so at each reload, when the run reloads every second).
+    rss_each_second: Vec<u64>,
 }
 
 impl Measured {
@@ -152,14 +164,15 @@ impl Measured {
     }
 }
 
+/// `target`: its base URL and the key to send.
 async fn run_load(
-    base: &str,
-    key: &str,
+    (base, key): (&str, &str),
     users: usize,
     a: &Args,
     proxies: &[&dyn Cost],
     out: &Path,
     pinning: Option<&Pinning>,
+    reload: Option<(&Proc, Duration)>,
 ) -> Result<Measured> {
     let summary_path = out.with_extension("json");
     let idle_rss_kib: u64 = proxies.iter().map(|p| p.rss_kib()).sum();
@@ -201,9 +214,23 @@ async fn run_load(
         .stderr(std::fs::File::create(out.with_extension("log"))?)
         .spawn()?;
     let mut peak_rss_kib = idle_rss_kib;
+    let start = tokio::time::Instant::now();
+    let mut next_reload = reload.map(|(_, every)| start + every);
+    let mut rss_each_second = Vec::new();
     while child.try_wait()?.is_none() {
-        peak_rss_kib = peak_rss_kib.max(proxies.iter().map(|p| p.rss_kib()).sum());
-        // Sampling RSS while the load runs (not waiting for a side effect).
+        let rss = proxies.iter().map(|p| p.rss_kib()).sum();
+        peak_rss_kib = peak_rss_kib.max(rss);
+        let now = tokio::time::Instant::now();
+        if now >= start + Duration::from_secs(rss_each_second.len() as u64 + 1) {
+            rss_each_second.push(rss);
+        }
+        if let (Some((relay, every)), Some(at)) = (reload, next_reload.as_mut()) {
+            if now >= *at {
+                relay.signal("HUP")?;
+                *at += every;
+            }
+        }
+        // Sampling RSS (and pacing the reloads) while the load runs, not waiting for a side effect.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let cpu_ns = proxies.iter().map(|p| p.cpu_ns()).sum::<u64>() - cpu_before;
@@ -214,6 +241,7 @@ async fn run_load(
         cpu_ns,
         peak_rss_kib,
         idle_rss_kib,
+        rss_each_second,
     })
 }
 
@@ -256,6 +284,7 @@ async fn run_serial(
         cpu_ns,
         peak_rss_kib: idle_rss_kib,
         idle_rss_kib,
+        rss_each_second: Vec::new(),
     })
 }
 
@@ -281,6 +310,91 @@ async fn require_release(relay: &Proc) -> Result<()> {
              or point SSEGATE_RELAY_BIN at a release binary"
         );
     }
+    Ok(())
+}
+
+/// The value of the first sample on the relay's `/metrics` whose line starts with `series`.
+async fn metric(relay: &Proc, series: &str) -> Result<f64> {
+    let admin = relay.admin().context("the relay has no admin address")?;
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse().ok())
+        .with_context(|| format!("no {series} on the relay's /metrics"))
+}
+
+/// How many files (sockets included) `proc` has open.
+fn open_files(proc: &Proc) -> usize {
+    proc.pid()
+        .and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .map_or(0, Iterator::count)
+}
+
+/// A relay's memory along one run, sampled once a second: flat once the load is up when each reload frees what it
+/// replaced, rising with the reloads otherwise; the same relay without reloads is the reference.
+fn report_rss_along(users: usize, name: &str, samples: &[u64]) {
+    let n = samples.len();
+    if n < 4 {
+        return;
+    }
+    // The first quarter is the load ramping up.
+    let settled = &samples[n / 4..];
+    let (first, last) = (settled[0], settled[settled.len() - 1]);
+    let max = settled.iter().copied().max().unwrap_or(0);
+    println!(
+        "{users} streams, {name}: RSS from second {} to {n}: {first} KiB → {last} KiB (max {max} KiB, {:+.1} KiB per second).",
+        n / 4 + 1,
+        (last as f64 - first as f64) / (settled.len() - 1) as f64
+    );
+}
+
+/// After the reloading relay's runs: how many reloads it took and refused, and its memory against the relay that
+/// served the same load without reloads. Then 200 reloads more with the relay idle (each one awaited on the
+/// reload counter), which must leave its memory where it was: a reload frees the relay it replaced once the last
+/// stream on it ends.
+async fn report_reloads(relay: &Proc, idle_before_kib: u64, plain: &Proc) -> Result<()> {
+    const OK: &str = r#"ssegate_config_reloads_total{result="ok"}"#;
+    const REFUSED: &str = r#"ssegate_config_reloads_total{result="refused"}"#;
+    const IDLE_RELOADS: usize = 200;
+    let (ok, refused) = (metric(relay, OK).await?, metric(relay, REFUSED).await?);
+    // Both relays idle long enough for jemalloc to hand back what they freed (10 s dirty-page decay): the one
+    // measured last would look bigger only for being measured sooner.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let after_load = relay.rss_kib();
+    println!(
+        "\nReloads under load: {ok} ok, {refused} refused; idle RSS {idle_before_kib} KiB before the runs, \
+         {after_load} KiB 21 s after, {} open files (the relay without reloads, same load: {} KiB, {} open files).",
+        open_files(relay),
+        plain.rss_kib(),
+        open_files(plain),
+    );
+    let mut done = ok + refused;
+    let mut along = vec![after_load];
+    for i in 1..=IDLE_RELOADS {
+        relay.signal("HUP")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metric(relay, OK).await? + metric(relay, REFUSED).await? <= done {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "a reload did not finish"
+            );
+            // Polling the reload counter: the reload is the relay's, seen only through its metrics.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done += 1.0;
+        if i % 50 == 0 {
+            along.push(relay.rss_kib());
+        }
+    }
+    let along: Vec<String> = along.iter().map(u64::to_string).collect();
+    println!(
+        "{IDLE_RELOADS} reloads idle: RSS every 50 reloads {} KiB; {} refused in all.",
+        along.join(" → "),
+        metric(relay, REFUSED).await?
+    );
     Ok(())
 }
 
@@ -346,6 +460,15 @@ async fn main() -> Result<()> {
         }
         None => None,
     };
+    // The same relay, its config reloaded (`SIGHUP`) every `--reload-every-ms` while the load runs: each reload
+    // builds the relay anew (tenants, routes, vendor connection pools) while the streams in flight finish on the
+    // old one. Not in the gate.
+    let reload_every = Duration::from_millis(a.reload_every_ms);
+    let relay_reload = match (a.gate, a.reload_every_ms) {
+        (false, 1..) => Some(testkit::proc::start_relay(&config, &env, "info").await?),
+        _ => None,
+    };
+    let reload_idle_kib = relay_reload.as_ref().map(Proc::rss_kib);
     let nginx_bin =
         nginx::available().context("nginx is not installed (apt-get install nginx-light)")?;
     let opts = nginx::Options {
@@ -425,14 +548,30 @@ async fn main() -> Result<()> {
             vec![r],
         ));
     }
+    let reload_name: &'static str = Box::leak(
+        format!(
+            "relay, config reloaded every {} ms → mock",
+            a.reload_every_ms
+        )
+        .into_boxed_str(),
+    );
+    if let Some(r) = &relay_reload {
+        targets.push((reload_name, url(r.addr), CLIENT_KEY, vec![r]));
+    }
     if a.gate {
         targets.truncate(4);
+    }
+    if !a.only.is_empty() {
+        targets.retain(|(name, ..)| {
+            *name == "direct" || a.only.iter().any(|o| name.starts_with(o.as_str()))
+        });
     }
     let pinning = if a.pin {
         let p = Pinning::new()?;
         let proxies = [&relay, &relay_off, &relay_tls, &forward]
             .into_iter()
             .chain(&relay_redis)
+            .chain(&relay_reload)
             .filter_map(|r| r.pid());
         let nginxes = [&nginx_mock, &nginx_relay, &nginx_tls]
             .into_iter()
@@ -464,7 +603,20 @@ async fn main() -> Result<()> {
                     "{}-{users}-{rep}",
                     name.replace([' ', '→', ','], "")
                 ));
-                let m = run_load(base, key, users, &a, proxies, &out, pinning.as_ref()).await?;
+                let reload = match &relay_reload {
+                    Some(r) if *name == reload_name => Some((r, reload_every)),
+                    _ => None,
+                };
+                let m = run_load(
+                    (base, key),
+                    users,
+                    &a,
+                    proxies,
+                    &out,
+                    pinning.as_ref(),
+                    reload,
+                )
+                .await?;
                 eprintln!("perf: {users:>5} streams, {name}: {}", m.summary);
                 results.push((users, *name, m));
             }
@@ -484,6 +636,14 @@ async fn main() -> Result<()> {
         }
     }
     print_table(&a, &results, pinning.as_ref());
+    if let (Some(r), Some(idle)) = (&relay_reload, reload_idle_kib) {
+        for (users, name, m) in &results {
+            if [reload_name, "relay → mock"].contains(name) {
+                report_rss_along(*users, name, &m.rss_each_second);
+            }
+        }
+        report_reloads(r, idle, &relay).await?;
+    }
     let ratios = ratios(&results);
     println!("\n{}", serde_json::to_string_pretty(&ratios)?);
     if a.gate || a.write_baseline {
