@@ -286,7 +286,7 @@ impl Limiter {
 
     /// The limiter after a reload: the same relay-wide slots and store; each tenant that stays keeps its open
     /// streams, the requests and tokens it used and its reservations, under its new limits (slots added or taken
-    /// away, see [`LocalSlot`]); a new tenant starts afresh; a removed one is forgotten (its open streams finish).
+    /// away, see `LocalSlot`); a new tenant starts afresh; a removed one is forgotten (its open streams finish).
     pub fn reloaded<'a>(
         &self,
         per_tenant: u32,
