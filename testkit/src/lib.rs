@@ -16,6 +16,7 @@
 //! Everything binds 127.0.0.1.
 
 pub mod client;
+pub mod haproxy;
 pub mod idp;
 pub mod nginx;
 pub mod proc;

@@ -1,7 +1,8 @@
-//! A whole deployment on loopback: mock vendor, relay (its binary, its config file) and, optionally, nginx in front.
+//! A whole deployment on loopback: mock vendor, relay (its binary, its config file) and, optionally, nginx or
+//! HAProxy in front.
 
-use anyhow::Result;
-use testkit::nginx;
+use anyhow::{Context, Result};
+use testkit::{haproxy, nginx};
 
 use crate::support::*;
 
@@ -10,6 +11,7 @@ use crate::support::*;
 pub enum Front {
     Relay,
     Nginx,
+    Haproxy,
 }
 
 /// Test-specific settings.
@@ -43,19 +45,30 @@ pub struct Stack {
     pub mock: Proc,
     pub relay: Proc,
     pub nginx: Option<nginx::Nginx>,
+    pub haproxy: Option<haproxy::Haproxy>,
 }
 
 impl Stack {
-    /// Where clients connect: nginx when it is in front, else the relay.
+    /// Where clients connect: the front (nginx or HAProxy) when there is one, else the relay.
     pub fn base(&self) -> String {
-        match &self.nginx {
-            Some(n) => n.base(),
-            None => format!("http://{}", self.relay.addr),
+        match (&self.nginx, &self.haproxy) {
+            (Some(n), _) => n.base(),
+            (None, Some(h)) => h.base(),
+            (None, None) => format!("http://{}", self.relay.addr),
+        }
+    }
+
+    /// The path a request takes, for messages.
+    pub fn path(&self) -> &'static str {
+        match (&self.nginx, &self.haproxy) {
+            (Some(_), _) => "client → nginx → relay → mock",
+            (None, Some(_)) => "client → HAProxy → relay → mock",
+            (None, None) => "client → relay → mock",
         }
     }
 }
 
-/// mock + relay (+ nginx); `None` when nginx is wanted but not installed (and not required).
+/// mock + relay (+ nginx or HAProxy); `None` when the front is wanted but not installed (and not required).
 pub async fn stack(front: Front, options: Options) -> Result<Option<Stack>> {
     stack_env(front, options, &[]).await
 }
@@ -71,7 +84,14 @@ pub async fn stack_env(
             Some(b) => Some(b),
             None => return Ok(None),
         },
-        Front::Relay => None,
+        Front::Relay | Front::Haproxy => None,
+    };
+    let haproxy_bin = match front {
+        Front::Haproxy => match haproxy::available() {
+            Some(b) => Some(b),
+            None => return Ok(None),
+        },
+        Front::Relay | Front::Nginx => None,
     };
     let (mock, route) = if options.vendor_tls {
         let (mock, ca) = testkit::proc::start_mock_tls(VENDOR_KEY).await?;
@@ -92,7 +112,21 @@ pub async fn stack_env(
         }
         None => None,
     };
-    Ok(Some(Stack { mock, relay, nginx }))
+    let haproxy = match haproxy_bin {
+        Some(bin) => {
+            let admin = relay
+                .admin()
+                .context("the relay printed no admin address")?;
+            Some(haproxy::start(&bin, relay.addr, admin).await?)
+        }
+        None => None,
+    };
+    Ok(Some(Stack {
+        mock,
+        relay,
+        nginx,
+        haproxy,
+    }))
 }
 
 /// Whether `pid` still runs (a zombie waiting to be reaped does not).
