@@ -83,3 +83,8 @@ build-release:
 # Hot-path micro-benchmarks (scanner, audit decoder, key check, tap)
 bench:
     cargo bench -p relay --bench hot_path
+
+# The container image (deploy/container/Containerfile) as an OCI archive under target/image/, built offline with
+# buildah from a static release binary
+image tag="":
+    bash scripts/image.sh {{tag}}
