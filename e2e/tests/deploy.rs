@@ -24,6 +24,41 @@ fn toml_number(text: &str, key: &str) -> Result<u64> {
         .with_context(|| format!("no `{key} = <number>` line"))
 }
 
+const VENDOR_KEY: &str = "vendor-key";
+const VENDOR_KEY_VAR: &str = "VENDOR_KEY";
+const CLIENT_KEY: &str = "client-key";
+
+/// A mock vendor, and a relay config for it (its key in `VENDOR_KEY_VAR`, the client's [`CLIENT_KEY`]).
+async fn mock_and_relay_config() -> Result<(testkit::proc::Proc, String)> {
+    let mock = testkit::proc::start_mock(VENDOR_KEY).await?;
+    let config = mock_upstream::relay_config(&mock_upstream::RelayToml {
+        https: false,
+        mock: mock.addr,
+        top: "",
+        tenant: "t",
+        client_key: CLIENT_KEY,
+        secret_env: VENDOR_KEY_VAR,
+        route: "",
+    });
+    Ok((mock, config))
+}
+
+/// A streamed answer through `relay`: 200, ending with the terminal event (the relay's log in any failure).
+async fn one_stream(relay: &testkit::proc::Proc) -> Result<()> {
+    let res = testkit::client::chat(&relay.url(""), CLIENT_KEY, &[("x-mock-chunks", "3")])
+        .send()
+        .await
+        .with_context(|| format!("the relay's log: {}", relay.logs()))?;
+    let status = res.status();
+    let body = res.text().await?;
+    ensure!(
+        status == 200 && body.ends_with("data: [DONE]\n\n"),
+        "{status}: {body:?}; the relay's log: {}",
+        relay.logs()
+    );
+    Ok(())
+}
+
 mod systemd {
     use super::*;
 
@@ -193,20 +228,11 @@ mod systemd {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("notify");
         let socket = tokio::net::UnixDatagram::bind(&path)?;
-        let mock = testkit::proc::start_mock("vendor-key").await?;
-        let config = mock_upstream::relay_config(&mock_upstream::RelayToml {
-            https: false,
-            mock: mock.addr,
-            top: "",
-            tenant: "t",
-            client_key: "client-key",
-            secret_env: "VENDOR_KEY",
-            route: "",
-        });
+        let (_mock, config) = mock_and_relay_config().await?;
         let notify = path.display().to_string();
         let relay = testkit::proc::start_relay(
             &config,
-            &[("VENDOR_KEY", "vendor-key"), ("NOTIFY_SOCKET", &notify)],
+            &[(VENDOR_KEY_VAR, VENDOR_KEY), ("NOTIFY_SOCKET", &notify)],
             "info",
         )
         .await?;
@@ -222,20 +248,7 @@ mod systemd {
             "notification {said:?}"
         );
         // Ready means serving: a stream works now.
-        let res = reqwest::Client::builder()
-            .no_proxy()
-            .build()?
-            .post(relay.url("/v1/chat/completions"))
-            .bearer_auth("client-key")
-            .header("content-type", "application/json")
-            .header("x-mock-chunks", "3")
-            .body(r#"{"model":"mock-1","stream":true,"messages":[]}"#)
-            .send()
-            .await?;
-        ensure!(res.status() == 200, "status {}", res.status());
-        let body = res.text().await?;
-        ensure!(body.contains("data: [DONE]"), "body {body:?}");
-        Ok(())
+        one_stream(&relay).await
     }
 }
 
@@ -549,16 +562,7 @@ mod image {
             "running the image's binary needs chroot, as root (CI is)"
         );
         let u = unpack(&archive)?;
-        let mock = testkit::proc::start_mock("vendor-key").await?;
-        let config = mock_upstream::relay_config(&mock_upstream::RelayToml {
-            https: false,
-            mock: mock.addr,
-            top: "",
-            tenant: "t",
-            client_key: "client-key",
-            secret_env: "VENDOR_KEY",
-            route: "",
-        });
+        let (mock, config) = mock_and_relay_config().await?;
         let by_name = config.replace(&mock.addr.ip().to_string(), "localhost");
         ensure!(
             by_name != config,
@@ -569,28 +573,10 @@ mod image {
         let mut cmd = tokio::process::Command::from(in_image(&u));
         cmd.args(["--config", "/etc/ssegate/test.toml"])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .env("VENDOR_KEY", "vendor-key")
+            .env(VENDOR_KEY_VAR, VENDOR_KEY)
             .env("RUST_LOG", "info");
         let relay = testkit::proc::spawn_listening(cmd, "image-relay", 1).await?;
-        let res = reqwest::Client::builder()
-            .no_proxy()
-            .build()?
-            .post(relay.url("/v1/chat/completions"))
-            .bearer_auth("client-key")
-            .header("content-type", "application/json")
-            .header("x-mock-chunks", "5")
-            .body(r#"{"model":"mock-1","stream":true,"messages":[]}"#)
-            .send()
-            .await?;
-        ensure!(
-            res.status() == 200,
-            "status {}: {}",
-            res.status(),
-            relay.logs()
-        );
-        let body = res.text().await?;
-        ensure!(body.ends_with("data: [DONE]\n\n"), "body {body:?}");
-        Ok(())
+        one_stream(&relay).await
     }
 }
 
@@ -613,56 +599,13 @@ mod kubernetes {
     }
 
     fn prepare() -> Result<Option<PathBuf>> {
-        let Some(python) = testkit::proc::installed("python3", REQUIRE_PYTHON, "python3-venv")
-        else {
-            return Ok(None);
-        };
-        let venv = root()?.join("target/k8s-venv");
-        let py = venv.join("bin/python");
         let check = format!(
-            "import sys, jsonschema, yaml; from importlib.metadata import version; \
+            "import jsonschema, yaml, sys; from importlib.metadata import version; \
              sys.exit(version('kubernetes-validate') != '{VALIDATE}')"
         );
-        let ready = |py: &Path| {
-            Command::new(py)
-                .args(["-c", &check])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if ready(&py) {
-            return Ok(Some(py));
-        }
         let package = format!("kubernetes-validate=={VALIDATE}");
-        let venv_arg = venv.display().to_string();
-        let steps: [(&Path, Vec<&str>); 2] = [
-            (&python, vec!["-m", "venv", "--clear", &venv_arg]),
-            (
-                &py,
-                vec![
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    &package,
-                ],
-            ),
-        ];
-        for (program, args) in steps {
-            let out = Command::new(program).args(&args).output()?;
-            if !out.status.success() {
-                let why = format!(
-                    "cannot set up kubernetes-validate ({} {}): {}",
-                    program.display(),
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                ensure!(std::env::var(REQUIRE_PYTHON).as_deref() != Ok("1"), "{why}");
-                testkit::proc::skipped(&why);
-                return Ok(None);
-            }
-        }
-        Ok(Some(py))
+        let venv = root()?.join("target/k8s-venv");
+        testkit::python::venv(&venv, &[&package], &check, REQUIRE_PYTHON)
     }
 
     /// `scripts/check-kubernetes.py` on the kit at `kit`: every overlay rendered by kubectl, validated strictly,

@@ -217,17 +217,9 @@ where
     tokio::select! {
         r = conn.as_mut() => r,
         () = Watch::new(stop) => {
-            let mut check = tokio::time::interval(drain::DRAIN_LINGER / 4);
-            loop {
-                tokio::select! {
-                    ended = conn.as_mut() => return ended,
-                    _ = check.tick() => {
-                        let idle = activity.idle_for(tokio::time::Instant::now());
-                        if idle.is_some_and(|d| d >= drain::DRAIN_LINGER) {
-                            break;
-                        }
-                    }
-                }
+            tokio::select! {
+                ended = conn.as_mut() => return ended,
+                () = activity.idle(drain::DRAIN_LINGER) => {}
             }
             conn.as_mut().graceful_shutdown();
             conn.await

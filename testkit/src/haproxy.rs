@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -101,9 +100,7 @@ pub async fn start(binary: &Path, relay: SocketAddr, admin: SocketAddr) -> Resul
     let mut last_error = String::new();
     for _ in 0..5 {
         // haproxy cannot report a port-0 bind, so take a free port from the kernel and hand it over.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = super::proc::free_port()?;
         let dir = tempfile::Builder::new()
             .prefix("ssegate-haproxy-")
             .tempdir()?;
@@ -124,17 +121,12 @@ pub async fn start(binary: &Path, relay: SocketAddr, admin: SocketAddr) -> Resul
             child,
             dir,
         };
-        // Readiness: connect until it accepts or exits.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(haproxy.addr).await.is_ok() {
-                return Ok(haproxy);
-            }
-            if let Some(status) = haproxy.child.try_wait()? {
-                last_error = format!("{status}: {}", haproxy.log());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Readiness: it prints no "listening" line, so connect until it accepts or exits (then retry on a new
+        // port: another process may have taken this one).
+        match super::proc::await_accepting(haproxy.addr, &mut haproxy.child).await {
+            Ok(None) => return Ok(haproxy),
+            Ok(Some(status)) => last_error = format!("{status}: {}", haproxy.log()),
+            Err(e) => last_error = format!("{e}: {}", haproxy.log()),
         }
     }
     bail!("haproxy did not start: {last_error}")

@@ -21,5 +21,6 @@ pub mod idp;
 pub mod nginx;
 pub mod proc;
 pub mod prometheus;
+pub mod python;
 pub mod redis;
 pub mod sse;

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -159,9 +158,7 @@ pub async fn start(binary: &Path, upstream: SocketAddr, opts: Options) -> Result
     let mut last_error = String::new();
     for _ in 0..5 {
         // nginx cannot report a port-0 bind, so take a free port from the kernel and hand it over.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = super::proc::free_port()?;
         let dir = tempfile::Builder::new()
             .prefix("ssegate-nginx-")
             .tempdir()?;
@@ -224,17 +221,12 @@ pub async fn start(binary: &Path, upstream: SocketAddr, opts: Options) -> Result
             child,
             dir,
         };
-        // Readiness: nginx prints no "listening" line, so connect until it accepts or exits.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(nginx.addr).await.is_ok() {
-                return Ok(nginx);
-            }
-            if let Some(status) = nginx.child.try_wait()? {
-                last_error = format!("{status}: {}", nginx.error_log());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Readiness: it prints no "listening" line, so connect until it accepts or exits (then retry on a new
+        // port: another process may have taken this one).
+        match super::proc::await_accepting(nginx.addr, &mut nginx.child).await {
+            Ok(None) => return Ok(nginx),
+            Ok(Some(status)) => last_error = format!("{status}: {}", nginx.error_log()),
+            Err(e) => last_error = format!("{e}: {}", nginx.error_log()),
         }
     }
     bail!("nginx did not start: {last_error}")

@@ -105,6 +105,17 @@ impl Proc {
             .ok()
     }
 
+    /// The text of `GET /metrics` on its admin listener.
+    pub async fn metrics(&self) -> Result<String> {
+        let admin = self.admin().context("no admin address printed")?;
+        Ok(crate::client::client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// Resident memory in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
         self.child.id().map_or(0, rss_kib)
@@ -114,6 +125,34 @@ impl Proc {
     pub fn cpu_ns(&self) -> u64 {
         self.child.id().map_or(0, cpu_ns)
     }
+}
+
+/// A free loopback port, for a server that cannot report a port-0 bind: bound and released, so another process
+/// could take it first (callers retry on a fresh one).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits (up to 10 s) until `addr` accepts a connection: `Ok(None)`; or until `child` exits first:
+/// `Ok(Some(status))`. For servers that print no line to wait for (nginx, HAProxy).
+pub async fn await_accepting(
+    addr: SocketAddr,
+    child: &mut std::process::Child,
+) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(None);
+        }
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        // Nothing to await: a refused connect is the only sign it is not listening yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("{addr} accepted nothing within 10 s")
 }
 
 /// A system binary a test needs (`name` on `PATH` or in `/usr/sbin`), or `None` to skip the test; when the

@@ -51,9 +51,7 @@ pub async fn start(binary: &Path, targets: &[SocketAddr], rules: &[PathBuf]) -> 
     );
     std::fs::write(dir.path().join("prometheus.yml"), config)?;
     // Prometheus cannot report a port-0 bind: take a free port from the kernel and hand it over.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = super::proc::free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let child = Command::new(binary)
         .arg(format!(

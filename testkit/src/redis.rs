@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::proc::{installed, terminate};
+use super::proc::{free_port, installed, terminate};
 
 /// A running redis-server (or one stopped by [`Redis::stop`]).
 pub struct Redis {
@@ -176,14 +176,6 @@ pub struct Cluster {
     nodes: Vec<Child>,
     ports: Vec<u16>,
     cli: PathBuf,
-}
-
-/// A free loopback port (bound and released: another process could take it before the node does, which makes
-/// [`Cluster::start`] fail rather than misbehave).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl Cluster {

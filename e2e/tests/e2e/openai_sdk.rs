@@ -5,11 +5,9 @@
 //! package fails the test; otherwise the test says why it skips.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use testkit::proc::installed;
+use anyhow::{Context, Result};
 use tokio::sync::OnceCell;
 
 use crate::stack::{Front, Options, stack};
@@ -33,62 +31,18 @@ async fn sdk_python() -> Result<Option<PathBuf>> {
 }
 
 fn prepare() -> Result<Option<PathBuf>> {
-    let Some(python) = installed("python3", REQUIRE, "python3-venv") else {
-        return Ok(None);
-    };
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-venv");
-    let py = venv.join("bin/python");
     let check = format!(
         "import sys, openai, httpx, httpx_sse; from importlib.metadata import version; \
          sys.exit(openai.__version__ != '{OPENAI}' or version('httpx-sse') != '{HTTPX_SSE}')"
     );
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args(["-c", &check])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready(&py) {
-        return Ok(Some(py));
-    }
-    let venv_arg = venv.to_string_lossy();
     let packages = [
         format!("openai=={OPENAI}"),
         format!("httpx-sse=={HTTPX_SSE}"),
         format!("httpx=={HTTPX}"),
     ];
-    let make_venv = ["-m", "venv", "--clear", &*venv_arg];
-    let install = [
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        &packages[0],
-        &packages[1],
-        &packages[2],
-    ];
-    let steps: [(&Path, &[&str]); 2] = [(&python, &make_venv), (&py, &install)];
-    for (program, args) in steps {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", program.display()))?;
-        if !out.status.success() {
-            let why = format!(
-                "cannot set up the openai SDK ({} {}): {}",
-                program.display(),
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if std::env::var(REQUIRE).as_deref() == Ok("1") {
-                bail!("{why}");
-            }
-            testkit::proc::skipped(&why);
-            return Ok(None);
-        }
-    }
-    Ok(Some(py))
+    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-venv");
+    testkit::python::venv(&venv, &packages, &check, REQUIRE)
 }
 
 fn numbers(v: &serde_json::Value) -> Vec<f64> {

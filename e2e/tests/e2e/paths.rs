@@ -9,39 +9,26 @@ use crate::stack::{Front, Options, Stack, stack};
 use crate::support::*;
 
 /// Declares one test per path (direct, nginx, HAProxy) for an `async fn(Stack) -> Result<()>`.
-macro_rules! on_both_paths {
-    ($($check:ident),* $(,)?) => {
-        mod direct {
+macro_rules! on_every_path {
+    (@path $module:ident, $front:ident, $($check:ident),*) => {
+        mod $module {
             $(#[tokio::test]
             async fn $check() -> anyhow::Result<()> {
-                match super::stack(super::Front::Relay, super::Options::default()).await? {
-                    Some(s) => super::$check(s).await,
-                    None => Ok(()),
-                }
-            })*
-        }
-        mod via_nginx {
-            $(#[tokio::test]
-            async fn $check() -> anyhow::Result<()> {
-                match super::stack(super::Front::Nginx, super::Options::default()).await? {
-                    Some(s) => super::$check(s).await,
-                    None => Ok(()),
-                }
-            })*
-        }
-        mod via_haproxy {
-            $(#[tokio::test]
-            async fn $check() -> anyhow::Result<()> {
-                match super::stack(super::Front::Haproxy, super::Options::default()).await? {
+                match super::stack(super::Front::$front, super::Options::default()).await? {
                     Some(s) => super::$check(s).await,
                     None => Ok(()),
                 }
             })*
         }
     };
+    ($($check:ident),* $(,)?) => {
+        on_every_path!(@path direct, Relay, $($check),*);
+        on_every_path!(@path via_nginx, Nginx, $($check),*);
+        on_every_path!(@path via_haproxy, Haproxy, $($check),*);
+    };
 }
 
-on_both_paths!(
+on_every_path!(
     oversize_bodies_get_the_relays_413,
     frames_arrive_incrementally_and_unchanged,
     wrong_client_key_is_401_and_costs_nothing,

@@ -127,13 +127,7 @@ async fn a_sighup_reload_changes_keys_and_limits_while_50_streams_finish_byte_id
         200,
         "the old config still serves"
     );
-    let admin = format!("http://{}", relay.admin().context("no admin address")?);
-    let metrics = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = relay.metrics().await?;
     assert!(
         metrics.contains("ssegate_config_reloads_total{result=\"ok\"} 1"),
         "{metrics}"

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mock_upstream::tls::{Leaf, Pki};
 use tokio::process::Command;
 
@@ -88,13 +88,7 @@ async fn each_certificate_problem_is_a_named_502() -> Result<()> {
             0,
             "{leaf:?}: the vendor was called"
         );
-        let admin = relay.admin().context("no admin line")?;
-        let metrics = client()
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let metrics = relay.metrics().await?;
         let labels = ["route=\"/v1/chat/completions\"", "kind=\"tls\""];
         let counted = sample(&metrics, "ssegate_upstream_errors_total", &labels);
         assert_eq!(counted, Some(1.0), "{leaf:?}: not counted");

@@ -3,10 +3,11 @@
 //! second vendor call, talking to the relay directly or through nginx.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use tokio::sync::watch;
 
 use crate::stack::{Front, Options, stack};
 use crate::support::*;
@@ -22,25 +23,15 @@ impl Drop for Successor {
     }
 }
 
-/// Short requests, each on a new connection, one every 5 ms until `stop`: how many were sent, and every one that
-/// did not get a whole 200 answer.
-async fn steady(base: String, sent: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Vec<String> {
+/// Short requests, each on a new connection (`chat` builds a new client each time), one every 5 ms until `stop`:
+/// `sent` counts them; returns every one that did not get a whole 200 answer.
+async fn steady(base: String, sent: Arc<watch::Sender<u64>>, stop: Arc<AtomicBool>) -> Vec<String> {
     let mut failures = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
-        let fresh = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap_or_default();
-        let rb = fresh
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .header("content-type", "application/json")
-            .header("x-mock-chunks", "1")
-            .body(r#"{"model":"mock-1","stream":true,"messages":[]}"#);
-        sent.fetch_add(1, Ordering::SeqCst);
+        let rb = chat(&base, CLIENT_KEY, &[("x-mock-chunks", "1")]);
+        sent.send_modify(|n| *n += 1);
         match rb.send().await {
             Ok(res) => {
                 let status = res.status();
@@ -59,15 +50,14 @@ async fn steady(base: String, sent: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Ve
 }
 
 /// Waits until `sent` has grown by `more` (the loop is running against whoever serves now).
-async fn sent_more(sent: &AtomicU64, more: u64) -> Result<()> {
-    let target = sent.load(Ordering::SeqCst) + more;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while sent.load(Ordering::SeqCst) < target {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .context("the client loop stalled")
+async fn sent_more(sent: &watch::Sender<u64>, more: u64) -> Result<()> {
+    let mut counted = sent.subscribe();
+    let target = *counted.borrow() + more;
+    tokio::time::timeout(Duration::from_secs(20), counted.wait_for(|n| *n >= target))
+        .await
+        .context("the client loop stalled")?
+        .context("the client loop ended")?;
+    Ok(())
 }
 
 async fn upgrade_with_streams_in_flight(front: Front) -> Result<()> {
@@ -88,7 +78,7 @@ async fn upgrade_with_streams_in_flight(front: Front) -> Result<()> {
         "the 50 streams did not start"
     );
     let (sent, stop) = (
-        Arc::new(AtomicU64::new(0)),
+        Arc::new(watch::Sender::new(0)),
         Arc::new(AtomicBool::new(false)),
     );
     let looping = tokio::spawn(steady(base.clone(), sent.clone(), stop.clone()));
@@ -118,7 +108,7 @@ async fn upgrade_with_streams_in_flight(front: Front) -> Result<()> {
     sent_more(&sent, 50).await?;
     stop.store(true, Ordering::SeqCst);
     let failures = looping.await?;
-    let sent = sent.load(Ordering::SeqCst);
+    let sent = *sent.borrow();
     let nginx_errors = s.nginx.as_ref().map(|n| n.error_log()).unwrap_or_default();
     ensure!(
         failures.is_empty(),

@@ -27,6 +27,8 @@ pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
 pub struct Activity {
     busy: AtomicU32,
     idle_since: Mutex<Instant>,
+    /// Told each time a request ends, for [`Activity::idle`] to wait on.
+    ended: tokio::sync::Notify,
 }
 
 impl Default for Activity {
@@ -34,6 +36,7 @@ impl Default for Activity {
         Self {
             busy: AtomicU32::new(0),
             idle_since: Mutex::new(Instant::now()),
+            ended: tokio::sync::Notify::new(),
         }
     }
 }
@@ -46,7 +49,7 @@ impl Activity {
     }
 
     /// How long the connection has had no request in progress; `None` while one is.
-    pub fn idle_for(&self, now: Instant) -> Option<Duration> {
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
         if self.busy.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -55,6 +58,19 @@ impl Activity {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Some(now.saturating_duration_since(since))
+    }
+
+    /// Resolves once the connection has had no request in progress for `linger`: it sleeps out what is left of
+    /// `linger` when idle, and waits for the request in progress to end otherwise (no periodic check).
+    pub async fn idle(&self, linger: Duration) {
+        loop {
+            match self.idle_for(Instant::now()) {
+                Some(idle) if idle >= linger => return,
+                Some(idle) => tokio::time::sleep(linger - idle).await,
+                // `notify_one` keeps a permit when nobody waits yet: an end between the check and here is not lost.
+                None => self.ended.notified().await,
+            }
+        }
     }
 }
 
@@ -71,6 +87,7 @@ impl Drop for InProgress {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_one();
     }
 }
 

@@ -293,13 +293,7 @@ async fn run_serial(
 /// side-by-side run once reported the relay at 4-5 times nginx's CPU per event (issue 23). Reads
 /// `ssegate_build_info` from the relay's admin listener.
 async fn require_release(relay: &Proc) -> Result<()> {
-    let admin = relay
-        .admin()
-        .context("the relay did not print its admin address")?;
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let metrics = relay.metrics().await?;
     let info = metrics
         .lines()
         .find(|l| l.starts_with("ssegate_build_info{"))
@@ -315,12 +309,10 @@ async fn require_release(relay: &Proc) -> Result<()> {
 
 /// The value of the first sample on the relay's `/metrics` whose line starts with `series`.
 async fn metric(relay: &Proc, series: &str) -> Result<f64> {
-    let admin = relay.admin().context("the relay has no admin address")?;
-    let text = reqwest::get(format!("http://{admin}/metrics"))
+    relay
+        .metrics()
         .await?
-        .text()
-        .await?;
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(series))
         .and_then(|rest| rest.trim().parse().ok())
         .with_context(|| format!("no {series} on the relay's /metrics"))
