@@ -57,7 +57,8 @@ pub use jwt::{ALGORITHMS, JwtSettings, RawAuth, RawJwt};
 pub use otel::{OtelConfig, RawOtel};
 pub use proxy::{Egress, ProxyConfig};
 pub use route::{
-    RawRoute, RawTarget, Route, RouteTls, Secret, Target, TlsRoots, UpstreamAuth, UsageMode,
+    RawResume, RawRoute, RawTarget, Resume, Route, RouteTls, Secret, Target, TlsRoots,
+    UpstreamAuth, UsageMode,
 };
 pub use server::{AuditConfig, LogFormat, RawAudit, RawMetrics, ServerLimits, check_admin};
 pub use store::{OnStoreError, RawStore, StoreServers, StoreSettings};

@@ -14,6 +14,7 @@ use http_body_util::Full;
 use crate::auth::AuthError;
 use crate::body::BodyError;
 use crate::limit::{LimitError, RateOf};
+use crate::resume::ResumeError;
 use crate::route::RouteError;
 use crate::trace::TRACE_ID;
 use crate::upstream::{UpstreamError, chain};
@@ -37,6 +38,8 @@ pub enum RelayError {
     Body(#[from] BodyError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
 }
 
 impl RelayError {
@@ -68,6 +71,9 @@ impl RelayError {
             RelayError::Upstream(UpstreamError::Protocol(_)) => "upstream_protocol",
             RelayError::Upstream(UpstreamError::Redirect(_)) => "upstream_redirect",
             RelayError::Upstream(UpstreamError::Credential(_)) => "upstream_credential",
+            RelayError::Resume(ResumeError::NotFound) => "stream_not_found",
+            RelayError::Resume(ResumeError::Gone) => "stream_gone",
+            RelayError::Resume(ResumeError::BadRequest(_)) => "bad_resume",
         }
     }
 
@@ -95,6 +101,9 @@ impl RelayError {
                 | UpstreamError::ProxyTimeout(_),
             ) => StatusCode::GATEWAY_TIMEOUT,
             RelayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            RelayError::Resume(ResumeError::NotFound) => StatusCode::NOT_FOUND,
+            RelayError::Resume(ResumeError::Gone) => StatusCode::GONE,
+            RelayError::Resume(ResumeError::BadRequest(_)) => StatusCode::BAD_REQUEST,
         }
     }
 

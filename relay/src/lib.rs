@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod otel;
 pub mod outcome;
 pub mod record;
+pub mod resume;
 pub mod route;
 pub mod server;
 pub mod shutdown;

@@ -34,6 +34,8 @@
 //! | `ssegate_trace_spans_total` | counter | result (`ended`, `exported`, `export_failed`) | spans handed to the trace exporter and what became of them; `ended` minus the others is what a full queue dropped (traces on only, [`crate::otel`]) |
 //! | `ssegate_build_info` | gauge (1) | version, profile (`release`, `debug`) | what is running; `debug` is an unoptimized build, also warned about at startup |
 //! | `ssegate_log_lines_dropped_total` | counter | | log and audit lines dropped because the log reader did not keep up and the writer's queue was full ([`crate::logs`]) |
+//! | `ssegate_resumes_total` | counter | | answers a client resumed (`GET /v1/streams/{id}`, [`crate::resume`]); refused resumes are rejections (`stream_not_found`, `stream_gone`, `bad_resume`) |
+//! | `ssegate_resume_detached_total` | counter | end (`expired`, `not_resumable`, `stopped`) | answers of resumable routes whose vendor call was cancelled: `expired`, no client came back within the window; `not_resumable`, the client left an answer over `max_bytes`; `stopped`, a client asked (`DELETE /v1/streams/{id}`) |
 //! | `process_*` | | | CPU seconds, resident memory, open and max file descriptors, threads (`metrics-process`) |
 
 pub mod buckets;
@@ -62,6 +64,8 @@ pub const KEEPALIVES: &str = "ssegate_keepalives_total";
 pub const TOKENS: &str = "ssegate_tokens_total";
 pub const TRACE_SPANS: &str = "ssegate_trace_spans_total";
 pub const LOG_DROPPED: &str = "ssegate_log_lines_dropped_total";
+pub const RESUMES: &str = "ssegate_resumes_total";
+pub const RESUME_DETACHED: &str = "ssegate_resume_detached_total";
 pub const BUILD_INFO: &str = "ssegate_build_info";
 pub const CONFIG_RELOADS: &str = "ssegate_config_reloads_total";
 pub const CONFIG_INFO: &str = "ssegate_config_info";
@@ -153,6 +157,11 @@ fn describe() {
     describe_gauge!(
         STREAMS_IN_FLIGHT,
         "Streams whose body is still being relayed"
+    );
+    describe_counter!(RESUMES, "Answers a client resumed");
+    describe_counter!(
+        RESUME_DETACHED,
+        "Resumable answers whose vendor call was cancelled, by why"
     );
     describe_counter!(
         REQUESTS,
@@ -279,6 +288,9 @@ const REJECTION_REASONS: &[&str] = &[
     "not_found",
     "method_not_allowed",
     "bad_request_body",
+    "stream_not_found",
+    "stream_gone",
+    "bad_resume",
 ];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const DURATION_CLASSES: [&str; 3] = ["complete", "failed", "cancelled"];
@@ -516,6 +528,17 @@ fn rejections() -> &'static Known {
 }
 
 /// A request refused before any vendor call.
+/// An answer was resumed by a client.
+pub fn resumed() {
+    counter!(RESUMES).increment(1);
+}
+
+/// A resumable answer was cancelled: `expired` (no client came back within the window), `not_resumable` (its
+/// client left an answer over `max_bytes`) or `stopped` (a client asked).
+pub fn resume_detached(end: &'static str) {
+    counter!(RESUME_DETACHED, "end" => end).increment(1);
+}
+
 /// A limit store call failed or timed out (counted even with request-path metrics off: it is an outage signal).
 pub fn store_error() {
     counter!(STORE_ERRORS).increment(1);

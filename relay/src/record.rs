@@ -25,6 +25,8 @@ pub struct Record {
     started: Instant,
     /// The vendor's status and the attempts it took, once it answered.
     answer: Option<(u16, usize)>,
+    /// A resumable answer's stream id, and how many times it was resumed by its end.
+    stream: Option<(Arc<str>, u32)>,
     written: bool,
 }
 
@@ -38,6 +40,7 @@ impl Record {
             vendor_trace_id: None,
             started,
             answer: None,
+            stream: None,
             written: false,
         }
     }
@@ -46,6 +49,11 @@ impl Record {
     pub fn answered(&mut self, status: u16, attempts: usize, vendor_trace_id: Option<Arc<str>>) {
         self.answer = Some((status, attempts));
         self.vendor_trace_id = vendor_trace_id;
+    }
+
+    /// The answer is resumable, as stream `id`, and was resumed `resumes` times so far.
+    pub fn resumable(&mut self, id: Arc<str>, resumes: u32) {
+        self.stream = Some((id, resumes));
     }
 
     /// Whose request this is.
@@ -93,6 +101,7 @@ impl Record {
         let ttfb_ms = seen.and_then(|s| s.first_byte).map(ms);
         let duration_ms = ms(Instant::now());
         let (status, attempts) = self.answer.unzip();
+        let (stream_id, resumes) = self.stream.clone().unzip();
         let (text, text_truncated) = seen
             .and_then(|s| s.text.as_ref())
             .map(|(t, cut)| (t.as_str(), *cut))
@@ -110,6 +119,8 @@ impl Record {
                     outcome,
                     error,
                     attempts,
+                    stream_id = stream_id.as_deref().map(tracing::field::display),
+                    resumes,
                     bytes = seen.map(|s| s.bytes),
                     frames = seen.map(|s| s.frames),
                     events = seen.and_then(|s| s.events),

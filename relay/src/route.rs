@@ -1,6 +1,7 @@
 //! Routing: what a request asks for, decided from its method and path alone, before any key is checked.
 //!
-//! `GET /healthz` needs no key; a configured route's path needs `POST`; anything else is 404. Matching is exact
+//! `GET /healthz` needs no key; a configured route's path needs `POST`; `GET /v1/streams/{id}` resumes an answer and
+//! `DELETE` on it stops one ([`crate::resume`]); anything else is 404. Matching is exact
 //! (no prefixes, no query): the vendor URL is the route's, never built from the request. The next stage is
 //! [`crate::auth`].
 
@@ -15,6 +16,10 @@ pub enum Routed {
     Health,
     /// The index of the configured route.
     Route(usize),
+    /// `GET /v1/streams/{id}`: resume an answer ([`crate::resume`]).
+    Resume,
+    /// `DELETE /v1/streams/{id}`: stop an answer (the user pressed Stop: cancel the vendor call now).
+    StopStream,
 }
 
 /// Why a request has nowhere to go.
@@ -31,10 +36,17 @@ pub fn route(method: &Method, path: &str, routes: &[Route]) -> Result<Routed, Ro
     if path == "/healthz" && method == Method::GET {
         return Ok(Routed::Health);
     }
-    let index = routes
-        .iter()
-        .position(|r| r.path == path)
-        .ok_or(RouteError::NotFound)?;
+    let index = routes.iter().position(|r| r.path == path);
+    let Some(index) = index else {
+        if path.starts_with(crate::resume::PATH_PREFIX) {
+            match *method {
+                Method::GET => return Ok(Routed::Resume),
+                Method::DELETE => return Ok(Routed::StopStream),
+                _ => {}
+            }
+        }
+        return Err(RouteError::NotFound);
+    };
     if method != Method::POST {
         return Err(RouteError::MethodNotAllowed);
     }

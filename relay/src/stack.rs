@@ -78,6 +78,7 @@ use crate::headers::head_len;
 use crate::limit::{Admitted, Calendar, Limiter, Want};
 use crate::metrics::RouteMeters;
 use crate::record::Record;
+use crate::resume::{Follower, Streams};
 use crate::route::{Routed, route};
 use crate::server::{ConnState, Handler};
 use crate::stream_end::{Billing, StreamEnd};
@@ -91,8 +92,9 @@ use relay_wire::sse::EventScanner;
 const DISCARD_MAX: u64 = 16 << 20;
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Body of every relay response: a tapped upstream body or a small complete one.
-pub type RelayBody = Either<TapBody<VendorBody, StreamEnd>, Full<Bytes>>;
+/// Body of every relay response: a tapped upstream body, a resumable answer's follower ([`crate::resume`]), or a
+/// small complete one.
+pub type RelayBody = Either<Either<TapBody<VendorBody, StreamEnd>, Follower>, Full<Bytes>>;
 
 /// Shared, immutable state of the request path; one per worker thread ([`Relay::for_worker`]).
 pub struct Relay {
@@ -104,6 +106,8 @@ pub struct Relay {
     auth: Authenticator,
     limiter: Limiter,
     account: Arc<Account>,
+    /// Resumable answers, in this process.
+    streams: Arc<Streams>,
     drain: CancellationToken,
 }
 
@@ -158,7 +162,8 @@ impl Relay {
         )
         .with_store(store);
         let account = Arc::new(Account::new(limiter.clone(), config.tenants.clone()));
-        Self::assemble(config, tls, auth, drain, limiter, account)
+        let streams = Arc::default();
+        Self::assemble(config, tls, auth, drain, (limiter, account, streams))
     }
 
     /// This relay after a reload to `config` (its vendor TLS and credentials built from it): new requests are
@@ -176,7 +181,14 @@ impl Relay {
             self.account
                 .reloaded(limiter.clone(), config.tenants.clone()),
         );
-        Self::assemble(config, tls, auth, self.drain.clone(), limiter, account)
+        let streams = self.streams.clone();
+        Self::assemble(
+            config,
+            tls,
+            auth,
+            self.drain.clone(),
+            (limiter, account, streams),
+        )
     }
 
     /// The configuration this relay serves.
@@ -189,8 +201,7 @@ impl Relay {
         tls: crate::upstream::VendorTls,
         auth: Authenticator,
         drain: CancellationToken,
-        limiter: Limiter,
-        account: Arc<Account>,
+        (limiter, account, streams): (Limiter, Arc<Account>, Arc<Streams>),
     ) -> Self {
         let upstreams = Upstream::for_routes(&config.routes, &tls);
         let route_names = config
@@ -212,6 +223,7 @@ impl Relay {
             auth,
             limiter,
             account,
+            streams,
             drain,
         }
     }
@@ -233,6 +245,7 @@ impl Relay {
             auth: self.auth.clone(),
             limiter: self.limiter.clone(),
             account: self.account.clone(),
+            streams: self.streams.clone(),
             drain: self.drain.clone(),
         }
     }
@@ -263,6 +276,14 @@ impl Relay {
             let (meters, result) = match routed {
                 _ if head_too_large => (None, Err(RelayError::HeadTooLarge { limit: max_head })),
                 Ok(Routed::Health) => return complete(json_ok()),
+                Ok(Routed::Resume) => {
+                    let resumed = self.resume(&parts, &trace, &mut tenant);
+                    (None, resumed)
+                }
+                Ok(Routed::StopStream) => {
+                    let stopped = self.stop_stream(&parts, &trace, &mut tenant);
+                    (None, stopped)
+                }
                 Ok(Routed::Route(index)) => {
                     let who = (&mut tenant, &mut rate);
                     let forwarded =
@@ -391,6 +412,7 @@ impl Relay {
             called,
             billing,
             permit,
+            resume: None,
         };
         Ok(self.stream_back(route, upstream, started, shown_id, on_end, hide_usage))
     }
@@ -440,13 +462,20 @@ impl Relay {
         upstream: Response<VendorBody>,
         started: Instant,
         trace_id: Arc<str>,
-        on_end: StreamEnd,
+        mut on_end: StreamEnd,
         hide_usage: bool,
     ) -> Response<RelayBody> {
         let (parts, body) = upstream.into_parts();
         let event_stream =
             parts.status.is_success() && crate::headers::is_event_stream(&parts.headers);
         let audit = self.config.audit;
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let resume = route.resume.filter(|_| event_stream).zip(runtime);
+        let log = resume.as_ref().map(|(r, _)| {
+            let log = self.streams.open(on_end.record.tenant_arc(), *r);
+            on_end.resume = Some(log.clone());
+            log
+        });
         let tap = TapParts {
             timers: Timers::starting(
                 started,
@@ -472,9 +501,29 @@ impl Relay {
             hide_usage,
             on_end,
         };
-        let mut res = Response::new(Either::Left(TapBody::new(body, tap)));
+        let tap = TapBody::new(body, tap);
+        let body = match (log, resume) {
+            (Some(log), Some((_, runtime))) => {
+                let follower = log.first_follower();
+                runtime.spawn(crate::resume::produce::produce(
+                    log,
+                    tap,
+                    self.streams.clone(),
+                ));
+                Either::Right(follower)
+            }
+            _ => Either::Left(tap),
+        };
+        let stream_id = match &body {
+            Either::Right(f) => HeaderValue::from_str(f.stream_id()).ok(),
+            Either::Left(_) => None,
+        };
+        let mut res = Response::new(Either::Left(body));
         *res.status_mut() = parts.status;
         let headers = res.headers_mut();
+        if let Some(id) = stream_id {
+            headers.insert(crate::resume::STREAM_ID, id);
+        }
         crate::headers::copy_response_headers(&parts.headers, headers);
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -482,6 +531,59 @@ impl Relay {
             headers.insert(TRACE_ID, v);
         }
         res
+    }
+}
+
+impl Relay {
+    /// `GET /v1/streams/{id}`: the caller (auth), then the answer it resumes, from where it asks
+    /// ([`crate::resume`]).
+    fn resume(
+        &self,
+        parts: &http::request::Parts,
+        trace: &RequestTrace,
+        tenant: &mut Option<Arc<str>>,
+    ) -> Result<Response<RelayBody>, RelayError> {
+        let principal = self.auth.authenticate(&parts.headers)?;
+        trace.tenant(&principal.tenant);
+        *tenant = Some(principal.tenant.clone());
+        let path = parts.uri.path();
+        let follower =
+            self.streams
+                .resume(&principal.tenant, path, parts.uri.query(), &parts.headers)?;
+        crate::metrics::resumed();
+        tracing::info!(stream_id = follower.stream_id(), "stream resumed");
+        let mut res = Response::new(Either::Left(Either::Right(follower)));
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        if let Ok(v) = HeaderValue::from_str(path.trim_start_matches(crate::resume::PATH_PREFIX)) {
+            headers.insert(crate::resume::STREAM_ID, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&trace.id) {
+            headers.insert(TRACE_ID, v);
+        }
+        Ok(res)
+    }
+
+    /// `DELETE /v1/streams/{id}`: the caller (auth), then the answer stopped → 204.
+    fn stop_stream(
+        &self,
+        parts: &http::request::Parts,
+        trace: &RequestTrace,
+        tenant: &mut Option<Arc<str>>,
+    ) -> Result<Response<RelayBody>, RelayError> {
+        let principal = self.auth.authenticate(&parts.headers)?;
+        trace.tenant(&principal.tenant);
+        *tenant = Some(principal.tenant.clone());
+        self.streams.stop(&principal.tenant, parts.uri.path())?;
+        tracing::info!(path = parts.uri.path(), "stream stopped by its client");
+        let mut res = complete(Response::new(Full::new(Bytes::new())));
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        Ok(res)
     }
 }
 

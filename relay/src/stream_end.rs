@@ -32,6 +32,8 @@ pub struct StreamEnd {
     pub(crate) billing: Option<Billing>,
     /// The stream's slots and token reservation: settled by the account, or given back when dropped.
     pub(crate) permit: StreamPermit,
+    /// A resumable answer's log ([`crate::resume`]): its end is the vendor's, not one connection's.
+    pub(crate) resume: Option<Arc<crate::resume::StreamLog>>,
 }
 
 /// An answer's account, with what it is recorded under and the estimate of its request's prompt.
@@ -47,7 +49,14 @@ impl OnEnd for StreamEnd {
     /// stream only once its tail is written to the client's socket (until hyper's last flush, the client may still
     /// lose it: write timeout, connection gone); and a cut connection's record has the bytes that reached the client,
     /// not those handed to hyper.
+    ///
+    /// A resumable answer is read to its end whatever becomes of the connection that asked for it (a client may
+    /// resume it on another), so it ends when the vendor's body does.
     fn on_end(self, end: End, mut seen: Seen) {
+        if self.resume.is_some() {
+            self.finish(end, seen);
+            return;
+        }
         let conn = self.conn.clone();
         conn.when_written(move |delivery| {
             let end = match delivery {
@@ -67,7 +76,10 @@ impl OnEnd for StreamEnd {
 }
 
 impl StreamEnd {
-    fn finish(self, end: End, seen: Seen) {
+    fn finish(mut self, end: End, seen: Seen) {
+        if let Some(log) = &self.resume {
+            self.record.resumable(log.id().clone(), log.resumes());
+        }
         let write_timed_out = matches!(end, End::Cancelled) && self.conn.write_timed_out();
         let m = &self.meters;
         m.in_flight.decrement(1.0);

@@ -75,7 +75,29 @@ pub struct RawRoute {
     /// request body goes as sent, and tokens are counted only when the vendor reports them anyway.
     #[serde(default)]
     pub usage: UsageMode,
+    /// Resumable answers (`resume = { window_ms, max_bytes }`): off when absent.
+    pub resume: Option<RawResume>,
 }
+
+/// `resume = { window_ms = 60000, max_bytes = 1048576 }` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResume {
+    pub window_ms: u64,
+    pub max_bytes: usize,
+}
+
+/// A route's resumable answers ([`crate::resume`]): each answer is kept, and read on after its client leaves, until
+/// no client has followed it for `window`; up to `max_bytes` of it (past that, the answer is no longer resumable and
+/// a client that leaves cancels it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub window: Duration,
+    pub max_bytes: usize,
+}
+
+/// The largest `resume.max_bytes`: one answer kept in memory.
+const MAX_RESUME_BYTES: usize = 256 << 20;
 
 /// How a route gets the vendor's token usage.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -204,6 +226,7 @@ pub struct Route {
     pub tls: RouteTls,
     pub egress: super::Egress,
     pub usage: UsageMode,
+    pub resume: Option<Resume>,
 }
 
 /// Every `[[routes]]` entry, each path used once; at least one.
@@ -260,6 +283,22 @@ fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, Config
         tls: route_tls(&at, r)?,
         egress: super::proxy::egress(&at, r.proxy.as_deref(), r.proxy_auth_file.as_deref(), env)?,
         usage: r.usage,
+        resume: r.resume.as_ref().map(|x| resume(&at, x)).transpose()?,
+    })
+}
+
+/// `resume`: a window from 1 ms to a day, and from 1 KiB to [`MAX_RESUME_BYTES`] kept.
+fn resume(at: &dyn Fn(&str) -> String, r: &RawResume) -> Result<Resume, ConfigError> {
+    let window = timeout(&at("resume.window_ms"), r.window_ms)?;
+    if !(1024..=MAX_RESUME_BYTES).contains(&r.max_bytes) {
+        return Err(field(
+            at("resume.max_bytes"),
+            format!("must be from 1024 to {MAX_RESUME_BYTES}"),
+        ));
+    }
+    Ok(Resume {
+        window,
+        max_bytes: r.max_bytes,
     })
 }
 

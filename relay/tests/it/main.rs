@@ -13,6 +13,7 @@ mod hostile;
 mod hygiene;
 mod jwt;
 mod limits;
+mod resume;
 mod store;
 mod streaming;
 mod support;

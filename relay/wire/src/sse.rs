@@ -9,6 +9,10 @@
 //! State is a few counters plus the first bytes of the current line (enough to compare with the terminal line), so
 //! memory is constant whatever the line length: a line of several MiB costs nothing but the `memchr` over it.
 
+pub mod starts;
+
+pub use starts::EventStarts;
+
 /// Longest terminal line the scanner can recognise.
 pub const MAX_TERMINAL_LINE: usize = 64;
 

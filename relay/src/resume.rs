@@ -1,0 +1,164 @@
+//! Resumable answers: a client that loses its connection gets the rest of the answer, with no second vendor call.
+//!
+//! On a route with `resume = { window_ms, max_bytes }`, an event-stream answer is not tied to the connection that
+//! asked for it. A task ([`produce`]) owns the tapped vendor body and reads it into the answer's [`StreamLog`]; the
+//! client's response body is a [`Follower`] of that log, which sends each event after an `id: <stream>:<seq>` line
+//! of its own (a separate small frame, so the vendor's bytes go out as the same `Bytes`, unchanged). The response
+//! names the stream in `x-ssegate-stream-id`.
+//!
+//! When the client leaves, the vendor call goes on for `window_ms`: a client that comes back within it with
+//! `GET /v1/streams/{id}` (authenticated as the same tenant) and `Last-Event-ID: <id>:<seq>` (or `?after=<seq>`) gets
+//! the events after that one, then follows live to the end. No client within the window → the vendor call is
+//! cancelled (counted: `ssegate_resume_detached_total{end="expired"}`). An answer over `max_bytes` stops being
+//! resumable: what its client has read is dropped, and its client leaving cancels it as on any other route. The
+//! answer is charged once, on its real end, whoever read it; the audit line names the stream and counts its resumes.
+//!
+//! A front end's Stop button says `DELETE /v1/streams/{id}`: the vendor call is cancelled at once (without it, a
+//! client that leaves keeps the vendor generating for the window). Unknown stream, or another tenant's: 404. Cancelled, over `max_bytes`, or kept no longer: 410. The log lives in
+//! this process: a resume must reach the replica that served the answer (the Redis-backed log is the next step).
+
+pub mod log;
+pub mod produce;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::HeaderMap;
+
+pub use log::{Follower, StreamLog};
+
+use crate::config::Resume;
+
+/// The path resumes are asked on, followed by the stream id.
+pub const PATH_PREFIX: &str = "/v1/streams/";
+/// The response header that names a resumable answer's stream.
+pub const STREAM_ID: &str = "x-ssegate-stream-id";
+
+/// Why a resume is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    #[error("no such stream")]
+    NotFound,
+    #[error("this answer can no longer be resumed")]
+    Gone,
+    #[error("{0}")]
+    BadRequest(&'static str),
+}
+
+/// Every resumable answer this relay holds, by stream id; shared by the worker threads and kept across reloads.
+#[derive(Debug, Default)]
+pub struct Streams {
+    map: Mutex<HashMap<Arc<str>, Arc<StreamLog>>>,
+}
+
+impl Streams {
+    /// A new answer's log, under a fresh random id (128 bits).
+    pub fn open(&self, tenant: Arc<str>, resume: Resume) -> Arc<StreamLog> {
+        let id: Arc<str> = new_stream_id().into();
+        let log = Arc::new(StreamLog::new(id.clone(), tenant, resume));
+        self.lock().insert(id, log.clone());
+        log
+    }
+
+    /// Answers kept now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<StreamLog>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `GET /v1/streams/{id}` by `tenant`: a follower from after the event the client names (`Last-Event-ID`, else
+    /// `?after=`, else from the start).
+    pub fn resume(
+        &self,
+        tenant: &str,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Follower, ResumeError> {
+        let id = path.strip_prefix(PATH_PREFIX).unwrap_or_default();
+        if !is_stream_id(id) {
+            return Err(ResumeError::NotFound);
+        }
+        let after = after(id, query, headers)?;
+        let log = self.lock().get(id).cloned();
+        // Another tenant's stream is not found: its existence is not theirs to learn.
+        let log = log
+            .filter(|l| l.tenant() == tenant)
+            .ok_or(ResumeError::NotFound)?;
+        log.resume(after).map_err(|r| match r {
+            log::Refusal::Gone => ResumeError::Gone,
+            log::Refusal::AfterTheEnd => {
+                ResumeError::BadRequest("the answer has no such event yet")
+            }
+        })
+    }
+}
+
+impl Streams {
+    /// `DELETE /v1/streams/{id}` by `tenant`: stops the answer (cancels the vendor call); `Gone` if it had ended.
+    pub fn stop(&self, tenant: &str, path: &str) -> Result<(), ResumeError> {
+        let id = path.strip_prefix(PATH_PREFIX).unwrap_or_default();
+        let log = self.lock().get(id).cloned();
+        let log = log
+            .filter(|l| l.tenant() == tenant)
+            .ok_or(ResumeError::NotFound)?;
+        if log.stop() {
+            Ok(())
+        } else {
+            Err(ResumeError::Gone)
+        }
+    }
+}
+
+/// 32 lower-case hex digits from the system's random source.
+fn new_stream_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS random source failed (it does not on Linux ≥ 3.17): a v4 uuid is random too, only 6 bits shorter.
+        bytes = *uuid::Uuid::new_v4().as_bytes();
+    }
+    hex::encode(bytes)
+}
+
+fn is_stream_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The last event the client got: `Last-Event-ID: <stream>:<seq>` (its stream must be this one), else
+/// `?after=<seq>`, else 0 (from the start).
+fn after(id: &str, query: Option<&str>, headers: &HeaderMap) -> Result<u64, ResumeError> {
+    const BAD_ID: ResumeError =
+        ResumeError::BadRequest("Last-Event-ID must be <stream id>:<event number> of this stream");
+    const BAD_AFTER: ResumeError = ResumeError::BadRequest("after must be an event number");
+    if let Some(v) = headers.get("last-event-id") {
+        let v = v.to_str().map_err(|_| BAD_ID)?.trim();
+        let (stream, seq) = v.split_once(':').ok_or(BAD_ID)?;
+        if stream != id {
+            return Err(BAD_ID);
+        }
+        return seq.parse().map_err(|_| BAD_ID);
+    }
+    let Some(query) = query else {
+        return Ok(0);
+    };
+    for pair in query.split('&') {
+        if let Some(seq) = pair.strip_prefix("after=") {
+            return seq.parse().map_err(|_| BAD_AFTER);
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests;

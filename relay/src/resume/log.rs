@@ -1,0 +1,439 @@
+//! One resumable answer, kept: the vendor's frames as they came, split at event starts (zero-copy `Bytes` slices),
+//! each event numbered; and the clients following it ([`Follower`]), each with its own place in it.
+//!
+//! The producer ([`super::produce`]) pushes frames and asks [`StreamLog::step`] what to do next: read on, wait for a
+//! slow client, or cancel the vendor call (no client for the whole window, or none at all once the answer is over
+//! `max_bytes`). Followers read from their place and are woken when more comes. Every bound is here: at most
+//! `max_bytes` kept for a resumable answer; past it the answer is no longer resumable, what every follower has read
+//! is dropped, and the producer reads on only while the followers are less than [`BACKLOG`] bytes behind.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use relay_wire::sse::EventStarts;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::Resume;
+use crate::error::BoxError;
+
+/// How far behind its followers a non-resumable answer may be read (the vendor is paused past this).
+pub const BACKLOG: usize = 64 << 10;
+
+/// What the producer should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Read the next frame; with no follower, until the given moment (the window's end).
+    Read(Option<Instant>),
+    /// Wait for the followers to read (or leave).
+    Wait,
+    /// Cancel the vendor call: no follower within the window (`expired`), none when over `max_bytes`
+    /// (`not_resumable`), or a client asked (`stopped`).
+    Cancel(&'static str),
+}
+
+/// After the answer's end, what keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retain {
+    /// Followers are reading it.
+    Followed,
+    /// Nobody follows: kept until then for a client that comes back.
+    Until(Instant),
+    /// Time's up.
+    Over,
+}
+
+/// How the answer ended, for its followers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogEnd {
+    /// The vendor's body ended (the relay's error event, if any, is in the log).
+    Done,
+    /// The body failed outside an event stream (followers fail too).
+    Failed,
+    /// The vendor call was cancelled: nobody followed within the window, or a client stopped it.
+    Cancelled,
+}
+
+/// Why a client cannot follow this answer from where it asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over `max_bytes`, cancelled or forgotten.
+    Gone,
+    /// The client names an event the answer never had.
+    AfterTheEnd,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The event this piece starts, or `None`: it continues the previous one.
+    seq: Option<u64>,
+    bytes: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Place {
+    /// Absolute index of the next entry to send.
+    at: u64,
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct State {
+    entries: VecDeque<Entry>,
+    /// Absolute index of `entries[0]`.
+    first: u64,
+    held: usize,
+    total: u64,
+    /// The next event's number (the first is 1).
+    next_seq: u64,
+    starts: EventStarts,
+    /// Where the last frame was split (kept to reuse its allocation).
+    cuts: Vec<usize>,
+    resumable: bool,
+    end: Option<LogEnd>,
+    /// Kept no longer: its entries are dropped, resumes are told it is gone.
+    forgotten: bool,
+    /// One slot per follower that ever came (`None` once it left).
+    followers: Vec<Option<Place>>,
+    attached: usize,
+    /// Since when no follower has been attached.
+    alone_since: Option<Instant>,
+    resumes: u32,
+    /// A client asked to stop the answer.
+    stopped: bool,
+}
+
+/// One answer's bytes and followers, shared by its producer and every client that follows it.
+#[derive(Debug)]
+pub struct StreamLog {
+    id: Arc<str>,
+    tenant: Arc<str>,
+    resume: Resume,
+    state: Mutex<State>,
+    /// Told when a follower reads, comes or leaves (the producer is the one waiter).
+    changed: Notify,
+}
+
+impl StreamLog {
+    pub fn new(id: Arc<str>, tenant: Arc<str>, resume: Resume) -> Self {
+        Self {
+            id,
+            tenant,
+            resume,
+            state: Mutex::new(State {
+                entries: VecDeque::new(),
+                first: 0,
+                held: 0,
+                total: 0,
+                next_seq: 1,
+                starts: EventStarts::new(),
+                cuts: Vec::new(),
+                resumable: true,
+                end: None,
+                forgotten: false,
+                followers: Vec::new(),
+                attached: 0,
+                alone_since: Some(Instant::now()),
+                resumes: 0,
+                stopped: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The stream id (32 hex digits).
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// Whose answer this is.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    pub fn window(&self) -> std::time::Duration {
+        self.resume.window
+    }
+
+    /// Times a client resumed this answer.
+    pub fn resumes(&self) -> u32 {
+        self.lock().resumes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The first client, the one whose request started the answer: from the start.
+    pub fn first_follower(self: &Arc<Self>) -> Follower {
+        let mut s = self.lock();
+        let at = s.first;
+        self.attach_at(&mut s, at)
+    }
+
+    /// A client resuming after event `after` (0: from the start): it gets the events after that one, then follows
+    /// the answer live.
+    pub fn resume(self: &Arc<Self>, after: u64) -> Result<Follower, Refusal> {
+        let mut s = self.lock();
+        if !s.resumable || s.forgotten || s.end == Some(LogEnd::Cancelled) {
+            return Err(Refusal::Gone);
+        }
+        if after >= s.next_seq {
+            return Err(Refusal::AfterTheEnd);
+        }
+        let skip = s
+            .entries
+            .iter()
+            .position(|e| e.seq.is_some_and(|n| n > after))
+            .unwrap_or(s.entries.len());
+        let at = s.first + skip as u64;
+        s.resumes += 1;
+        Ok(self.attach_at(&mut s, at))
+    }
+
+    fn attach_at(self: &Arc<Self>, s: &mut State, at: u64) -> Follower {
+        let slot = s.followers.len();
+        s.followers.push(Some(Place { at, waker: None }));
+        s.attached += 1;
+        s.alone_since = None;
+        self.changed.notify_one();
+        Follower {
+            log: self.clone(),
+            slot,
+        }
+    }
+
+    /// A frame from the vendor (through the tap): kept, split where events start, and handed to the followers.
+    pub fn push(&self, mut frame: Bytes) {
+        let mut s = self.lock();
+        let s = &mut *s;
+        let len = frame.len();
+        let mut cuts = std::mem::take(&mut s.cuts);
+        cuts.clear();
+        s.starts.feed(&frame, |i| cuts.push(i));
+        let mut taken = 0;
+        for &i in &cuts {
+            if i > taken {
+                s.entries.push_back(Entry {
+                    seq: None,
+                    bytes: frame.split_to(i - taken),
+                });
+                taken = i;
+            }
+            // An event starts here: an empty entry carries its number (its `id:` line goes out there).
+            s.entries.push_back(Entry {
+                seq: Some(s.next_seq),
+                bytes: Bytes::new(),
+            });
+            s.next_seq += 1;
+        }
+        s.cuts = cuts;
+        if !frame.is_empty() {
+            s.entries.push_back(Entry {
+                seq: None,
+                bytes: frame,
+            });
+        }
+        s.held += len;
+        s.total += len as u64;
+        if s.resumable && s.total > self.resume.max_bytes as u64 {
+            s.resumable = false;
+        }
+        if !s.resumable {
+            trim(s);
+        }
+        wake_all(s);
+    }
+
+    /// The answer ended.
+    pub fn end(&self, end: LogEnd) {
+        let mut s = self.lock();
+        s.end = Some(end);
+        if end == LogEnd::Cancelled {
+            forget(&mut s);
+        }
+        wake_all(&mut s);
+    }
+
+    /// A client asked to stop the answer: the vendor call is cancelled (once the producer sees it), its followers
+    /// end. `false`: it had ended already.
+    pub fn stop(&self) -> bool {
+        let mut s = self.lock();
+        if s.end.is_some() {
+            return false;
+        }
+        s.stopped = true;
+        drop(s);
+        self.changed.notify_one();
+        true
+    }
+
+    /// Drops what is kept; a resume from now on is told the answer is gone.
+    pub fn forget(&self) {
+        forget(&mut self.lock());
+    }
+
+    /// What the producer does next, at `now`.
+    pub fn step(&self, now: Instant) -> Step {
+        let s = self.lock();
+        match (s.attached, s.alone_since) {
+            _ if s.stopped => Step::Cancel("stopped"),
+            (0, _) if !s.resumable => Step::Cancel("not_resumable"),
+            (0, Some(since)) => {
+                let until = since + self.resume.window;
+                if now >= until {
+                    Step::Cancel("expired")
+                } else {
+                    Step::Read(Some(until))
+                }
+            }
+            _ if !s.resumable && s.held > BACKLOG => Step::Wait,
+            _ => Step::Read(None),
+        }
+    }
+
+    /// After the end: how long the answer is kept.
+    pub fn retain(&self, now: Instant) -> Retain {
+        let s = self.lock();
+        match (s.attached, s.alone_since) {
+            (0, Some(since)) if now >= since + self.resume.window => Retain::Over,
+            (0, Some(since)) => Retain::Until(since + self.resume.window),
+            _ => Retain::Followed,
+        }
+    }
+
+    /// Waits until a follower comes, reads or leaves (or returns at once if one did since the last wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// Drops what every follower has read (not resumable any more: nobody may come back for it).
+fn trim(s: &mut State) {
+    let keep_from = s
+        .followers
+        .iter()
+        .flatten()
+        .map(|p| p.at)
+        .min()
+        .unwrap_or(s.first + s.entries.len() as u64);
+    while s.first < keep_from {
+        let Some(e) = s.entries.pop_front() else {
+            break;
+        };
+        s.held -= e.bytes.len();
+        s.first += 1;
+    }
+}
+
+fn forget(s: &mut State) {
+    s.forgotten = true;
+    s.first += s.entries.len() as u64;
+    s.entries = VecDeque::new();
+    s.held = 0;
+}
+
+fn wake_all(s: &mut State) {
+    for place in s.followers.iter_mut().flatten() {
+        if let Some(w) = place.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A client's view of the answer: from its place on, each event preceded by its own `id: <stream>:<seq>` line, a
+/// small frame of its own; the vendor's bytes are the kept `Bytes`, unchanged. Dropping it (the client left) tells
+/// the producer.
+#[derive(Debug)]
+pub struct Follower {
+    log: Arc<StreamLog>,
+    slot: usize,
+}
+
+impl Follower {
+    /// The answer's stream id.
+    pub fn stream_id(&self) -> &str {
+        &self.log.id
+    }
+}
+
+impl Body for Follower {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let log = this.log.clone();
+        let mut s = log.lock();
+        let s = &mut *s;
+        loop {
+            let Some(Some(place)) = s.followers.get_mut(this.slot) else {
+                return Poll::Ready(None);
+            };
+            let at = place.at;
+            let Some(entry) = at
+                .checked_sub(s.first)
+                .and_then(|i| s.entries.get(i as usize))
+            else {
+                if s.forgotten && s.end != Some(LogEnd::Done) && s.end != Some(LogEnd::Failed) {
+                    return Poll::Ready(Some(Err("the answer was cancelled".into())));
+                }
+                return match s.end {
+                    Some(LogEnd::Done) => Poll::Ready(None),
+                    Some(LogEnd::Failed) => {
+                        Poll::Ready(Some(Err("the vendor's body failed".into())))
+                    }
+                    _ => {
+                        place.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                };
+            };
+            place.at += 1;
+            let frame = match entry.seq {
+                Some(seq) => Bytes::from(format!("id: {}:{seq}\n", log.id)),
+                None if entry.bytes.is_empty() => continue,
+                None => entry.bytes.clone(),
+            };
+            if !s.resumable {
+                trim(s);
+                log.changed.notify_one();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let mut s = self.log.lock();
+        if let Some(slot) = s.followers.get_mut(self.slot)
+            && slot.take().is_some()
+        {
+            s.attached -= 1;
+            if s.attached == 0 {
+                s.alone_since = Some(Instant::now());
+            }
+            if !s.resumable {
+                trim(&mut s);
+            }
+        }
+        drop(s);
+        self.log.changed.notify_one();
+    }
+}
