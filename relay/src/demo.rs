@@ -64,7 +64,8 @@ pub async fn start(
         tenant: "demo",
         client_key: DEMO_KEY,
         secret_env: VENDOR_KEY_VAR,
-        route: "",
+        // Resumable answers: the page's "Drop connection" shows a cut answer resumed, with one vendor call.
+        route: "resume = { window_ms = 60000, max_bytes = 1048576 }",
         mock,
     });
     let env = vec![(VENDOR_KEY_VAR.to_owned(), VENDOR_KEY.to_owned())];

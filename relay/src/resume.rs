@@ -30,7 +30,7 @@ pub use log::{Follower, StreamLog};
 use crate::config::Resume;
 
 /// The path resumes are asked on, followed by the stream id.
-pub const PATH_PREFIX: &str = "/v1/streams/";
+pub use crate::route::STREAMS_PATH as PATH_PREFIX;
 /// The response header that names a resumable answer's stream.
 pub const STREAM_ID: &str = "x-ssegate-stream-id";
 

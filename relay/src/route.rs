@@ -9,6 +9,9 @@ use http::Method;
 
 use crate::config::Route;
 
+/// Resumable answers live under this path, followed by their stream id ([`crate::resume`]).
+pub const STREAMS_PATH: &str = "/v1/streams/";
+
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routed {
@@ -38,7 +41,7 @@ pub fn route(method: &Method, path: &str, routes: &[Route]) -> Result<Routed, Ro
     }
     let index = routes.iter().position(|r| r.path == path);
     let Some(index) = index else {
-        if path.starts_with(crate::resume::PATH_PREFIX) {
+        if path.starts_with(STREAMS_PATH) {
             match *method {
                 Method::GET => return Ok(Routed::Resume),
                 Method::DELETE => return Ok(Routed::StopStream),

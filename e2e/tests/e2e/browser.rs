@@ -1,7 +1,9 @@
 //! The demo page in a real browser: headless Chromium (Debian's `chromium`), driven over WebDriver by `fantoccini`
 //! through `chromedriver` (`chromium-driver`), against `relay --demo` directly and through nginx. A person types a
 //! question: the answer grows in steps spread over time and ends complete; a vendor that drops the connection shows
-//! an error; Stop cancels the vendor's stream (the mock's counters say so); the browser console has no errors.
+//! an error; the page's own connection dropped mid-answer for a second is resumed from its last event id, and the
+//! page assembles the vendor's exact bytes from one vendor call (the relay read on while nobody listened); Stop
+//! cancels the vendor's stream (the mock's counters say so); the browser console has no errors.
 //! With `SSEGATE_REQUIRE_CHROMIUM=1` (`.ci/run`) a missing browser or driver fails the test; otherwise it skips.
 
 use std::process::Stdio;
@@ -262,22 +264,52 @@ async fn the_demo_page_streams_in_a_browser(through_nginx: bool) -> Result<()> {
     let error = c.find(Locator::Id("error")).await?.text().await?;
     assert!(error.contains("upstream_reset"), "{error}");
 
-    // 3. Stop: the browser aborts, the relay cancels the vendor's stream.
+    // 3. The connection drops mid-answer ("Drop connection" aborts the page's fetch): the page resumes from its last
+    //    event id and assembles the vendor's exact bytes, from one vendor call.
+    let before = mock_stats(&mock).await?;
+    ask(&c, "normal").await?;
+    wait_for_answer(&c, 40).await?;
+    c.find(Locator::Id("drop")).await?.click().await?;
+    assert_eq!(settled(&c).await?, "complete");
+    assert_eq!(js(&c, "return window.resumes").await?, 1);
+    let answer = c.find(Locator::Id("answer")).await?.text().await?;
+    assert!(
+        answer.starts_with("你好！") && answer.ends_with("也不应缓冲。"),
+        "{answer}"
+    );
+    let trace = js(&c, "return window.traceId").await?;
+    let record: Value = client()
+        .get(format!(
+            "{mock}/streams/{}",
+            trace.as_str().unwrap_or_default()
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let received = js(&c, "return window.received").await?;
+    let received = received.as_str().unwrap_or_default();
+    assert_eq!(
+        mock_upstream::sha256_hex(received),
+        record["sha256"].as_str().unwrap_or_default(),
+        "the page's answer is not the vendor's bytes: {received}"
+    );
+    let after = mock_stats(&mock).await?;
+    let grew = |name: &str| after[name].as_u64().unwrap_or(0) - before[name].as_u64().unwrap_or(0);
+    assert_eq!(
+        (
+            grew("requests"),
+            grew("streams_completed"),
+            grew("streams_cancelled")
+        ),
+        (1, 1, 0),
+        "one vendor call, read to its end: {after}"
+    );
+
+    // 4. Stop: the browser aborts and says stop, the relay cancels the vendor's stream.
     let cancelled = mock_counter(&mock, "streams_cancelled").await?;
     ask(&c, "normal").await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while js(
-        &c,
-        "return document.getElementById('answer').textContent.length",
-    )
-    .await?
-        == 0
-    {
-        if tokio::time::Instant::now() > deadline {
-            bail!("no answer to stop");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_answer(&c, 1).await?;
     c.find(Locator::Id("stop")).await?.click().await?;
     assert_eq!(settled(&c).await?, "stopped");
     let url = format!(
@@ -290,7 +322,7 @@ async fn the_demo_page_streams_in_a_browser(through_nginx: bool) -> Result<()> {
         "Stop did not cancel the vendor"
     );
 
-    // 4. Nothing went to the console as an error.
+    // 5. Nothing went to the console as an error.
     let log = c.issue_cmd(BrowserLog).await?;
     let severe: Vec<&Value> = log
         .as_array()
@@ -308,14 +340,32 @@ async fn the_demo_page_streams_in_a_browser(through_nginx: bool) -> Result<()> {
     Ok(())
 }
 
-async fn mock_counter(mock: &str, name: &str) -> Result<u64> {
-    let stats: Value = client()
+async fn mock_stats(mock: &str) -> Result<Value> {
+    Ok(client()
         .get(format!("{mock}/stats"))
         .send()
         .await?
         .json()
-        .await?;
-    stats[name].as_u64().context("no such counter")
+        .await?)
+}
+
+async fn mock_counter(mock: &str, name: &str) -> Result<u64> {
+    mock_stats(mock).await?[name]
+        .as_u64()
+        .context("no such counter")
+}
+
+/// Waits (10 s at most) until the page's answer has at least `chars` characters.
+async fn wait_for_answer(c: &Client, chars: u64) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let length = "return document.getElementById('answer').textContent.length";
+    while js(c, length).await?.as_u64().unwrap_or(0) < chars {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the answer did not reach {chars} characters");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 #[tokio::test]

@@ -19,7 +19,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Resume;
-use crate::error::BoxError;
+
+/// A follower's body error (the answer was cancelled, or failed outside an event stream).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How far behind its followers a non-resumable answer may be read (the vendor is paused past this).
 pub const BACKLOG: usize = 64 << 10;
