@@ -52,7 +52,10 @@ pub async fn read_stream(
                     .push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
             }
             stats.terminal_seen |= event.split(|b| *b == b'\n').any(|line| line == terminal);
-            stats.error_event |= event.starts_with(b"event: error");
+            // Any line: a resumable answer's events start with the relay's `id:` line.
+            stats.error_event |= event
+                .split(|b| *b == b'\n')
+                .any(|line| line == b"event: error");
         });
     }
     stats.total = started.elapsed();

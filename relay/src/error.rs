@@ -74,6 +74,7 @@ impl RelayError {
             RelayError::Resume(ResumeError::NotFound) => "stream_not_found",
             RelayError::Resume(ResumeError::Gone) => "stream_gone",
             RelayError::Resume(ResumeError::BadRequest(_)) => "bad_resume",
+            RelayError::Resume(ResumeError::StoreUnavailable) => "store_unavailable",
         }
     }
 
@@ -104,6 +105,7 @@ impl RelayError {
             RelayError::Resume(ResumeError::NotFound) => StatusCode::NOT_FOUND,
             RelayError::Resume(ResumeError::Gone) => StatusCode::GONE,
             RelayError::Resume(ResumeError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            RelayError::Resume(ResumeError::StoreUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -14,6 +14,8 @@ pub enum Failure {
     TotalTimeout,
     UpstreamProtocol,
     Shutdown,
+    /// A resumed answer ([`crate::resume`]) whose replica stopped before the answer's end.
+    ResumeIncomplete,
 }
 
 /// How a read error of the vendor's body ends the stream: by default the connection failed
@@ -38,6 +40,7 @@ impl Failure {
             Failure::TotalTimeout => "stream_total_timeout",
             Failure::UpstreamProtocol => "upstream_protocol",
             Failure::Shutdown => "shutdown",
+            Failure::ResumeIncomplete => "resume_incomplete",
         }
     }
 
@@ -54,6 +57,9 @@ impl Failure {
             Failure::TotalTimeout => "the stream reached the relay's maximum duration",
             Failure::UpstreamProtocol => "the upstream sent a malformed event stream",
             Failure::Shutdown => "the relay is shutting down; retry the request",
+            Failure::ResumeIncomplete => {
+                "the replica that held this answer stopped before the answer was complete"
+            }
         }
     }
 }

@@ -56,6 +56,11 @@ impl Record {
         self.stream = Some((id, resumes));
     }
 
+    /// The route it came on.
+    pub fn route_arc(&self) -> Arc<str> {
+        self.route.clone()
+    }
+
     /// Whose request this is.
     pub fn tenant(&self) -> &str {
         &self.tenant

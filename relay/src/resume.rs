@@ -19,15 +19,22 @@
 
 pub mod log;
 pub mod produce;
+pub mod shared;
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
 
 pub use log::{Follower, StreamLog};
+pub use shared::{Shared, SharedFollower};
 
 use crate::config::Resume;
+use crate::tap::ErrorShape;
 
 /// The path resumes are asked on, followed by the stream id.
 pub use crate::route::STREAMS_PATH as PATH_PREFIX;
@@ -43,24 +50,77 @@ pub enum ResumeError {
     Gone,
     #[error("{0}")]
     BadRequest(&'static str),
+    /// The answer may be on another replica, but the store did not answer.
+    #[error("the store that holds answers for other replicas did not answer")]
+    StoreUnavailable,
 }
 
 /// Every resumable answer this relay holds, by stream id; shared by the worker threads and kept across reloads.
+/// With a store, the answers of every replica too ([`shared`]).
 #[derive(Debug, Default)]
 pub struct Streams {
     map: Mutex<HashMap<Arc<str>, Arc<StreamLog>>>,
+    shared: Option<Arc<Shared>>,
+}
+
+/// A resumed answer's body: followed in this process, or in the store.
+#[derive(Debug)]
+pub enum Follow {
+    Local(Follower),
+    Shared(SharedFollower),
+}
+
+impl Body for Follow {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Follow::Local(f) => Pin::new(f).poll_frame(cx),
+            Follow::Shared(f) => f.poll_next(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
 }
 
 impl Streams {
-    /// A new answer's log, under a fresh random id (128 bits).
-    pub fn open(&self, tenant: Arc<str>, resume: Resume) -> Arc<StreamLog> {
+    /// Answers kept in this process, and with `store` in it too, for the other replicas.
+    pub fn new(store: Option<Arc<crate::limit::store::RedisStore>>) -> Self {
+        Self {
+            map: Mutex::default(),
+            shared: store.map(|s| Arc::new(Shared::new(s))),
+        }
+    }
+
+    /// A new answer's log, under a fresh random id (128 bits), for `route`; with a store, its copy there is kept
+    /// by a task on this runtime.
+    pub fn open(&self, tenant: Arc<str>, resume: Resume, route: Arc<str>) -> Arc<StreamLog> {
         let id: Arc<str> = new_stream_id().into();
-        let log = Arc::new(StreamLog::new(id.clone(), tenant, resume));
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let outbox = self
+            .shared
+            .as_ref()
+            .zip(runtime.as_ref())
+            .map(|_| Arc::new(shared::Outbox::default()));
+        let log = Arc::new(StreamLog::new(id.clone(), tenant, resume, outbox.clone()));
+        if let (Some(shared), Some(runtime), Some(outbox)) = (&self.shared, runtime, outbox) {
+            runtime.spawn(shared::publish(shared.clone(), log.clone(), outbox, route));
+        }
         self.lock().insert(id, log.clone());
         log
     }
 
-    /// Answers kept now.
+    /// Answers kept now in this process.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -78,45 +138,80 @@ impl Streams {
     }
 
     /// `GET /v1/streams/{id}` by `tenant`: a follower from after the event the client names (`Last-Event-ID`, else
-    /// `?after=`, else from the start).
-    pub fn resume(
+    /// `?after=`, else from the start), in this process or, with a store, from it. `shape_of`: a route's error
+    /// shape, for the error event of an answer whose replica went away.
+    pub async fn resume(
         &self,
         tenant: &str,
-        path: &str,
-        query: Option<&str>,
+        (path, query): (&str, Option<&str>),
         headers: &HeaderMap,
-    ) -> Result<Follower, ResumeError> {
+        trace_id: Arc<str>,
+        shape_of: impl Fn(&str) -> ErrorShape,
+    ) -> Result<Follow, ResumeError> {
         let id = path.strip_prefix(PATH_PREFIX).unwrap_or_default();
         if !is_stream_id(id) {
             return Err(ResumeError::NotFound);
         }
         let after = after(id, query, headers)?;
-        let log = self.lock().get(id).cloned();
-        // Another tenant's stream is not found: its existence is not theirs to learn.
-        let log = log
-            .filter(|l| l.tenant() == tenant)
-            .ok_or(ResumeError::NotFound)?;
-        log.resume(after).map_err(|r| match r {
-            log::Refusal::Gone => ResumeError::Gone,
-            log::Refusal::AfterTheEnd => {
-                ResumeError::BadRequest("the answer has no such event yet")
+        let local = self.lock().get(id).cloned();
+        if let Some(log) = local {
+            // Another tenant's stream is not found: its existence is not theirs to learn.
+            if log.tenant() != tenant {
+                return Err(ResumeError::NotFound);
             }
-        })
-    }
-}
-
-impl Streams {
-    /// `DELETE /v1/streams/{id}` by `tenant`: stops the answer (cancels the vendor call); `Gone` if it had ended.
-    pub fn stop(&self, tenant: &str, path: &str) -> Result<(), ResumeError> {
-        let id = path.strip_prefix(PATH_PREFIX).unwrap_or_default();
-        let log = self.lock().get(id).cloned();
-        let log = log
-            .filter(|l| l.tenant() == tenant)
+            return log.resume(after).map(Follow::Local).map_err(|r| match r {
+                log::Refusal::Gone => ResumeError::Gone,
+                log::Refusal::AfterTheEnd => {
+                    ResumeError::BadRequest("the answer has no such event yet")
+                }
+            });
+        }
+        let shared = self.shared.as_ref().ok_or(ResumeError::NotFound)?;
+        let meta = shared.meta(id).await.map_err(|e| {
+            shared.failed(&e);
+            ResumeError::StoreUnavailable
+        })?;
+        let meta = meta
+            .filter(|m| m.tenant == tenant)
             .ok_or(ResumeError::NotFound)?;
-        if log.stop() {
-            Ok(())
-        } else {
-            Err(ResumeError::Gone)
+        if !matches!(meta.state.as_str(), "live" | "done") {
+            return Err(ResumeError::Gone);
+        }
+        let shape = shape_of(&meta.route);
+        let follower = shared::follower(shared.clone(), id.into(), after, shape, trace_id);
+        Ok(Follow::Shared(follower))
+    }
+
+    /// `DELETE /v1/streams/{id}` by `tenant`: stops the answer (cancels the vendor call), here or, with a store, on
+    /// the replica that holds it; `Gone` if it had ended.
+    pub async fn stop(&self, tenant: &str, path: &str) -> Result<(), ResumeError> {
+        let id = path.strip_prefix(PATH_PREFIX).unwrap_or_default();
+        if !is_stream_id(id) {
+            return Err(ResumeError::NotFound);
+        }
+        let local = self.lock().get(id).cloned();
+        if let Some(log) = local {
+            if log.tenant() != tenant {
+                return Err(ResumeError::NotFound);
+            }
+            return if log.stop() {
+                Ok(())
+            } else {
+                Err(ResumeError::Gone)
+            };
+        }
+        let shared = self.shared.as_ref().ok_or(ResumeError::NotFound)?;
+        let failed = |e: crate::limit::store::StoreError| {
+            shared.failed(&e);
+            ResumeError::StoreUnavailable
+        };
+        let meta = shared.meta(id).await.map_err(failed)?;
+        meta.filter(|m| m.tenant == tenant)
+            .ok_or(ResumeError::NotFound)?;
+        match shared.stop(id).await.map_err(failed)?.as_deref() {
+            Some("live") => Ok(()),
+            Some(_) => Err(ResumeError::Gone),
+            None => Err(ResumeError::NotFound),
         }
     }
 }

@@ -78,7 +78,7 @@ use crate::headers::head_len;
 use crate::limit::{Admitted, Calendar, Limiter, Want};
 use crate::metrics::RouteMeters;
 use crate::record::Record;
-use crate::resume::{Follower, Streams};
+use crate::resume::{Follow, Streams};
 use crate::route::{Routed, route};
 use crate::server::{ConnState, Handler};
 use crate::stream_end::{Billing, StreamEnd};
@@ -94,7 +94,7 @@ const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Body of every relay response: a tapped upstream body, a resumable answer's follower ([`crate::resume`]), or a
 /// small complete one.
-pub type RelayBody = Either<Either<TapBody<VendorBody, StreamEnd>, Follower>, Full<Bytes>>;
+pub type RelayBody = Either<Either<TapBody<VendorBody, StreamEnd>, Follow>, Full<Bytes>>;
 
 /// Shared, immutable state of the request path; one per worker thread ([`Relay::for_worker`]).
 pub struct Relay {
@@ -155,6 +155,7 @@ impl Relay {
         store: Option<Arc<crate::limit::store::RedisStore>>,
     ) -> Self {
         let limits = &config.limits;
+        let streams = Arc::new(Streams::new(store.clone()));
         let limiter = Limiter::with_limits(
             limits.max_streams,
             limits.max_streams_per_tenant,
@@ -162,7 +163,6 @@ impl Relay {
         )
         .with_store(store);
         let account = Arc::new(Account::new(limiter.clone(), config.tenants.clone()));
-        let streams = Arc::default();
         Self::assemble(config, tls, auth, drain, (limiter, account, streams))
     }
 
@@ -278,11 +278,11 @@ impl Relay {
                 Ok(Routed::Health) => return complete(json_ok()),
                 Ok(Routed::Resume) => {
                     let resumed = self.resume(&parts, &trace, &mut tenant);
-                    (None, resumed)
+                    (None, resumed.await)
                 }
                 Ok(Routed::StopStream) => {
                     let stopped = self.stop_stream(&parts, &trace, &mut tenant);
-                    (None, stopped)
+                    (None, stopped.await)
                 }
                 Ok(Routed::Route(index)) => {
                     let who = (&mut tenant, &mut rate);
@@ -472,7 +472,10 @@ impl Relay {
         let runtime = tokio::runtime::Handle::try_current().ok();
         let resume = route.resume.filter(|_| event_stream).zip(runtime);
         let log = resume.as_ref().map(|(r, _)| {
-            let log = self.streams.open(on_end.record.tenant_arc(), *r);
+            let route_name = on_end.record.route_arc();
+            let log = self
+                .streams
+                .open(on_end.record.tenant_arc(), *r, route_name);
             on_end.resume = Some(log.clone());
             log
         });
@@ -510,13 +513,13 @@ impl Relay {
                     tap,
                     self.streams.clone(),
                 ));
-                Either::Right(follower)
+                Either::Right(Follow::Local(follower))
             }
             _ => Either::Left(tap),
         };
         let stream_id = match &body {
-            Either::Right(f) => HeaderValue::from_str(f.stream_id()).ok(),
-            Either::Left(_) => None,
+            Either::Right(Follow::Local(f)) => HeaderValue::from_str(f.stream_id()).ok(),
+            _ => None,
         };
         let mut res = Response::new(Either::Left(body));
         *res.status_mut() = parts.status;
@@ -537,7 +540,7 @@ impl Relay {
 impl Relay {
     /// `GET /v1/streams/{id}`: the caller (auth), then the answer it resumes, from where it asks
     /// ([`crate::resume`]).
-    fn resume(
+    async fn resume(
         &self,
         parts: &http::request::Parts,
         trace: &RequestTrace,
@@ -547,11 +550,33 @@ impl Relay {
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
         let path = parts.uri.path();
-        let follower =
-            self.streams
-                .resume(&principal.tenant, path, parts.uri.query(), &parts.headers)?;
+        let routes = &self.config.routes;
+        // An answer from another replica names its route: its vendor's error shape, for an incomplete end.
+        let shape_of = |route: &str| {
+            let system = routes.iter().find(|r| r.path == route);
+            let system = system.map_or("openai", |r| r.gen_ai_system.as_str());
+            crate::tap::ErrorShape::for_system(system)
+        };
+        let follower = self
+            .streams
+            .resume(
+                &principal.tenant,
+                (path, parts.uri.query()),
+                &parts.headers,
+                trace.id.clone(),
+                shape_of,
+            )
+            .await?;
         crate::metrics::resumed();
-        tracing::info!(stream_id = follower.stream_id(), "stream resumed");
+        let from = match &follower {
+            Follow::Local(_) => "this replica",
+            Follow::Shared(_) => "the store",
+        };
+        tracing::info!(
+            stream = path.trim_start_matches(crate::resume::PATH_PREFIX),
+            from,
+            "stream resumed"
+        );
         let mut res = Response::new(Either::Left(Either::Right(follower)));
         let headers = res.headers_mut();
         headers.insert(
@@ -570,7 +595,7 @@ impl Relay {
     }
 
     /// `DELETE /v1/streams/{id}`: the caller (auth), then the answer stopped → 204.
-    fn stop_stream(
+    async fn stop_stream(
         &self,
         parts: &http::request::Parts,
         trace: &RequestTrace,
@@ -579,7 +604,9 @@ impl Relay {
         let principal = self.auth.authenticate(&parts.headers)?;
         trace.tenant(&principal.tenant);
         *tenant = Some(principal.tenant.clone());
-        self.streams.stop(&principal.tenant, parts.uri.path())?;
+        self.streams
+            .stop(&principal.tenant, parts.uri.path())
+            .await?;
         tracing::info!(path = parts.uri.path(), "stream stopped by its client");
         let mut res = complete(Response::new(Full::new(Bytes::new())));
         *res.status_mut() = StatusCode::NO_CONTENT;

@@ -361,6 +361,21 @@ impl RedisStore {
         format!("{}:{{{tenant}}}:{limit}", self.config.key_prefix)
     }
 
+    /// A key of a resumable answer ([`crate::resume`]): `<key_prefix>:stream:{<stream id>}:<part>`, one hash tag
+    /// per answer, so each answer's keys live on one Cluster shard.
+    pub fn stream_key(&self, stream: &str, part: &str) -> String {
+        format!("{}:stream:{{{stream}}}:{part}", self.config.key_prefix)
+    }
+
+    /// Runs `script` within the store's timeout.
+    pub async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.within(script.invoke_async(&mut conn)).await
+    }
+
     fn lease_id(&self, id: u64) -> String {
         format!("{}-{id}", self.replica)
     }

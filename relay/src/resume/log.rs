@@ -18,6 +18,7 @@ use relay_wire::sse::EventStarts;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::shared::Outbox;
 use crate::config::Resume;
 
 /// A follower's body error (the answer was cancelled, or failed outside an event stream).
@@ -107,6 +108,8 @@ struct State {
     resumes: u32,
     /// A client asked to stop the answer.
     stopped: bool,
+    /// A client follows the answer on another replica (through the store), as of its last word, until then.
+    elsewhere_until: Option<Instant>,
 }
 
 /// One answer's bytes and followers, shared by its producer and every client that follows it.
@@ -118,10 +121,17 @@ pub struct StreamLog {
     state: Mutex<State>,
     /// Told when a follower reads, comes or leaves (the producer is the one waiter).
     changed: Notify,
+    /// With a store: what goes to the store's copy of the answer ([`super::shared`]).
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl StreamLog {
-    pub fn new(id: Arc<str>, tenant: Arc<str>, resume: Resume) -> Self {
+    pub fn new(
+        id: Arc<str>,
+        tenant: Arc<str>,
+        resume: Resume,
+        outbox: Option<Arc<Outbox>>,
+    ) -> Self {
         Self {
             id,
             tenant,
@@ -142,8 +152,10 @@ impl StreamLog {
                 alone_since: Some(Instant::now()),
                 resumes: 0,
                 stopped: false,
+                elsewhere_until: None,
             }),
             changed: Notify::new(),
+            outbox,
         }
     }
 
@@ -217,6 +229,15 @@ impl StreamLog {
         let mut cuts = std::mem::take(&mut s.cuts);
         cuts.clear();
         s.starts.feed(&frame, |i| cuts.push(i));
+        if let Some(outbox) = self.outbox.as_ref().filter(|_| s.resumable) {
+            let mut starts = String::new();
+            for (k, i) in cuts.iter().enumerate() {
+                use std::fmt::Write;
+                let sep = if k == 0 { "" } else { "," };
+                let _ = write!(starts, "{sep}{i}:{}", s.next_seq + k as u64);
+            }
+            outbox.frame(frame.clone(), starts);
+        }
         let mut taken = 0;
         for &i in &cuts {
             if i > taken {
@@ -244,6 +265,9 @@ impl StreamLog {
         s.total += len as u64;
         if s.resumable && s.total > self.resume.max_bytes as u64 {
             s.resumable = false;
+            if let Some(outbox) = &self.outbox {
+                outbox.end("gone");
+            }
         }
         if !s.resumable {
             trim(s);
@@ -253,6 +277,13 @@ impl StreamLog {
 
     /// The answer ended.
     pub fn end(&self, end: LogEnd) {
+        if let Some(outbox) = &self.outbox {
+            outbox.end(match end {
+                LogEnd::Done => "done",
+                LogEnd::Failed => "failed",
+                LogEnd::Cancelled => "cancelled",
+            });
+        }
         let mut s = self.lock();
         s.end = Some(end);
         if end == LogEnd::Cancelled {
@@ -286,6 +317,7 @@ impl StreamLog {
             _ if s.stopped => Step::Cancel("stopped"),
             (0, _) if !s.resumable => Step::Cancel("not_resumable"),
             (0, Some(since)) => {
+                let since = since.max(s.elsewhere_until.unwrap_or(since));
                 let until = since + self.resume.window;
                 if now >= until {
                     Step::Cancel("expired")
@@ -301,11 +333,25 @@ impl StreamLog {
     /// After the end: how long the answer is kept.
     pub fn retain(&self, now: Instant) -> Retain {
         let s = self.lock();
-        match (s.attached, s.alone_since) {
+        let alone_since = s.alone_since.map(|a| a.max(s.elsewhere_until.unwrap_or(a)));
+        match (s.attached, alone_since) {
             (0, Some(since)) if now >= since + self.resume.window => Retain::Over,
             (0, Some(since)) => Retain::Until(since + self.resume.window),
             _ => Retain::Followed,
         }
+    }
+
+    /// A client follows the answer on another replica, as the store said, until `until` unless it says so again:
+    /// the window starts over from then.
+    pub fn followed_elsewhere(&self, until: Instant) {
+        self.lock().elsewhere_until = Some(until);
+        self.changed.notify_one();
+    }
+
+    /// The answer has ended and nobody has followed it for the window.
+    pub fn is_over(&self, now: Instant) -> bool {
+        let ended = self.lock().end.is_some();
+        ended && self.retain(now) == Retain::Over
     }
 
     /// Waits until a follower comes, reads or leaves (or returns at once if one did since the last wait).

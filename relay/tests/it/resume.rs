@@ -293,3 +293,149 @@ async fn stop_cancels_the_vendor_call_at_once_for_its_tenant_only() {
     assert_eq!(stop(CLIENT_KEY).await.unwrap().status(), 410);
     assert_eq!(mock.app.stats.counters().streams_completed, 0);
 }
+
+/// A relay with resumable answers whose copies go to the store at `store` (`url = …` or `cluster_nodes = […]`).
+fn shared_config(mock: &Mock, store: &str) -> relay::Config {
+    let top = format!("{}\n[store]\n{store}\n", top());
+    config_with(&mock.addr.to_string(), &top, RESUME)
+}
+
+#[tokio::test]
+async fn with_a_store_any_replica_resumes_an_answer_another_one_holds() {
+    let Some(bin) = testkit::redis::available() else {
+        return;
+    };
+    let redis = testkit::redis::Redis::start(bin).unwrap();
+    let mock = start_mock().await;
+    let store = format!("url = {:?}", redis.url());
+    let a = start_relay(shared_config(&mock, &store)).await;
+    let b = start_relay(shared_config(&mock, &store)).await;
+    let mut res = chat(&a, &[("x-mock-chunks", "30"), ("x-mock-interval-ms", "40")])
+        .send()
+        .await
+        .unwrap();
+    let (sid, trace) = ids(&res);
+    let (head, seq) = read_events(&mut res, &sid, 3).await;
+    drop(res);
+    // Another tenant does not find it on the other replica either.
+    let rival = resume_request(&b, &sid, RIVAL_KEY).send().await.unwrap();
+    assert_eq!(rival.status(), 404);
+    // Resumed on B while A still reads the vendor: replayed from the store, then followed live to the end.
+    let res = resume_request(&b, &sid, CLIENT_KEY)
+        .header("last-event-id", format!("{sid}:{seq}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        mock.app.stats.counters().streams_completed,
+        0,
+        "resumed while live"
+    );
+    let rest = res.text().await.unwrap();
+    assert!(
+        rest.starts_with(&format!("id: {sid}:{}\n", seq + 1)),
+        "{rest}"
+    );
+    let whole = without_ids(&head, &sid) + &without_ids(&rest, &sid);
+    let vendor = mock.app.stats.find(&trace).unwrap();
+    assert_eq!(sha256_hex(&whole), vendor.sha256, "{whole}");
+    let c = mock.app.stats.counters();
+    assert_eq!(
+        (c.requests, c.streams_completed, c.streams_cancelled),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn with_a_store_a_follower_on_another_replica_keeps_the_answer_past_the_window_and_stop_works_anywhere()
+ {
+    let Some(bin) = testkit::redis::available() else {
+        return;
+    };
+    let redis = testkit::redis::Redis::start(bin).unwrap();
+    let mock = start_mock().await;
+    let store = format!("url = {:?}", redis.url());
+    let short = |m: &Mock| {
+        let top = format!("{}\n[store]\n{store}\n", top());
+        config_with(
+            &m.addr.to_string(),
+            &top,
+            "resume = { window_ms = 300, max_bytes = 1048576 }",
+        )
+    };
+    let a = start_relay(short(&mock)).await;
+    let b = start_relay(short(&mock)).await;
+    // 60 chunks 25 ms apart: 1.5 s, five windows. The client leaves A at once and follows on B: A must not cancel.
+    let mut res = chat(&a, &[("x-mock-chunks", "60"), ("x-mock-interval-ms", "25")])
+        .send()
+        .await
+        .unwrap();
+    let (sid, trace) = ids(&res);
+    read_events(&mut res, &sid, 1).await;
+    drop(res);
+    let whole = resume_request(&b, &format!("{sid}?after=0"), CLIENT_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let vendor = mock.app.stats.find(&trace).unwrap();
+    assert_eq!(sha256_hex(without_ids(&whole, &sid)), vendor.sha256);
+    assert_eq!(mock.app.stats.counters().streams_cancelled, 0);
+
+    // Stop, asked on B, cancels the vendor call A holds.
+    let mut res = chat(
+        &a,
+        &[("x-mock-chunks", "400"), ("x-mock-interval-ms", "25")],
+    )
+    .send()
+    .await
+    .unwrap();
+    let (sid, _) = ids(&res);
+    read_events(&mut res, &sid, 1).await;
+    let stop = client()
+        .delete(b.url(&format!("/v1/streams/{sid}")))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), 204);
+    assert!(await_counter(&mock, "streams_cancelled", 1, Duration::from_secs(5)).await);
+    assert!(res.text().await.is_err());
+}
+
+#[tokio::test]
+async fn with_a_redis_cluster_each_answer_lives_on_one_shard_and_resumes_across_replicas() {
+    let Some(bin) = testkit::redis::available() else {
+        return;
+    };
+    let cluster = testkit::redis::Cluster::start(bin, 3).unwrap();
+    let mock = start_mock().await;
+    let store = format!("cluster_nodes = {:?}", cluster.nodes());
+    let a = start_relay(shared_config(&mock, &store)).await;
+    let b = start_relay(shared_config(&mock, &store)).await;
+    for _ in 0..3 {
+        let mut res = chat(&a, &[("x-mock-chunks", "10"), ("x-mock-interval-ms", "20")])
+            .send()
+            .await
+            .unwrap();
+        let (sid, trace) = ids(&res);
+        let (head, seq) = read_events(&mut res, &sid, 2).await;
+        drop(res);
+        let rest = resume_request(&b, &sid, CLIENT_KEY)
+            .header("last-event-id", format!("{sid}:{seq}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let whole = without_ids(&head, &sid) + &without_ids(&rest, &sid);
+        assert_eq!(
+            sha256_hex(&whole),
+            mock.app.stats.find(&trace).unwrap().sha256
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //! next request right after the previous answer) against the mock directly, nginx → mock and relay → mock, the
 //! pattern of a replica that serves few streams at a time. Outside the gate, one more relay has its config reloaded
 //! (`SIGHUP`) every `--reload-every-ms` while its load runs, with its memory along the run and over 200 idle reloads
-//! reported after the table (issue 25). Everything binds
+//! reported after the table (issue 25), and one more has resumable answers on (issue 27). Everything binds
 //! 127.0.0.1 and is stopped by its PID (processes and nginx from the workspace's test kit). `--gate` runs the short
 //! CI variant and compares same-run ratios with `loadtest/perf-baseline.json`. Run through `scripts/perf.sh`, which
 //! builds the release binaries first.
@@ -461,6 +461,18 @@ async fn main() -> Result<()> {
         _ => None,
     };
     let reload_idle_kib = relay_reload.as_ref().map(Proc::rss_kib);
+    // The same relay with resumable answers (issue 27): each answer read by its own task into a log that keeps it
+    // (up to 1 MiB) and followed by the client's connection, an `id:` line before each event. Not in the gate.
+    let relay_resume = match a.gate {
+        false => {
+            let resumable = config.replace(
+                "[[routes]]\n",
+                "[[routes]]\nresume = { window_ms = 60000, max_bytes = 1048576 }\n",
+            );
+            Some(testkit::proc::start_relay(&resumable, &env, "info").await?)
+        }
+        true => None,
+    };
     let nginx_bin =
         nginx::available().context("nginx is not installed (apt-get install nginx-light)")?;
     let opts = nginx::Options {
@@ -539,6 +551,9 @@ async fn main() -> Result<()> {
             CLIENT_KEY,
             vec![r],
         ));
+    }
+    if let Some(r) = &relay_resume {
+        targets.push(("relay, resume on → mock", url(r.addr), CLIENT_KEY, vec![r]));
     }
     let reload_name: &'static str = Box::leak(
         format!(
