@@ -303,3 +303,125 @@ async fn two_replicas_admit_exactly_the_tenants_concurrent_streams_and_outlive_r
     }
     Ok(())
 }
+
+const RESUME: &str = "resume = { window_ms = 10000, max_bytes = 1048576 }";
+
+/// Reads `res` until `events` whole events came: the bytes up to the last of them, and its number.
+async fn read_events(
+    res: &mut reqwest::Response,
+    sid: &str,
+    events: usize,
+) -> Result<(String, u64)> {
+    let mut got = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some((end, _)) = text.match_indices("\n\n").nth(events - 1) {
+            let head = text[..end + 2].to_owned();
+            let prefix = format!("id: {sid}:");
+            let last = head.lines().rev().find_map(|l| l.strip_prefix(&prefix));
+            return Ok((head.clone(), last.context("no id line")?.parse()?));
+        }
+        got.extend_from_slice(&res.chunk().await?.context("the answer ended early")?);
+    }
+}
+
+/// The answer as the vendor sent it: the relay's `id:` lines taken out.
+fn without_ids(body: &str, sid: &str) -> String {
+    let prefix = format!("id: {sid}:");
+    body.split_inclusive('\n')
+        .filter(|l| !l.starts_with(&prefix))
+        .collect()
+}
+
+fn resume(base: &str, sid: &str) -> reqwest::RequestBuilder {
+    client()
+        .get(format!("{base}/v1/streams/{sid}"))
+        .bearer_auth(CLIENT_KEY)
+}
+
+/// Resumable answers with two replicas behind nginx and one redis-server: cut mid-answer, resumed through nginx and
+/// on each replica, the answer is the vendor's bytes from one vendor call; a replica killed while it holds an answer
+/// leaves its follower on the other replica what was kept, then an `event: error` saying it is incomplete.
+#[tokio::test]
+async fn an_answer_resumes_on_either_replica_and_a_killed_owner_ends_it_with_an_error_event()
+-> Result<()> {
+    let (Some(nginx_bin), Some(redis_bin)) = (nginx::available(), redis::available()) else {
+        return Ok(());
+    };
+    let redis = Redis::start(redis_bin)?;
+    let Replicas { mock, a, b, front } = Replicas::start(&nginx_bin, &redis, "", RESUME).await?;
+    let base = front.base();
+    let mut res = chat(
+        &base,
+        CLIENT_KEY,
+        &[("x-mock-chunks", "30"), ("x-mock-interval-ms", "30")],
+    )
+    .send()
+    .await?;
+    let header = |res: &reqwest::Response, name: &str| -> Result<String> {
+        Ok(res
+            .headers()
+            .get(name)
+            .context("no header")?
+            .to_str()?
+            .to_owned())
+    };
+    let (sid, trace) = (
+        header(&res, "x-ssegate-stream-id")?,
+        header(&res, "x-trace-id")?,
+    );
+    let (head, seq) = read_events(&mut res, &sid, 4).await?;
+    drop(res);
+    let rest = resume(&base, &sid)
+        .header("last-event-id", format!("{sid}:{seq}"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let vendor = mock_record(&mock, &trace).await?;
+    let sha = vendor["sha256"].as_str().context("no sha256")?;
+    let whole = without_ids(&head, &sid) + &without_ids(&rest, &sid);
+    assert_eq!(mock_upstream::sha256_hex(&whole), sha, "{whole}");
+    // Whichever replica holds it, the other one serves it too (from Redis), and so does the holder.
+    for replica in [&a, &b] {
+        let again = resume(&replica.url(""), &format!("{sid}?after=0"))
+            .send()
+            .await?;
+        assert_eq!(again.status(), 200);
+        let again = again.text().await?;
+        assert_eq!(mock_upstream::sha256_hex(without_ids(&again, &sid)), sha);
+    }
+    let stats = mock_stats(&mock).await?;
+    assert_eq!(
+        (
+            stats["requests"].as_u64(),
+            stats["streams_cancelled"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+
+    // The owner dies (kill -9) while a client follows its answer on the other replica.
+    let long = [("x-mock-chunks", "400"), ("x-mock-interval-ms", "25")];
+    let mut res = chat(&a.url(""), CLIENT_KEY, &long).send().await?;
+    let sid = header(&res, "x-ssegate-stream-id")?;
+    read_events(&mut res, &sid, 2).await?;
+    let mut follower = resume(&b.url(""), &sid).send().await?;
+    assert_eq!(follower.status(), 200);
+    read_events(&mut follower, &sid, 4).await?;
+    a.signal("KILL")?;
+    let killed = tokio::time::Instant::now();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(15), follower.text()).await??;
+    let waited = killed.elapsed();
+    let error = rest
+        .split("event: error\ndata: ")
+        .nth(1)
+        .context(format!("no error event after the owner died: {rest}"))?;
+    let error: serde_json::Value = serde_json::from_str(error.trim_end())?;
+    assert_eq!(error["error"]["code"], "resume_incomplete", "{error}");
+    assert!(rest.ends_with("\n\n"), "the error event is whole: {rest}");
+    assert!(
+        waited.as_secs() < 10,
+        "the follower learnt of the death after {waited:?}"
+    );
+    Ok(())
+}
