@@ -14,6 +14,8 @@
 //! upstream.rs forward to the vendor, failover before the first byte → the head, or 502/504 (upstream/error.rs)
 //! tap.rs      the one wrapper on the vendor's body: frames unchanged, timers, keep-alives, error events, one end
 //!             callback (tap/timers.rs, tap/failure.rs, tap/tests.rs)
+//! resume.rs  a route with `resume`: the answer read by its own task into a log its clients follow, `id:` lines,
+//!             resume and stop by stream id, the log copied to the store for other replicas (resume/*.rs)
 //! stream_end.rs where a stream ends: the tap reports to it once; it counts the stream, closes its spans and
 //!             calls record.rs (the audit line, written once however the stream ended) and account.rs (tokens
 //!             settled, usage recorded, read on the admin listener)
