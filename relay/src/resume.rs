@@ -17,6 +17,7 @@
 //! client that leaves keeps the vendor generating for the window). Unknown stream, or another tenant's: 404. Cancelled, over `max_bytes`, or kept no longer: 410. The log lives in
 //! this process: a resume must reach the replica that served the answer (the Redis-backed log is the next step).
 
+pub mod follow;
 pub mod log;
 pub mod produce;
 pub mod shared;

@@ -506,13 +506,10 @@ impl Relay {
         };
         let tap = TapBody::new(body, tap);
         let body = match (log, resume) {
-            (Some(log), Some((_, runtime))) => {
-                let follower = log.first_follower();
-                runtime.spawn(crate::resume::produce::produce(
-                    log,
-                    tap,
-                    self.streams.clone(),
-                ));
+            (Some(log), Some(_)) => {
+                use http_body_util::BodyExt;
+                let streams = self.streams.clone();
+                let follower = log.first_follower().driving(tap.boxed_unsync(), streams);
                 Either::Right(Follow::Local(follower))
             }
             _ => Either::Left(tap),

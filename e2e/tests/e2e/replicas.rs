@@ -399,6 +399,21 @@ async fn an_answer_resumes_on_either_replica_and_a_killed_owner_ends_it_with_an_
         ),
         (Some(1), Some(0))
     );
+    // The audit line, once, by the replica that called the vendor, names the stream; each of the three resumes
+    // is one log line on the replica that served it.
+    let logs = || format!("{}{}", a.logs(), b.logs());
+    let audited = format!("stream_id={sid}");
+    let ended = logs()
+        .lines()
+        .filter(|l| l.contains("stream ended") && l.contains(&audited))
+        .count();
+    assert_eq!(ended, 1, "{}", logs());
+    let resumed = format!("stream={sid}");
+    let resumes = logs()
+        .lines()
+        .filter(|l| l.contains("stream resumed") && l.contains(&resumed))
+        .count();
+    assert_eq!(resumes, 3, "{}", logs());
 
     // The owner dies (kill -9) while a client follows its answer on the other replica.
     let long = [("x-mock-chunks", "400"), ("x-mock-interval-ms", "25")];

@@ -8,24 +8,23 @@
 //! is dropped, and the producer reads on only while the followers are less than [`BACKLOG`] bytes behind.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use bytes::{Bytes, BytesMut};
 use relay_wire::sse::EventStarts;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use super::follow::Follower;
 use super::shared::Outbox;
 use crate::config::Resume;
 
-/// A follower's body error (the answer was cancelled, or failed outside an event stream).
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// How far behind its followers a non-resumable answer may be read (the vendor is paused past this).
 pub const BACKLOG: usize = 64 << 10;
+
+/// The kept copies are written into buffers of this size (or the frame's, when larger).
+const ARENA_CHUNK: usize = 4096;
 
 /// What the producer should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,56 +70,60 @@ pub enum Refusal {
 }
 
 #[derive(Debug)]
-struct Entry {
+pub(super) struct Entry {
     /// The event this piece starts, or `None`: it continues the previous one.
-    seq: Option<u64>,
-    bytes: Bytes,
+    pub(super) seq: Option<u64>,
+    pub(super) bytes: Bytes,
 }
 
 #[derive(Debug, Default)]
-struct Place {
+pub(super) struct Place {
     /// Absolute index of the next entry to send.
-    at: u64,
-    waker: Option<Waker>,
+    pub(super) at: u64,
+    pub(super) waker: Option<Waker>,
 }
 
 #[derive(Debug)]
-struct State {
-    entries: VecDeque<Entry>,
+pub(super) struct State {
+    pub(super) entries: VecDeque<Entry>,
     /// Absolute index of `entries[0]`.
-    first: u64,
-    held: usize,
-    total: u64,
+    pub(super) first: u64,
+    pub(super) held: usize,
+    pub(super) total: u64,
     /// The next event's number (the first is 1).
-    next_seq: u64,
-    starts: EventStarts,
+    pub(super) next_seq: u64,
+    pub(super) starts: EventStarts,
     /// Where the last frame was split (kept to reuse its allocation).
-    cuts: Vec<usize>,
-    resumable: bool,
-    end: Option<LogEnd>,
+    pub(super) cuts: Vec<usize>,
+    /// Entries before this absolute index hold copies in `arena`, not the vendor connection's buffers.
+    pub(super) kept: u64,
+    /// Where those copies are written, [`ARENA_CHUNK`] at a time.
+    pub(super) arena: BytesMut,
+    pub(super) resumable: bool,
+    pub(super) end: Option<LogEnd>,
     /// Kept no longer: its entries are dropped, resumes are told it is gone.
-    forgotten: bool,
+    pub(super) forgotten: bool,
     /// One slot per follower that ever came (`None` once it left).
-    followers: Vec<Option<Place>>,
-    attached: usize,
+    pub(super) followers: Vec<Option<Place>>,
+    pub(super) attached: usize,
     /// Since when no follower has been attached.
-    alone_since: Option<Instant>,
-    resumes: u32,
+    pub(super) alone_since: Option<Instant>,
+    pub(super) resumes: u32,
     /// A client asked to stop the answer.
-    stopped: bool,
+    pub(super) stopped: bool,
     /// A client follows the answer on another replica (through the store), as of its last word, until then.
-    elsewhere_until: Option<Instant>,
+    pub(super) elsewhere_until: Option<Instant>,
 }
 
 /// One answer's bytes and followers, shared by its producer and every client that follows it.
 #[derive(Debug)]
 pub struct StreamLog {
-    id: Arc<str>,
+    pub(super) id: Arc<str>,
     tenant: Arc<str>,
     resume: Resume,
     state: Mutex<State>,
     /// Told when a follower reads, comes or leaves (the producer is the one waiter).
-    changed: Notify,
+    pub(super) changed: Notify,
     /// With a store: what goes to the store's copy of the answer ([`super::shared`]).
     outbox: Option<Arc<Outbox>>,
 }
@@ -144,6 +147,8 @@ impl StreamLog {
                 next_seq: 1,
                 starts: EventStarts::new(),
                 cuts: Vec::new(),
+                kept: 0,
+                arena: BytesMut::new(),
                 resumable: true,
                 end: None,
                 forgotten: false,
@@ -178,7 +183,7 @@ impl StreamLog {
         self.lock().resumes
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -215,10 +220,7 @@ impl StreamLog {
         s.attached += 1;
         s.alone_since = None;
         self.changed.notify_one();
-        Follower {
-            log: self.clone(),
-            slot,
-        }
+        Follower::new(self.clone(), slot)
     }
 
     /// A frame from the vendor (through the tap): kept, split where events start, and handed to the followers.
@@ -271,6 +273,10 @@ impl StreamLog {
         }
         if !s.resumable {
             trim(s);
+        } else if s.attached == 0 {
+            // Nobody sends these now: keep copies right away.
+            let end = s.first + s.entries.len() as u64;
+            keep(s, end);
         }
         wake_all(s);
     }
@@ -300,9 +306,16 @@ impl StreamLog {
             return false;
         }
         s.stopped = true;
+        // A follower reading the vendor itself ([`Follower::driving`]) waits on its own waker.
+        wake_all(&mut s);
         drop(s);
         self.changed.notify_one();
         true
+    }
+
+    /// The vendor call was cancelled (nothing is kept).
+    pub fn cancelled(&self) -> bool {
+        self.lock().end == Some(LogEnd::Cancelled)
     }
 
     /// Drops what is kept; a resume from now on is told the answer is gone.
@@ -360,8 +373,31 @@ impl StreamLog {
     }
 }
 
+/// Copies the entries before absolute index `upto` into the arena, so the answer kept for resumes holds its own
+/// bytes (a few KiB) instead of the vendor connection's read buffers (each frame a slice of one, up to tens of KiB
+/// pinned per frame). The copy is made once the first follower has handed the frame to its connection, never before
+/// it goes out: the vendor's buffers go to the client as they are.
+pub(super) fn keep(s: &mut State, upto: u64) {
+    let from = s.kept.max(s.first);
+    for i in from..upto {
+        let Some(e) = s.entries.get_mut((i - s.first) as usize) else {
+            break;
+        };
+        let len = e.bytes.len();
+        if len == 0 {
+            continue;
+        }
+        if s.arena.capacity() - s.arena.len() < len {
+            s.arena.reserve(len.max(ARENA_CHUNK));
+        }
+        s.arena.extend_from_slice(&e.bytes);
+        e.bytes = s.arena.split().freeze();
+    }
+    s.kept = s.kept.max(upto);
+}
+
 /// Drops what every follower has read (not resumable any more: nobody may come back for it).
-fn trim(s: &mut State) {
+pub(super) fn trim(s: &mut State) {
     let keep_from = s
         .followers
         .iter()
@@ -385,103 +421,10 @@ fn forget(s: &mut State) {
     s.held = 0;
 }
 
-fn wake_all(s: &mut State) {
+pub(super) fn wake_all(s: &mut State) {
     for place in s.followers.iter_mut().flatten() {
         if let Some(w) = place.waker.take() {
             w.wake();
         }
-    }
-}
-
-/// A client's view of the answer: from its place on, each event preceded by its own `id: <stream>:<seq>` line, a
-/// small frame of its own; the vendor's bytes are the kept `Bytes`, unchanged. Dropping it (the client left) tells
-/// the producer.
-#[derive(Debug)]
-pub struct Follower {
-    log: Arc<StreamLog>,
-    slot: usize,
-}
-
-impl Follower {
-    /// The answer's stream id.
-    pub fn stream_id(&self) -> &str {
-        &self.log.id
-    }
-}
-
-impl Body for Follower {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let log = this.log.clone();
-        let mut s = log.lock();
-        let s = &mut *s;
-        loop {
-            let Some(Some(place)) = s.followers.get_mut(this.slot) else {
-                return Poll::Ready(None);
-            };
-            let at = place.at;
-            let Some(entry) = at
-                .checked_sub(s.first)
-                .and_then(|i| s.entries.get(i as usize))
-            else {
-                if s.forgotten && s.end != Some(LogEnd::Done) && s.end != Some(LogEnd::Failed) {
-                    return Poll::Ready(Some(Err("the answer was cancelled".into())));
-                }
-                return match s.end {
-                    Some(LogEnd::Done) => Poll::Ready(None),
-                    Some(LogEnd::Failed) => {
-                        Poll::Ready(Some(Err("the vendor's body failed".into())))
-                    }
-                    _ => {
-                        place.waker = Some(cx.waker().clone());
-                        Poll::Pending
-                    }
-                };
-            };
-            place.at += 1;
-            let frame = match entry.seq {
-                Some(seq) => Bytes::from(format!("id: {}:{seq}\n", log.id)),
-                None if entry.bytes.is_empty() => continue,
-                None => entry.bytes.clone(),
-            };
-            if !s.resumable {
-                trim(s);
-                log.changed.notify_one();
-            }
-            return Poll::Ready(Some(Ok(Frame::data(frame))));
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        false
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let mut s = self.log.lock();
-        if let Some(slot) = s.followers.get_mut(self.slot)
-            && slot.take().is_some()
-        {
-            s.attached -= 1;
-            if s.attached == 0 {
-                s.alone_since = Some(Instant::now());
-            }
-            if !s.resumable {
-                trim(&mut s);
-            }
-        }
-        drop(s);
-        self.log.changed.notify_one();
     }
 }

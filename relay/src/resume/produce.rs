@@ -22,7 +22,13 @@ where
 {
     let end = read(&log, body).await;
     log.end(end);
-    if end != LogEnd::Cancelled {
+    retain(log, streams).await;
+}
+
+/// After the answer's end: keeps it for the window after its last follower leaves, then forgets it, and removes it
+/// from `streams` one window later (until then a resume is told it is gone).
+pub async fn retain(log: Arc<StreamLog>, streams: Arc<Streams>) {
+    if !log.cancelled() {
         loop {
             match log.retain(Instant::now()) {
                 Retain::Over => break,

@@ -69,6 +69,17 @@ async fn the_vendors_bytes_are_the_same_buffers() {
             "a vendor piece was copied"
         );
     }
+    // Once sent, the log keeps a copy of its own: a resume does not pin the vendor connection's buffer.
+    let mut later = log.resume(0).unwrap();
+    while let Ok(Some(Ok(fr))) =
+        tokio::time::timeout(Duration::from_millis(10), later.frame()).await
+    {
+        let fr = fr.into_data().unwrap();
+        assert!(
+            !range.contains(&(fr.as_ptr() as usize)),
+            "still the vendor's buffer"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -115,6 +115,16 @@ impl Pinning {
     }
 }
 
+/// redis-server, charged to the rows whose relay keeps answers in it (its CPU and memory are the feature's cost).
+impl Cost for Redis {
+    fn cpu_ns(&self) -> u64 {
+        self.pid().map_or(0, testkit::proc::cpu_ns)
+    }
+    fn rss_kib(&self) -> u64 {
+        self.pid().map_or(0, testkit::proc::rss_kib)
+    }
+}
+
 /// The workspace root.
 fn root() -> Result<PathBuf> {
     Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -463,15 +473,22 @@ async fn main() -> Result<()> {
     let reload_idle_kib = relay_reload.as_ref().map(Proc::rss_kib);
     // The same relay with resumable answers (issue 27): each answer read by its own task into a log that keeps it
     // (up to 1 MiB) and followed by the client's connection, an `id:` line before each event. Not in the gate.
+    let resumable = config.replace(
+        "[[routes]]\n",
+        "[[routes]]\nresume = { window_ms = 60000, max_bytes = 1048576 }\n",
+    );
     let relay_resume = match a.gate {
-        false => {
-            let resumable = config.replace(
-                "[[routes]]\n",
-                "[[routes]]\nresume = { window_ms = 60000, max_bytes = 1048576 }\n",
-            );
-            Some(testkit::proc::start_relay(&resumable, &env, "info").await?)
-        }
+        false => Some(testkit::proc::start_relay(&resumable, &env, "info").await?),
         true => None,
+    };
+    // And with its answers copied to Redis for the other replicas (batched appends, `resume/shared.rs`).
+    let relay_resume_redis = match &redis {
+        Some(r) => {
+            let store = format!("[store]\nurl = {:?}\n\n[audit]", r.url());
+            let shared = resumable.replacen("[audit]", &store, 1);
+            Some(testkit::proc::start_relay(&shared, &env, "info").await?)
+        }
+        None => None,
     };
     let nginx_bin =
         nginx::available().context("nginx is not installed (apt-get install nginx-light)")?;
@@ -554,6 +571,14 @@ async fn main() -> Result<()> {
     }
     if let Some(r) = &relay_resume {
         targets.push(("relay, resume on → mock", url(r.addr), CLIENT_KEY, vec![r]));
+    }
+    if let (Some(r), Some(store)) = (&relay_resume_redis, &redis) {
+        targets.push((
+            "relay + redis-server, resume on, Redis store → mock",
+            url(r.addr),
+            CLIENT_KEY,
+            vec![r, store],
+        ));
     }
     let reload_name: &'static str = Box::leak(
         format!(
