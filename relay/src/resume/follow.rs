@@ -125,7 +125,12 @@ fn at_the_end(s: &mut State, slot: usize, drives: bool, cx: &mut Context<'_>) ->
         Some(LogEnd::Cancelled) => return Next::End(Some(Err("the answer was cancelled".into()))),
         None => {}
     }
-    if let Some(Some(place)) = s.followers.get_mut(slot) {
+    if let Some(Some(place)) = s.followers.get_mut(slot)
+        && !place
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+    {
         place.waker = Some(cx.waker().clone());
     }
     if !drives {
@@ -163,7 +168,7 @@ impl Body for Follower {
                     match Pin::new(body).poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => {
                             if let Ok(data) = frame.into_data() {
-                                this.log.push(data);
+                                this.log.push_from(this.slot, data);
                             }
                         }
                         Poll::Ready(Some(Err(_))) => this.ended(LogEnd::Failed, false),

@@ -224,7 +224,13 @@ impl StreamLog {
     }
 
     /// A frame from the vendor (through the tap): kept, split where events start, and handed to the followers.
-    pub fn push(&self, mut frame: Bytes) {
+    pub fn push(&self, frame: Bytes) {
+        self.push_from(usize::MAX, frame);
+    }
+
+    /// As [`StreamLog::push`], by the follower in `slot` that reads the vendor itself: it is not woken for it
+    /// (it sends the frame next anyway; a wake-up would poll its connection once more per frame).
+    pub(super) fn push_from(&self, slot: usize, mut frame: Bytes) {
         let mut s = self.lock();
         let s = &mut *s;
         let len = frame.len();
@@ -278,7 +284,15 @@ impl StreamLog {
             let end = s.first + s.entries.len() as u64;
             keep(s, end);
         }
-        wake_all(s);
+        for (i, place) in s.followers.iter_mut().enumerate() {
+            if let Some(w) = place
+                .as_mut()
+                .filter(|_| i != slot)
+                .and_then(|p| p.waker.take())
+            {
+                w.wake();
+            }
+        }
     }
 
     /// The answer ended.
