@@ -20,6 +20,7 @@
 pub mod follow;
 pub mod log;
 pub mod produce;
+pub mod publish;
 pub mod shared;
 
 use std::collections::HashMap;
@@ -112,10 +113,10 @@ impl Streams {
             .shared
             .as_ref()
             .zip(runtime.as_ref())
-            .map(|_| Arc::new(shared::Outbox::default()));
+            .map(|(s, _)| s.publishing.outbox());
         let log = Arc::new(StreamLog::new(id.clone(), tenant, resume, outbox.clone()));
         if let (Some(shared), Some(runtime), Some(outbox)) = (&self.shared, runtime, outbox) {
-            runtime.spawn(shared::publish(shared.clone(), log.clone(), outbox, route));
+            publish::add(shared, log.clone(), outbox, route, &runtime);
         }
         self.lock().insert(id, log.clone());
         log
@@ -168,7 +169,7 @@ impl Streams {
             });
         }
         let shared = self.shared.as_ref().ok_or(ResumeError::NotFound)?;
-        let meta = shared.meta(id).await.map_err(|e| {
+        let meta = shared.meta_soon(id).await.map_err(|e| {
             shared.failed(&e);
             ResumeError::StoreUnavailable
         })?;
@@ -206,7 +207,7 @@ impl Streams {
             shared.failed(&e);
             ResumeError::StoreUnavailable
         };
-        let meta = shared.meta(id).await.map_err(failed)?;
+        let meta = shared.meta_soon(id).await.map_err(failed)?;
         meta.filter(|m| m.tenant == tenant)
             .ok_or(ResumeError::NotFound)?;
         match shared.stop(id).await.map_err(failed)?.as_deref() {

@@ -570,7 +570,7 @@ impl Relay {
             Follow::Shared(_) => "the store",
         };
         tracing::info!(
-            stream = path.trim_start_matches(crate::resume::PATH_PREFIX),
+            stream_id = %path.trim_start_matches(crate::resume::PATH_PREFIX),
             from,
             "stream resumed"
         );

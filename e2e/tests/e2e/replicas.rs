@@ -408,10 +408,9 @@ async fn an_answer_resumes_on_either_replica_and_a_killed_owner_ends_it_with_an_
         .filter(|l| l.contains("stream ended") && l.contains(&audited))
         .count();
     assert_eq!(ended, 1, "{}", logs());
-    let resumed = format!("stream={sid}");
     let resumes = logs()
         .lines()
-        .filter(|l| l.contains("stream resumed") && l.contains(&resumed))
+        .filter(|l| l.contains("stream resumed") && l.contains(&audited))
         .count();
     assert_eq!(resumes, 3, "{}", logs());
 

@@ -367,6 +367,20 @@ impl RedisStore {
         format!("{}:stream:{{{stream}}}:{part}", self.config.key_prefix)
     }
 
+    /// A Redis Cluster (a pipeline's commands must then share a slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Runs `pipe` within the store's timeout.
+    pub async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.within(pipe.query_async(&mut conn)).await
+    }
+
     /// Runs `script` within the store's timeout.
     pub async fn run<T: redis::FromRedisValue>(
         &self,

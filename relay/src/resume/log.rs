@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use super::follow::Follower;
-use super::shared::Outbox;
+use super::publish::Outbox;
 use crate::config::Resume;
 
 /// How far behind its followers a non-resumable answer may be read (the vendor is paused past this).

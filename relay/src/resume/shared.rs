@@ -1,10 +1,10 @@
 //! Resumable answers shared by the replicas through the `[store]` (Redis): any replica can serve a resume.
 //!
-//! The replica that calls the vendor (the owner) keeps the answer in its own [`StreamLog`] as without a store, and
-//! appends the same frames to a Redis Stream (`…:stream:{<id>}:log`, one entry per vendor frame: its bytes `d` and
-//! where events start in it `e`, as `offset:number,…`), batched: [`publish`] sends what has come since its last call
-//! in one script call, so a busy answer costs one round trip per batch, not per frame. The same call says the owner
-//! is alive (`…:owner`, expiring after [`OWNER_TTL`]), keeps every key for the window (`PEXPIRE`, the time bound),
+//! The replica that calls the vendor (the owner) keeps the answer in its own log as without a store, and appends the
+//! same frames to a Redis Stream (`…:stream:{<id>}:log`, one entry per vendor frame: its bytes `d` and where events
+//! start in it `e`, as `offset:number,…`), batched ([`super::publish`]): every answer's new frames go in one
+//! pipeline of script calls, one round trip for the replica every few milliseconds, not one per frame. Each call says
+//! the owner is alive (`…:owner`, expiring after [`OWNER_TTL`]), keeps every key for the window (`PEXPIRE`, the time bound),
 //! and reads whether a client stopped the answer (`…:stop`) or follows it on another replica (`…:followers`). The
 //! answer's end goes in as a last entry (`end`: `done`, `failed`, `cancelled`, or `gone` past `max_bytes`, after
 //! which nothing more is appended: the length bound).
@@ -14,15 +14,13 @@
 //! window. If the owner stops saying it is alive before the end entry, the client gets what was kept, then an
 //! `event: error` (`resume_incomplete`): never silence, never a short answer that looks whole.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::Value;
-use tokio::sync::{Notify, mpsc};
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 
-use super::log::StreamLog;
 use crate::limit::store::RedisStore;
 use crate::tap::{ErrorShape, Failure};
 use relay_wire::sse::EventStarts;
@@ -33,12 +31,14 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const OWNER_TTL: Duration = Duration::from_secs(3);
 /// A follower on another replica says so this often; heard of, it counts as attached for [`OWNER_TTL`].
 pub const POLL: Duration = Duration::from_millis(20);
+/// How long a resume waits for an answer the store does not have yet (its owner's first append may be on its way).
+const FIRST_APPEND: Duration = Duration::from_millis(100);
 /// Log entries read per poll.
 const BATCH: usize = 256;
 
-/// Appends a batch. KEYS: log, meta, owner, followers, stop. ARGV: keep (ms), owner ttl (ms), tenant, route, state
+/// Appends one answer's batch. KEYS: log, meta, owner, followers, stop. ARGV: keep (ms), owner ttl (ms), tenant, route, state
 /// (`live` or the end), entries, then `d`, `e` per entry. Returns {stop asked, followed elsewhere}.
-const APPEND: &str = r"
+pub(super) const APPEND: &str = r"
 local keep, n = tonumber(ARGV[1]), tonumber(ARGV[6])
 redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'route', ARGV[4], 'state', ARGV[5], 'keep', ARGV[1])
 for i = 0, n - 1 do
@@ -76,13 +76,14 @@ if state == 'live' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) end
 return state
 ";
 
-/// The store and its scripts, for resumable answers.
+/// The store and its scripts, for resumable answers; and the answers this replica appends to it.
 #[derive(Debug)]
 pub struct Shared {
-    store: Arc<RedisStore>,
-    append: redis::Script,
+    pub(super) store: Arc<RedisStore>,
+    pub(super) append: redis::Script,
     follow: redis::Script,
     stop: redis::Script,
+    pub(super) publishing: super::publish::Publishing,
 }
 
 /// An answer as another replica sees it in the store.
@@ -101,10 +102,11 @@ impl Shared {
             append: redis::Script::new(APPEND),
             follow: redis::Script::new(FOLLOW),
             stop: redis::Script::new(STOP),
+            publishing: super::publish::Publishing::default(),
         }
     }
 
-    fn keys(&self, id: &str) -> [String; 5] {
+    pub(super) fn keys(&self, id: &str) -> [String; 5] {
         ["log", "meta", "owner", "followers", "stop"].map(|p| self.store.stream_key(id, p))
     }
 
@@ -126,6 +128,20 @@ impl Shared {
         })
     }
 
+    /// As [`Shared::meta`], looking once more a little later when the store does not have it: an answer's owner
+    /// appends its first frames within [`super::publish::GATHER`] and a round trip, and a client that lost its
+    /// connection right after its first event may be faster than that.
+    pub async fn meta_soon(
+        &self,
+        id: &str,
+    ) -> Result<Option<Meta>, crate::limit::store::StoreError> {
+        if let Some(meta) = self.meta(id).await? {
+            return Ok(Some(meta));
+        }
+        tokio::time::sleep(FIRST_APPEND).await;
+        self.meta(id).await
+    }
+
     /// Asks the owner to stop the answer (it reads the request with its next batch, within [`HEARTBEAT`]); the
     /// answer's state before (`None`: unknown).
     pub async fn stop(&self, id: &str) -> Result<Option<String>, crate::limit::store::StoreError> {
@@ -141,104 +157,8 @@ impl Shared {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// What the owner has not appended yet.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    state: Mutex<Pending>,
-    ready: Notify,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    frames: Vec<(Bytes, String)>,
-    end: Option<&'static str>,
-}
-
-impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A vendor frame and where events start in it (`offset:number,…`).
-    pub fn frame(&self, frame: Bytes, starts: String) {
-        let mut p = self.lock();
-        if p.end.is_none() {
-            p.frames.push((frame, starts));
-        }
-        drop(p);
-        self.ready.notify_one();
-    }
-
-    /// The answer ended (`done`, `failed`, `cancelled`) or stopped being resumable (`gone`): the last entry.
-    pub fn end(&self, how: &'static str) {
-        let mut p = self.lock();
-        p.end.get_or_insert(how);
-        drop(p);
-        self.ready.notify_one();
-    }
-}
-
-/// The owner's side: appends what comes into `outbox` to the store, batched, until the end is appended; tells `log`
-/// when a client on another replica follows it or asked to stop it. A failed call is retried with the same entries
-/// (the store's copy never has a gap); the entries wait in the outbox meanwhile (at most `max_bytes` of them).
-pub async fn publish(
-    shared: Arc<Shared>,
-    log: Arc<StreamLog>,
-    outbox: Arc<Outbox>,
-    route: Arc<str>,
-) {
-    let keys = shared.keys(log.id());
-    let keep = log.window() * 2;
-    let mut unsent: Vec<(Bytes, String)> = Vec::new();
-    loop {
-        tokio::select! {
-            () = outbox.ready.notified() => {}
-            () = tokio::time::sleep(HEARTBEAT) => {}
-        }
-        let end = {
-            let mut p = outbox.lock();
-            unsent.append(&mut p.frames);
-            p.end
-        };
-        let mut inv = shared.append.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
-        }
-        inv.arg(millis(keep))
-            .arg(millis(OWNER_TTL))
-            .arg(log.tenant())
-            .arg(&*route)
-            .arg(end.unwrap_or("live"))
-            .arg(unsent.len());
-        for (d, e) in &unsent {
-            inv.arg(&d[..]).arg(e);
-        }
-        match shared.store.run::<(i64, i64)>(&inv).await {
-            Ok((stop, followers)) => {
-                unsent.clear();
-                if stop == 1 {
-                    log.stop();
-                }
-                if followers == 1 {
-                    log.followed_elsewhere(Instant::now() + OWNER_TTL);
-                }
-                if end.is_some() {
-                    return;
-                }
-            }
-            Err(e) => {
-                shared.store.failed(&e);
-                if end.is_some() && log.is_over(Instant::now()) {
-                    // The answer is over and nobody waits for it: give up rather than retry forever.
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// The body of a resume served from the store: frames from [`follow`], in order.

@@ -382,7 +382,11 @@ async fn with_a_store_a_follower_on_another_replica_keeps_the_answer_past_the_wi
         .await
         .unwrap();
     let vendor = mock.app.stats.find(&trace).unwrap();
-    assert_eq!(sha256_hex(without_ids(&whole, &sid)), vendor.sha256);
+    assert_eq!(
+        sha256_hex(without_ids(&whole, &sid)),
+        vendor.sha256,
+        "{whole}"
+    );
     assert_eq!(mock.app.stats.counters().streams_cancelled, 0);
 
     // Stop, asked on B, cancels the vendor call A holds.
