@@ -327,6 +327,13 @@ impl StreamLog {
         true
     }
 
+    /// Still being read with no client of this replica following it: whether a client follows it elsewhere decides
+    /// whether it goes on (the publisher asks the store often then).
+    pub fn alone(&self) -> bool {
+        let s = self.lock();
+        s.attached == 0 && s.end.is_none()
+    }
+
     /// The vendor call was cancelled (nothing is kept).
     pub fn cancelled(&self) -> bool {
         self.lock().end == Some(LogEnd::Cancelled)

@@ -20,6 +20,8 @@ use super::shared::{HEARTBEAT, OWNER_TTL, Shared, millis};
 
 /// How long the publisher gathers frames after the first one comes: the batch of every answer of the replica.
 pub const GATHER: Duration = Duration::from_millis(5);
+/// How often an answer with no client on this replica asks the store whether one follows it elsewhere.
+const ALONE_BEAT: Duration = Duration::from_millis(50);
 /// After a failed round trip, the next comes this much later.
 const RETRY: Duration = Duration::from_millis(250);
 
@@ -84,6 +86,8 @@ struct Publication {
     log: Arc<StreamLog>,
     outbox: Arc<Outbox>,
     route: Arc<str>,
+    /// Its meta and owner keys are in the store (its first round trip went through).
+    announced: Arc<AtomicBool>,
 }
 
 impl Publishing {
@@ -110,9 +114,12 @@ pub fn add(
     runtime: &tokio::runtime::Handle,
 ) {
     let publishing = &shared.publishing;
-    publishing
-        .answers()
-        .push(Publication { log, outbox, route });
+    publishing.answers().push(Publication {
+        log,
+        outbox,
+        route,
+        announced: Arc::default(),
+    });
     if !publishing.running.swap(true, Ordering::AcqRel) {
         runtime.spawn(run(shared.clone()));
     }
@@ -124,6 +131,8 @@ struct Batch {
     answer: Publication,
     frames: Vec<(Bytes, String)>,
     end: Option<&'static str>,
+    /// The state call goes too: first round trip, heartbeat, or end.
+    state: bool,
 }
 
 /// The replica's publisher: gathers every answer's new frames for [`GATHER`], appends them in one round trip, and
@@ -142,18 +151,28 @@ async fn run(shared: Arc<Shared>) {
             beat_at = now + HEARTBEAT;
         }
         let answers = publishing.answers().clone();
+        let mut any_alone = false;
         let batches: Vec<Batch> = answers
             .into_iter()
             .filter_map(|answer| {
                 let (frames, end) = answer.outbox.take();
-                let due = beat || !frames.is_empty() || end.is_some();
-                due.then_some(Batch {
+                let alone = answer.log.alone();
+                any_alone |= alone;
+                let state =
+                    beat || alone || end.is_some() || !answer.announced.load(Ordering::Acquire);
+                (state || !frames.is_empty()).then_some(Batch {
                     answer,
                     frames,
                     end,
+                    state,
                 })
             })
             .collect();
+        if any_alone {
+            // An answer whose client left hears of a client following it on another replica within this, not a
+            // heartbeat: its window may be shorter than a second.
+            beat_at = beat_at.min(now + ALONE_BEAT);
+        }
         if batches.is_empty() {
             continue;
         }
@@ -161,6 +180,7 @@ async fn run(shared: Arc<Shared>) {
             Ok(replies) => {
                 let now = Instant::now();
                 for (b, (stop, followers)) in batches.iter().zip(replies) {
+                    b.answer.announced.store(true, Ordering::Release);
                     if stop {
                         b.answer.log.stop();
                     }
@@ -195,40 +215,113 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// One round trip: every batch's script call (a pipeline; on a Cluster, concurrent calls). Per batch: {stop asked,
-/// followed elsewhere}.
+/// One round trip (a pipeline; on a Cluster, one pipeline per answer, concurrently): per answer, its new frames
+/// as one stream entry (`XADD`), then, when due, its state call. Per batch: {stop asked, followed elsewhere}
+/// (both false without a state call).
 async fn append(
     shared: &Shared,
     batches: &[Batch],
 ) -> Result<Vec<(bool, bool)>, crate::limit::store::StoreError> {
-    let invocations: Vec<redis::ScriptInvocation<'_>> =
-        batches.iter().map(|b| invocation(shared, b)).collect();
+    let invocations: Vec<Option<redis::ScriptInvocation<'_>>> = batches
+        .iter()
+        .map(|b| b.state.then(|| state_call(shared, b)))
+        .collect();
     let store = &shared.store;
-    let replies: Vec<(i64, i64)> = if store.is_cluster() {
-        let calls = invocations.iter().map(|inv| store.run::<(i64, i64)>(inv));
-        futures_util::future::join_all(calls)
-            .await
+    let add = |pipe: &mut redis::Pipeline, b: &Batch, inv: &Option<redis::ScriptInvocation<'_>>| {
+        if let Some((d, e)) = coalesce(&b.frames) {
+            let log = shared.keys(b.answer.log.id());
+            pipe.cmd("XADD")
+                .arg(&log[0])
+                .arg("*")
+                .arg("d")
+                .arg(&d[..])
+                .arg("e")
+                .arg(e)
+                .ignore();
+        }
+        if let Some(inv) = inv {
+            pipe.invoke_script(inv);
+        }
+    };
+    let replies: Vec<Option<(i64, i64)>> = if store.is_cluster() {
+        let calls = batches.iter().zip(&invocations).map(|(b, inv)| {
+            let mut pipe = redis::pipe();
+            if inv.is_some() {
+                pipe.load_script(&shared.append).ignore();
+            }
+            add(&mut pipe, b, inv);
+            async move {
+                let values: Vec<Value> = store.run_pipeline(&pipe).await?;
+                Ok::<_, crate::limit::store::StoreError>(values.into_iter().next())
+            }
+        });
+        let values = futures_util::future::join_all(calls).await;
+        values
             .into_iter()
+            .map(|v| v.map(|v| v.and_then(|v| redis::from_redis_value(v).ok())))
             .collect::<Result<_, _>>()?
     } else {
         let mut pipe = redis::pipe();
-        // The script is loaded first in every round trip: a store that restarted empty does not fail it.
-        pipe.load_script(&shared.append).ignore();
-        for inv in &invocations {
-            pipe.invoke_script(inv);
+        // The script is loaded first in every round trip with a state call: a store that restarted empty does not
+        // fail it.
+        if invocations.iter().any(Option::is_some) {
+            pipe.load_script(&shared.append).ignore();
         }
-        let values: Vec<Value> = store.run_pipeline(&pipe).await?;
-        values
-            .into_iter()
-            .map(redis::from_redis_value)
-            .collect::<Result<_, _>>()
-            .map_err(|_| crate::limit::store::StoreError::Reply)?
+        for (b, inv) in batches.iter().zip(&invocations) {
+            add(&mut pipe, b, inv);
+        }
+        let mut values = store.run_pipeline::<Vec<Value>>(&pipe).await?.into_iter();
+        let mut replies = Vec::with_capacity(batches.len());
+        for inv in &invocations {
+            replies.push(match inv {
+                Some(_) => {
+                    let v = values
+                        .next()
+                        .ok_or(crate::limit::store::StoreError::Reply)?;
+                    Some(
+                        redis::from_redis_value(v)
+                            .map_err(|_| crate::limit::store::StoreError::Reply)?,
+                    )
+                }
+                None => None,
+            });
+        }
+        replies
     };
-    Ok(replies.into_iter().map(|(s, f)| (s == 1, f == 1)).collect())
+    Ok(replies
+        .into_iter()
+        .map(|r| r.map_or((false, false), |(s, f)| (s == 1, f == 1)))
+        .collect())
 }
 
-/// One answer's script call: its keys, its frames, its end.
-fn invocation<'a>(shared: &'a Shared, b: &'a Batch) -> redis::ScriptInvocation<'a> {
+/// An answer's new frames as one entry: their bytes end to end, and where events start in them.
+fn coalesce(frames: &[(Bytes, String)]) -> Option<(Bytes, String)> {
+    match frames {
+        [] => None,
+        [(d, e)] => Some((d.clone(), e.clone())),
+        _ => {
+            let mut d = bytes::BytesMut::with_capacity(frames.iter().map(|(d, _)| d.len()).sum());
+            let mut e = String::new();
+            for (frame, starts) in frames {
+                for cut in starts.split(',').filter(|c| !c.is_empty()) {
+                    let Some((off, seq)) = cut.split_once(':') else {
+                        continue;
+                    };
+                    let off = off.parse::<usize>().unwrap_or(0) + d.len();
+                    if !e.is_empty() {
+                        e.push(',');
+                    }
+                    e.push_str(&format!("{off}:{seq}"));
+                }
+                d.extend_from_slice(frame);
+            }
+            Some((d.freeze(), e))
+        }
+    }
+}
+
+/// One answer's state call: its meta, its owner alive (or gone at the end), its keys' time bound, its end entry.
+fn state_call<'a>(shared: &'a Shared, b: &'a Batch) -> redis::ScriptInvocation<'a> {
     let log = &b.answer.log;
     let mut inv = shared.append.prepare_invoke();
     for k in shared.keys(log.id()) {
@@ -239,9 +332,6 @@ fn invocation<'a>(shared: &'a Shared, b: &'a Batch) -> redis::ScriptInvocation<'
         .arg(log.tenant())
         .arg(&*b.answer.route)
         .arg(b.end.unwrap_or("live"))
-        .arg(b.frames.len());
-    for (d, e) in &b.frames {
-        inv.arg(&d[..]).arg(e);
-    }
+        .arg(0);
     inv
 }
