@@ -1,5 +1,5 @@
 //! The owner's side of answers shared through the store: what each answer has not appended yet ([`Outbox`]), and
-//! the one task per replica ([`run`]) that appends every answer's new frames together, in one pipeline of script
+//! the one task per replica (`run`) that appends every answer's new frames together, in one pipeline of script
 //! calls, one round trip every [`GATHER`] at most (on a Redis Cluster, one call per answer, all at once: an
 //! answer's keys share a slot, two answers' do not). Each call also says the owner is alive (at least every
 //! [`super::shared::HEARTBEAT`], frames or not) and brings back whether a client stopped the answer or follows it on
@@ -91,7 +91,7 @@ struct Publication {
 }
 
 impl Publishing {
-    /// An outbox for a new answer (its frames go out once it is [`Publishing::add`]ed).
+    /// An outbox for a new answer (its frames go out once it is added: [`add`]).
     pub fn outbox(&self) -> Arc<Outbox> {
         Arc::new(Outbox {
             state: Mutex::default(),

@@ -9,7 +9,7 @@
 //! answer's end goes in as a last entry (`end`: `done`, `failed`, `cancelled`, or `gone` past `max_bytes`, after
 //! which nothing more is appended: the length bound).
 //!
-//! A resume that reaches a replica without the answer ([`follow`]) checks the owner's tenant (`…:meta`), replays the
+//! A resume that reaches a replica without the answer ([`follower`]) checks the owner's tenant (`…:meta`), replays the
 //! log from Redis and follows it (polling every [`POLL`]), saying it follows so the owner keeps reading past the
 //! window. If the owner stops saying it is alive before the end entry, the client gets what was kept, then an
 //! `event: error` (`resume_incomplete`): never silence, never a short answer that looks whole.
@@ -161,7 +161,7 @@ pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The body of a resume served from the store: frames from [`follow`], in order.
+/// The body of a resume served from the store: frames from a task reading the store, in order.
 #[derive(Debug)]
 pub struct SharedFollower {
     rx: mpsc::Receiver<Bytes>,

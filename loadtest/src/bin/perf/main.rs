@@ -604,6 +604,8 @@ async fn main() -> Result<()> {
             .into_iter()
             .chain(&relay_redis)
             .chain(&relay_reload)
+            .chain(&relay_resume)
+            .chain(&relay_resume_redis)
             .filter_map(|r| r.pid());
         let nginxes = [&nginx_mock, &nginx_relay, &nginx_tls]
             .into_iter()
