@@ -42,7 +42,6 @@ pub use crate::outcome::{End, Failure, ReadFailure, Seen};
 pub use failure::ErrorShape;
 pub use timers::Timers;
 
-use crate::error::BoxError;
 use crate::flushed::Flushed;
 use crate::metrics::Buckets;
 use crate::shutdown::Watch;
@@ -54,6 +53,10 @@ use relay_wire::sse::EventScanner;
 use timers::Due;
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// What a body that is not an event stream may end with (the same type as [`crate::error::BoxError`]; named here
+/// so the tap needs nothing from the error stage, which gathers the stages' errors, the resume stage's among them).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Seen {
     /// The connection was cut with `got` body bytes in the client's socket (`None`: not known): the vendor bytes
