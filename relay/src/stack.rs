@@ -535,6 +535,19 @@ impl Relay {
 }
 
 impl Relay {
+    /// Who asks about a stream (auth), named in the request's span and its metrics.
+    fn caller(
+        &self,
+        parts: &http::request::Parts,
+        trace: &RequestTrace,
+        tenant: &mut Option<Arc<str>>,
+    ) -> Result<crate::auth::Principal, RelayError> {
+        let principal = self.auth.authenticate(&parts.headers)?;
+        trace.tenant(&principal.tenant);
+        *tenant = Some(principal.tenant.clone());
+        Ok(principal)
+    }
+
     /// `GET /v1/streams/{id}`: the caller (auth), then the answer it resumes, from where it asks
     /// ([`crate::resume`]).
     async fn resume(
@@ -543,9 +556,7 @@ impl Relay {
         trace: &RequestTrace,
         tenant: &mut Option<Arc<str>>,
     ) -> Result<Response<RelayBody>, RelayError> {
-        let principal = self.auth.authenticate(&parts.headers)?;
-        trace.tenant(&principal.tenant);
-        *tenant = Some(principal.tenant.clone());
+        let principal = self.caller(parts, trace, tenant)?;
         let path = parts.uri.path();
         let routes = &self.config.routes;
         // An answer from another replica names its route: its vendor's error shape, for an incomplete end.
@@ -598,9 +609,7 @@ impl Relay {
         trace: &RequestTrace,
         tenant: &mut Option<Arc<str>>,
     ) -> Result<Response<RelayBody>, RelayError> {
-        let principal = self.auth.authenticate(&parts.headers)?;
-        trace.tenant(&principal.tenant);
-        *tenant = Some(principal.tenant.clone());
+        let principal = self.caller(parts, trace, tenant)?;
         self.streams
             .stop(&principal.tenant, parts.uri.path())
             .await?;

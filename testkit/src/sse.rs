@@ -127,6 +127,35 @@ pub async fn stalled_reader(
     Ok(stream)
 }
 
+/// A resumable answer (the relay's `resume`) read until `events` whole events came: the
+/// bytes up to the end of the last of them, and the number its `id: <sid>:<n>` line gave it.
+pub async fn read_events(
+    res: &mut reqwest::Response,
+    sid: &str,
+    events: usize,
+) -> Result<(String, u64)> {
+    let mut got = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some((end, _)) = text.match_indices("\n\n").nth(events.saturating_sub(1)) {
+            let head = text[..end + 2].to_owned();
+            let prefix = format!("id: {sid}:");
+            let last = head.lines().rev().find_map(|l| l.strip_prefix(&prefix));
+            let seq = last.context("no id line")?.parse()?;
+            return Ok((head, seq));
+        }
+        got.extend_from_slice(&res.chunk().await?.context("the answer ended early")?);
+    }
+}
+
+/// A resumable answer as the vendor sent it: the relay's `id: <sid>:…` lines taken out.
+pub fn without_ids(body: &str, sid: &str) -> String {
+    let prefix = format!("id: {sid}:");
+    body.split_inclusive('\n')
+        .filter(|l| !l.starts_with(&prefix))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

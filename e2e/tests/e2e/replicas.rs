@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 use testkit::nginx;
 use testkit::redis::{self, Redis};
 
+use testkit::sse::{read_events, without_ids};
+
 use crate::support::*;
 
 /// Two relays for one mock behind the shipped replicas site, sharing `redis`: `top` and `route` are their extra
@@ -305,33 +307,6 @@ async fn two_replicas_admit_exactly_the_tenants_concurrent_streams_and_outlive_r
 }
 
 const RESUME: &str = "resume = { window_ms = 10000, max_bytes = 1048576 }";
-
-/// Reads `res` until `events` whole events came: the bytes up to the last of them, and its number.
-async fn read_events(
-    res: &mut reqwest::Response,
-    sid: &str,
-    events: usize,
-) -> Result<(String, u64)> {
-    let mut got = Vec::new();
-    loop {
-        let text = String::from_utf8_lossy(&got);
-        if let Some((end, _)) = text.match_indices("\n\n").nth(events - 1) {
-            let head = text[..end + 2].to_owned();
-            let prefix = format!("id: {sid}:");
-            let last = head.lines().rev().find_map(|l| l.strip_prefix(&prefix));
-            return Ok((head.clone(), last.context("no id line")?.parse()?));
-        }
-        got.extend_from_slice(&res.chunk().await?.context("the answer ended early")?);
-    }
-}
-
-/// The answer as the vendor sent it: the relay's `id:` lines taken out.
-fn without_ids(body: &str, sid: &str) -> String {
-    let prefix = format!("id: {sid}:");
-    body.split_inclusive('\n')
-        .filter(|l| !l.starts_with(&prefix))
-        .collect()
-}
 
 fn resume(base: &str, sid: &str) -> reqwest::RequestBuilder {
     client()

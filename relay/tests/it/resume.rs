@@ -29,29 +29,26 @@ fn ids(res: &reqwest::Response) -> (String, String) {
     (h("x-ssegate-stream-id"), h("x-trace-id"))
 }
 
-/// Reads until `events` whole events have come; returns the bytes up to the end of the last of them and the number
-/// its `id:` line gave it.
+/// Reads until `events` whole events have come: the bytes up to the end of the last, and its number.
 async fn read_events(res: &mut reqwest::Response, sid: &str, events: usize) -> (String, u64) {
-    let mut got = Vec::new();
-    loop {
-        let text = String::from_utf8_lossy(&got);
-        if let Some((end, _)) = text.match_indices("\n\n").nth(events - 1) {
-            let head = text[..end + 2].to_owned();
-            let prefix = format!("id: {sid}:");
-            let last = head.lines().rev().find_map(|l| l.strip_prefix(&prefix));
-            return (head.clone(), last.unwrap().parse().unwrap());
-        }
-        let chunk = res.chunk().await.unwrap().unwrap();
-        got.extend_from_slice(&chunk);
-    }
+    testkit::sse::read_events(res, sid, events).await.unwrap()
 }
 
-/// The answer as the vendor sent it: the relay's `id:` lines taken out.
-fn without_ids(body: &str, sid: &str) -> String {
-    let prefix = format!("id: {sid}:");
-    body.split_inclusive('\n')
-        .filter(|l| !l.starts_with(&prefix))
-        .collect()
+use testkit::sse::without_ids;
+
+/// An answer of `chunks` chunks `interval` ms apart on `relay`, read until `events` whole events came: the
+/// response (still open), its stream id and trace id, what was read and the last event's number.
+async fn answer_read_to(
+    relay: &Relay,
+    (chunks, interval): (&str, &str),
+    events: usize,
+) -> (reqwest::Response, String, String, String, u64) {
+    let scenario = [("x-mock-chunks", chunks), ("x-mock-interval-ms", interval)];
+    let mut res = chat(relay, &scenario).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let (sid, trace) = ids(&res);
+    let (head, seq) = read_events(&mut res, &sid, events).await;
+    (res, sid, trace, head, seq)
 }
 
 /// `GET /v1/streams/{sid}` (`sid` may carry a query).
@@ -106,15 +103,7 @@ async fn a_client_cut_mid_answer_resumes_it_and_gets_the_vendors_exact_bytes_fro
 async fn a_resume_follows_a_live_answer_and_after_resumes_from_the_start() {
     let mock = start_mock().await;
     let relay = start_relay(resume_config(&mock, RESUME)).await;
-    let mut res = chat(
-        &relay,
-        &[("x-mock-chunks", "20"), ("x-mock-interval-ms", "50")],
-    )
-    .send()
-    .await
-    .unwrap();
-    let (sid, trace) = ids(&res);
-    read_events(&mut res, &sid, 2).await;
+    let (res, sid, trace, _, _) = answer_read_to(&relay, ("20", "50"), 2).await;
     drop(res);
     // `?after=0`: the whole answer again, then live to its end, while the vendor is still sending.
     let res = resume_request(&relay, &format!("{sid}?after=0"), CLIENT_KEY)
@@ -139,15 +128,7 @@ async fn nobody_back_within_the_window_cancels_the_vendor_call() {
     let config = resume_config(&mock, "resume = { window_ms = 300, max_bytes = 1048576 }");
     let relay = start_relay(config).await;
     // 200 chunks 20 ms apart: 4 s, far past the window.
-    let mut res = chat(
-        &relay,
-        &[("x-mock-chunks", "200"), ("x-mock-interval-ms", "20")],
-    )
-    .send()
-    .await
-    .unwrap();
-    let (sid, _) = ids(&res);
-    read_events(&mut res, &sid, 1).await;
+    let (res, sid, _, _, _) = answer_read_to(&relay, ("200", "20"), 1).await;
     drop(res);
     assert!(await_counter(&mock, "streams_cancelled", 1, Duration::from_secs(3)).await);
     assert_eq!(mock.app.stats.counters().streams_completed, 0);
@@ -201,15 +182,7 @@ async fn an_answer_over_max_bytes_stays_live_but_cannot_be_resumed_and_a_cut_can
 async fn only_the_same_tenant_may_resume_and_bad_ids_are_refused_without_a_vendor_call() {
     let mock = start_mock().await;
     let relay = start_relay(resume_config(&mock, RESUME)).await;
-    let mut res = chat(
-        &relay,
-        &[("x-mock-chunks", "20"), ("x-mock-interval-ms", "50")],
-    )
-    .send()
-    .await
-    .unwrap();
-    let (sid, _) = ids(&res);
-    read_events(&mut res, &sid, 1).await;
+    let (_res, sid, _, _, _) = answer_read_to(&relay, ("20", "50"), 1).await;
     let status = |r: reqwest::Response| r.status().as_u16();
     let rival = resume_request(&relay, &sid, RIVAL_KEY)
         .send()
@@ -264,15 +237,7 @@ async fn without_resume_the_answer_has_no_ids_and_no_stream_header() {
 async fn stop_cancels_the_vendor_call_at_once_for_its_tenant_only() {
     let mock = start_mock().await;
     let relay = start_relay(resume_config(&mock, RESUME)).await;
-    let mut res = chat(
-        &relay,
-        &[("x-mock-chunks", "200"), ("x-mock-interval-ms", "20")],
-    )
-    .send()
-    .await
-    .unwrap();
-    let (sid, _) = ids(&res);
-    read_events(&mut res, &sid, 1).await;
+    let (res, sid, _, _, _) = answer_read_to(&relay, ("200", "20"), 1).await;
     let stop = |key: &'static str| {
         client()
             .delete(relay.url(&format!("/v1/streams/{sid}")))
@@ -310,12 +275,7 @@ async fn with_a_store_any_replica_resumes_an_answer_another_one_holds() {
     let store = format!("url = {:?}", redis.url());
     let a = start_relay(shared_config(&mock, &store)).await;
     let b = start_relay(shared_config(&mock, &store)).await;
-    let mut res = chat(&a, &[("x-mock-chunks", "30"), ("x-mock-interval-ms", "40")])
-        .send()
-        .await
-        .unwrap();
-    let (sid, trace) = ids(&res);
-    let (head, seq) = read_events(&mut res, &sid, 3).await;
+    let (res, sid, trace, head, seq) = answer_read_to(&a, ("30", "40"), 3).await;
     drop(res);
     // Another tenant does not find it on the other replica either.
     let rival = resume_request(&b, &sid, RIVAL_KEY).send().await.unwrap();
@@ -367,12 +327,7 @@ async fn with_a_store_a_follower_on_another_replica_keeps_the_answer_past_the_wi
     let a = start_relay(short(&mock)).await;
     let b = start_relay(short(&mock)).await;
     // 60 chunks 25 ms apart: 1.5 s, five windows. The client leaves A at once and follows on B: A must not cancel.
-    let mut res = chat(&a, &[("x-mock-chunks", "60"), ("x-mock-interval-ms", "25")])
-        .send()
-        .await
-        .unwrap();
-    let (sid, trace) = ids(&res);
-    read_events(&mut res, &sid, 1).await;
+    let (res, sid, trace, _, _) = answer_read_to(&a, ("60", "25"), 1).await;
     drop(res);
     let whole = resume_request(&b, &format!("{sid}?after=0"), CLIENT_KEY)
         .send()
@@ -390,15 +345,7 @@ async fn with_a_store_a_follower_on_another_replica_keeps_the_answer_past_the_wi
     assert_eq!(mock.app.stats.counters().streams_cancelled, 0);
 
     // Stop, asked on B, cancels the vendor call A holds.
-    let mut res = chat(
-        &a,
-        &[("x-mock-chunks", "400"), ("x-mock-interval-ms", "25")],
-    )
-    .send()
-    .await
-    .unwrap();
-    let (sid, _) = ids(&res);
-    read_events(&mut res, &sid, 1).await;
+    let (res, sid, _, _, _) = answer_read_to(&a, ("400", "25"), 1).await;
     let stop = client()
         .delete(b.url(&format!("/v1/streams/{sid}")))
         .bearer_auth(CLIENT_KEY)
@@ -421,12 +368,7 @@ async fn with_a_redis_cluster_each_answer_lives_on_one_shard_and_resumes_across_
     let a = start_relay(shared_config(&mock, &store)).await;
     let b = start_relay(shared_config(&mock, &store)).await;
     for _ in 0..3 {
-        let mut res = chat(&a, &[("x-mock-chunks", "10"), ("x-mock-interval-ms", "20")])
-            .send()
-            .await
-            .unwrap();
-        let (sid, trace) = ids(&res);
-        let (head, seq) = read_events(&mut res, &sid, 2).await;
+        let (res, sid, trace, head, seq) = answer_read_to(&a, ("10", "20"), 2).await;
         drop(res);
         let rest = resume_request(&b, &sid, CLIENT_KEY)
             .header("last-event-id", format!("{sid}:{seq}"))
