@@ -122,15 +122,6 @@ impl Streams {
         log
     }
 
-    /// Answers kept now in this process.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn remove(&self, id: &str) {
         self.lock().remove(id);
     }

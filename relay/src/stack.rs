@@ -469,13 +469,9 @@ impl Relay {
         let event_stream =
             parts.status.is_success() && crate::headers::is_event_stream(&parts.headers);
         let audit = self.config.audit;
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        let resume = route.resume.filter(|_| event_stream).zip(runtime);
-        let log = resume.as_ref().map(|(r, _)| {
+        let log = route.resume.filter(|_| event_stream).map(|r| {
             let route_name = on_end.record.route_arc();
-            let log = self
-                .streams
-                .open(on_end.record.tenant_arc(), *r, route_name);
+            let log = self.streams.open(on_end.record.tenant_arc(), r, route_name);
             on_end.resume = Some(log.clone());
             log
         });
@@ -505,18 +501,17 @@ impl Relay {
             on_end,
         };
         let tap = TapBody::new(body, tap);
-        let body = match (log, resume) {
-            (Some(log), Some(_)) => {
+        let stream_id = log
+            .as_ref()
+            .and_then(|l| HeaderValue::from_str(l.id()).ok());
+        let body = match log {
+            Some(log) => {
                 use http_body_util::BodyExt;
                 let streams = self.streams.clone();
                 let follower = log.first_follower().driving(tap.boxed_unsync(), streams);
                 Either::Right(Follow::Local(follower))
             }
-            _ => Either::Left(tap),
-        };
-        let stream_id = match &body {
-            Either::Right(Follow::Local(f)) => HeaderValue::from_str(f.stream_id()).ok(),
-            _ => None,
+            None => Either::Left(tap),
         };
         let mut res = Response::new(Either::Left(body));
         *res.status_mut() = parts.status;

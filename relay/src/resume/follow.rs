@@ -10,7 +10,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use std::fmt::Write;
+
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::time::Instant;
@@ -32,7 +34,13 @@ pub struct Follower {
     /// The vendor's tapped body while this follower reads it (the first client, connected), and where the answer
     /// is registered (for the task that takes over).
     drive: Option<(Vendor, Arc<Streams>)>,
+    /// Where this follower writes its `id:` lines, [`ID_LINES`] bytes at a time: one allocation per few dozen
+    /// events, not one per event.
+    ids: BytesMut,
 }
+
+/// The block the `id:` lines are written into (each line ~45 bytes).
+const ID_LINES: usize = 1024;
 
 /// What the log has for a follower now.
 enum Next {
@@ -52,6 +60,7 @@ impl Follower {
             log,
             slot,
             drive: None,
+            ids: BytesMut::new(),
         }
     }
 
@@ -61,12 +70,7 @@ impl Follower {
         self
     }
 
-    /// The answer's stream id.
-    pub fn stream_id(&self) -> &str {
-        &self.log.id
-    }
-
-    fn next(&self, cx: &mut Context<'_>) -> Next {
+    fn next(&mut self, cx: &mut Context<'_>) -> Next {
         let log = &self.log;
         let mut s = log.lock();
         let s = &mut *s;
@@ -83,7 +87,13 @@ impl Follower {
             };
             place.at += 1;
             let frame = match entry.seq {
-                Some(seq) => Bytes::from(format!("id: {}:{seq}\n", log.id)),
+                Some(seq) => {
+                    if self.ids.capacity() - self.ids.len() < ID_LINES / 8 {
+                        self.ids.reserve(ID_LINES);
+                    }
+                    let _ = writeln!(self.ids, "id: {}:{seq}", log.id);
+                    self.ids.split().freeze()
+                }
                 None if entry.bytes.is_empty() => continue,
                 None => entry.bytes.clone(),
             };
