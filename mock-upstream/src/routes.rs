@@ -185,6 +185,8 @@ async fn vendor(
         path: path.to_owned(),
         status: 200,
         request_headers: seen,
+        request_body: String::from_utf8_lossy(&body[..body.len().min(crate::stats::RECORDED_BODY)])
+            .into_owned(),
         tls: tls.is_some(),
         outcome: Outcome::Answered,
         bytes: 0,

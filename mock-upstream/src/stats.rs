@@ -10,6 +10,9 @@ use std::sync::{Mutex, PoisonError};
 use serde::Serialize;
 use tokio::sync::watch;
 
+/// How much of a request body a record keeps.
+pub const RECORDED_BODY: usize = 16 << 10;
+
 /// How many stream records are kept; the oldest are forgotten first.
 const MAX_RECORDS: usize = 4096;
 
@@ -70,6 +73,9 @@ pub struct Record {
     pub path: String,
     pub status: u16,
     pub request_headers: BTreeMap<String, String>,
+    /// The request body as received (its first [`RECORDED_BODY`] bytes, invalid UTF-8 replaced): what the relay
+    /// sent after its policies.
+    pub request_body: String,
     /// The request came over TLS (`mock-upstream --tls`).
     pub tls: bool,
     pub outcome: Outcome,

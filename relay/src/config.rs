@@ -15,6 +15,7 @@
 //! | `config/server.rs` | listeners, workers, request and header limits, timeouts, stream counts, logs, audit, metrics |
 //! | `config/route.rs`, `config/proxy.rs` | `[[routes]]`: vendors, failover, secrets, timeouts, TLS, egress proxy |
 //! | `config/tenants.rs` | `[[clients]]`, `[[tenants]]`, `[tenant_defaults]`, `admin_key_sha256` |
+//! | `config/policy.rs` | `[policies.<name>]`: request policies tenants and routes name |
 //! | `config/jwt.rs` | `[auth.jwt]` |
 //! | `config/store.rs` | `[store]` |
 //! | `config/otel.rs` | `[otel]` and the standard `OTEL_*` variables |
@@ -36,6 +37,7 @@ mod env;
 mod error;
 mod jwt;
 mod otel;
+pub mod policy;
 mod proxy;
 mod route;
 mod server;
@@ -55,6 +57,7 @@ pub use error::ConfigError;
 use error::field;
 pub use jwt::{ALGORITHMS, JwtSettings, RawAuth, RawJwt};
 pub use otel::{OtelConfig, RawOtel};
+pub use policy::{Deny, Models, Policy, RawPolicy};
 pub use proxy::{Egress, ProxyConfig};
 pub use route::{
     RawResume, RawRoute, RawTarget, Resume, Route, RouteTls, Secret, Target, TlsRoots,
@@ -117,6 +120,9 @@ pub struct RawConfig {
     pub tenants: Vec<RawTenant>,
     /// Where limits shared by replicas live (`[store]`); absent: in the process.
     pub store: Option<RawStore>,
+    /// Request policies by name (`[policies.<name>]`), for tenants and routes to name.
+    #[serde(default)]
+    pub policies: HashMap<String, RawPolicy>,
     /// Limits of every tenant that does not set its own.
     #[serde(default)]
     pub tenant_defaults: RawTenantLimits,
@@ -153,6 +159,8 @@ pub struct Config {
     pub tenants: Vec<Arc<str>>,
     /// Every tenant's limits (its own, else `[tenant_defaults]`'s; `max_streams` only when it sets its own).
     pub tenant_limits: HashMap<Arc<str>, Limits>,
+    /// The request policy of each tenant that names one ([`crate::policy`]); it wins over the route's.
+    pub tenant_policies: HashMap<Arc<str>, Arc<Policy>>,
     /// SHA-256 of the key that reads `/admin/usage` on the admin listener; `None`: that endpoint is off.
     pub admin_key: Option<[u8; 32]>,
     /// The shared limit store (`[store]`); `None`: limits in the process.
@@ -210,7 +218,9 @@ impl Config {
         let admin_key = tenants::admin_key(raw.admin_key_sha256.as_deref())?;
         let store = raw.store.as_ref().map(store::validate).transpose()?;
         let jwt = jwt::validate(raw.auth.jwt.as_ref(), &tenants)?;
-        let routes = route::validate_routes(&raw.routes, env)?;
+        let policies = policy::validate_policies(&raw.policies)?;
+        let tenant_policies = tenants::tenant_policies(&raw.tenants, &policies)?;
+        let routes = route::validate_routes(&raw.routes, env, &policies)?;
         Ok(Config {
             listen: server.listen,
             admin_listen: server.admin_listen,
@@ -227,6 +237,7 @@ impl Config {
             jwt,
             tenants,
             tenant_limits,
+            tenant_policies,
             admin_key,
             store,
             routes,

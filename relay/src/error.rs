@@ -14,6 +14,7 @@ use http_body_util::Full;
 use crate::auth::AuthError;
 use crate::body::BodyError;
 use crate::limit::{LimitError, RateOf};
+use crate::policy::Refused;
 use crate::resume::ResumeError;
 use crate::route::RouteError;
 use crate::trace::TRACE_ID;
@@ -40,6 +41,9 @@ pub enum RelayError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Resume(#[from] ResumeError),
+    /// The caller's request policy refused the request ([`crate::policy`]).
+    #[error(transparent)]
+    Policy(#[from] Refused),
 }
 
 impl RelayError {
@@ -75,6 +79,7 @@ impl RelayError {
             RelayError::Resume(ResumeError::Gone) => "stream_gone",
             RelayError::Resume(ResumeError::BadRequest(_)) => "bad_resume",
             RelayError::Resume(ResumeError::StoreUnavailable) => "store_unavailable",
+            RelayError::Policy(_) => "policy_refused",
         }
     }
 
@@ -106,6 +111,7 @@ impl RelayError {
             RelayError::Resume(ResumeError::Gone) => StatusCode::GONE,
             RelayError::Resume(ResumeError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             RelayError::Resume(ResumeError::StoreUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            RelayError::Policy(p) => p.error.status(),
         }
     }
 
@@ -141,6 +147,20 @@ pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
     }
     if status.is_server_error() {
         tracing::warn!(error.kind = err.kind(), status = status.as_u16(), error = %chain(err), "request failed");
+    } else if let RelayError::Policy(p) = err {
+        // The request's record (audit target, like a stream's): who, which policy, which rule.
+        tracing::info!(
+            target: "ssegate::audit",
+            tenant = %p.tenant,
+            route = %p.route,
+            trace_id,
+            status = status.as_u16(),
+            outcome = err.kind(),
+            policy = %p.policy,
+            rule = p.error.rule(),
+            error = %p.error,
+            "request refused by policy"
+        );
     } else if let RelayError::Unauthorized(e) = err {
         // Which check failed is for the operator only: the client gets the same 401 for every one.
         tracing::info!(
@@ -156,7 +176,20 @@ pub fn respond(err: &RelayError, trace_id: &str) -> Response<Full<Bytes>> {
             "request rejected"
         );
     }
-    let mut res = json_response(status, err.kind(), &err.public_message(), trace_id);
+    let mut res = match err {
+        // OpenAI's error shape: the SDKs raise on `type`/`code`/`param` (a `BadRequestError` naming the rule).
+        RelayError::Policy(p) => {
+            let body = serde_json::json!({"error": {
+                "type": err.kind(),
+                "code": p.error.rule(),
+                "param": p.error.param(),
+                "message": p.error.to_string(),
+                "trace_id": trace_id,
+            }});
+            with_trace_id(json(status, &body), trace_id)
+        }
+        _ => json_response(status, err.kind(), &err.public_message(), trace_id),
+    };
     let extra = match err {
         RelayError::Unauthorized(_) => Some((header::WWW_AUTHENTICATE, "Bearer")),
         RelayError::Limited(_) => Some((header::RETRY_AFTER, "1")),
@@ -210,7 +243,10 @@ pub fn json_response(
 ) -> Response<Full<Bytes>> {
     let body =
         serde_json::json!({"error": {"type": kind, "message": message, "trace_id": trace_id}});
-    let mut res = json(status, &body);
+    with_trace_id(json(status, &body), trace_id)
+}
+
+fn with_trace_id(mut res: Response<Full<Bytes>>, trace_id: &str) -> Response<Full<Bytes>> {
     if let Ok(v) = HeaderValue::from_str(trace_id) {
         res.headers_mut().insert(TRACE_ID, v);
     }

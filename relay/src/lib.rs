@@ -11,6 +11,8 @@
 //! auth.rs     client key → tenant, or 401
 //! limit.rs    concurrent streams, in all and per tenant → a permit; tokens left, requests/min → 503/429
 //! body.rs     the request body, bounded → 413
+//! policy.rs   the caller's request policy: allowed models and aliases, caps, forced and removed members, prompt
+//!             size and deny patterns → the body as sent or rewritten, or 400/403 naming the rule
 //! upstream.rs forward to the vendor, failover before the first byte → the head, or 502/504 (upstream/error.rs)
 //! tap.rs      the one wrapper on the vendor's body: frames unchanged, timers, keep-alives, error events, one end
 //!             callback (tap/timers.rs, tap/failure.rs, tap/tests.rs)
@@ -50,6 +52,7 @@ pub mod logs;
 pub mod metrics;
 pub mod otel;
 pub mod outcome;
+pub mod policy;
 pub mod record;
 pub mod resume;
 pub mod route;

@@ -16,7 +16,7 @@
 //! | `ssegate_max_streams` | gauge | | the configured `max_streams` (alerts compare in-flight streams with it) |
 //! | `ssegate_requests_total` | counter | route, tenant, status_class | every answered request (`route="none"` when no route matched, `tenant="none"` before authentication) |
 //! | `ssegate_stream_outcomes_total` | counter | route, outcome | how streams ended: `complete`, `upstream_*`, `stream_total_timeout`, `shutdown`, `client_cancelled_*`, `client_write_timeout` |
-//! | `ssegate_rejections_total` | counter | reason | requests refused before the vendor call: `headers_too_large`, `unauthorized`, `payload_too_large`, `overloaded`, `rate_limited`, `not_found`, `method_not_allowed`, `bad_request_body` |
+//! | `ssegate_rejections_total` | counter | reason | requests refused before the vendor call: `headers_too_large`, `unauthorized`, `payload_too_large`, `overloaded`, `rate_limited`, `not_found`, `method_not_allowed`, `bad_request_body`, `policy_refused`, resume's `stream_not_found`, `stream_gone`, `bad_resume` |
 //! | `ssegate_upstream_errors_total` | counter | route, kind | vendor trouble: `connect`, `tls`, `proxy`, `timeout`, `protocol`, `redirect`, `credential`, `status_4xx`, `status_5xx` (every attempt) |
 //! | `ssegate_failover_attempts_total` | counter | route | calls to a route's next endpoint |
 //! | `ssegate_store_errors_total` | counter | | limit store (Redis) calls that failed or timed out; `on_store_error` applied ([`crate::limit::store`]) |
@@ -34,6 +34,7 @@
 //! | `ssegate_trace_spans_total` | counter | result (`ended`, `exported`, `export_failed`) | spans handed to the trace exporter and what became of them; `ended` minus the others is what a full queue dropped (traces on only, [`crate::otel`]) |
 //! | `ssegate_build_info` | gauge (1) | version, profile (`release`, `debug`) | what is running; `debug` is an unoptimized build, also warned about at startup |
 //! | `ssegate_log_lines_dropped_total` | counter | | log and audit lines dropped because the log reader did not keep up and the writer's queue was full ([`crate::logs`]) |
+//! | `ssegate_policy_total` | counter | tenant, policy, rule, action (`refused`, `rewritten`) | request policy rules at work ([`crate::policy`]): `rule` is the config key (`models`, `max_messages`, `max_prompt_bytes`, `deny_patterns[1]`, `aliases`, `max_tokens`, `force`, …); a refused request is also a `policy_refused` rejection |
 //! | `ssegate_resumes_total` | counter | | answers a client resumed (`GET /v1/streams/{id}`, [`crate::resume`]); refused resumes are rejections (`stream_not_found`, `stream_gone`, `bad_resume`) |
 //! | `ssegate_resume_detached_total` | counter | end (`expired`, `not_resumable`, `stopped`) | answers of resumable routes whose vendor call was cancelled: `expired`, no client came back within the window; `not_resumable`, the client left an answer over `max_bytes`; `stopped`, a client asked (`DELETE /v1/streams/{id}`) |
 //! | `process_*` | | | CPU seconds, resident memory, open and max file descriptors, threads (`metrics-process`) |
@@ -66,6 +67,7 @@ pub const TRACE_SPANS: &str = "ssegate_trace_spans_total";
 pub const LOG_DROPPED: &str = "ssegate_log_lines_dropped_total";
 pub const RESUMES: &str = "ssegate_resumes_total";
 pub const RESUME_DETACHED: &str = "ssegate_resume_detached_total";
+pub const POLICY: &str = "ssegate_policy_total";
 pub const BUILD_INFO: &str = "ssegate_build_info";
 pub const CONFIG_RELOADS: &str = "ssegate_config_reloads_total";
 pub const CONFIG_INFO: &str = "ssegate_config_info";
@@ -159,6 +161,10 @@ fn describe() {
         "Streams whose body is still being relayed"
     );
     describe_counter!(RESUMES, "Answers a client resumed");
+    describe_counter!(
+        POLICY,
+        "Request policy rules that refused or rewrote a request, by tenant, policy, rule and action"
+    );
     describe_counter!(
         RESUME_DETACHED,
         "Resumable answers whose vendor call was cancelled, by why"
@@ -291,6 +297,7 @@ const REJECTION_REASONS: &[&str] = &[
     "stream_not_found",
     "stream_gone",
     "bad_resume",
+    "policy_refused",
 ];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const DURATION_CLASSES: [&str; 3] = ["complete", "failed", "cancelled"];
@@ -527,7 +534,6 @@ fn rejections() -> &'static Known {
     KNOWN.get_or_init(|| Known::new(|r| counter!(REJECTIONS, "reason" => r), REJECTION_REASONS))
 }
 
-/// A request refused before any vendor call.
 /// An answer was resumed by a client.
 pub fn resumed() {
     counter!(RESUMES).increment(1);
@@ -549,6 +555,21 @@ pub fn store_leases_restored(n: u64) {
     counter!(LEASES_RESTORED).increment(n);
 }
 
+/// A request policy's rule refused (`action` `refused`) or rewrote (`rewritten`) a request of `tenant`.
+pub fn policy(tenant: &str, policy: &str, rule: &str, action: &'static str) {
+    if !enabled() {
+        return;
+    }
+    let labels = [
+        ("tenant", tenant.to_owned()),
+        ("policy", policy.to_owned()),
+        ("rule", rule.to_owned()),
+        ("action", action.to_owned()),
+    ];
+    counter!(POLICY, &labels).increment(1);
+}
+
+/// A request refused before any vendor call.
 pub fn rejected(reason: &'static str) {
     if !enabled() {
         return;

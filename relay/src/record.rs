@@ -27,6 +27,8 @@ pub struct Record {
     answer: Option<(u16, usize)>,
     /// A resumable answer's stream id, and how many times it was resumed by its end.
     stream: Option<(Arc<str>, u32)>,
+    /// The request policy applied, and the rules that rewrote the request (`aliases,max_tokens`; empty: none).
+    policy: Option<(Arc<str>, String)>,
     written: bool,
 }
 
@@ -41,6 +43,7 @@ impl Record {
             started,
             answer: None,
             stream: None,
+            policy: None,
             written: false,
         }
     }
@@ -54,6 +57,11 @@ impl Record {
     /// The answer is resumable, as stream `id`, and was resumed `resumes` times so far.
     pub fn resumable(&mut self, id: Arc<str>, resumes: u32) {
         self.stream = Some((id, resumes));
+    }
+
+    /// The request policy `name` allowed the request, rewritten by the rules `rewrites` names.
+    pub fn policy(&mut self, name: Arc<str>, rewrites: crate::policy::Rewrites) {
+        self.policy = Some((name, rewrites.joined()));
     }
 
     /// The route it came on.
@@ -107,6 +115,8 @@ impl Record {
         let duration_ms = ms(Instant::now());
         let (status, attempts) = self.answer.unzip();
         let (stream_id, resumes) = self.stream.clone().unzip();
+        let (policy, policy_rewrites) = self.policy.take().unzip();
+        let policy_rewrites = policy_rewrites.filter(|r| !r.is_empty());
         let (text, text_truncated) = seen
             .and_then(|s| s.text.as_ref())
             .map(|(t, cut)| (t.as_str(), *cut))
@@ -126,6 +136,8 @@ impl Record {
                     attempts,
                     stream_id = stream_id.as_deref().map(tracing::field::display),
                     resumes,
+                    policy = policy.as_deref().map(tracing::field::display),
+                    policy_rewrites = policy_rewrites.as_deref().map(tracing::field::display),
                     bytes = seen.map(|s| s.bytes),
                     frames = seen.map(|s| s.frames),
                     events = seen.and_then(|s| s.events),

@@ -8,6 +8,7 @@
 //! 3. authenticate ([`crate::auth`]) → the tenant, or 401;
 //! 4. the relay-wide stream slot ([`crate::limit::Limiter::admit_total`]) → 503 when the relay is full; read the
 //!    request body, bounded ([`crate::body`]) → 413 before reading when `Content-Length` says so;
+//!    then the caller's request policy ([`crate::policy`]) → the body as read or rewritten, or 400/403;
 //! 5. the tenant's limits ([`crate::limit::Limiter::enter`]) → a permit held until the stream ends: a stream slot,
 //!    the tokens the request may use reserved (its prompt estimated from the body, its `max_tokens`), the request
 //!    rate counted; or 429;
@@ -37,6 +38,8 @@ struct Admission {
     body: Bytes,
     asked: Option<crate::usage::Asked>,
     want: Want,
+    /// The request policy that allowed it, and what it rewrote.
+    policy: Option<crate::policy::Applied>,
 }
 
 /// The one rewrite of the client's bytes: on an OpenAI route, ask for usage on the client's behalf when it did
@@ -358,8 +361,9 @@ impl Relay {
             mut body,
             asked,
             want,
+            policy,
         } = self
-            .admit(headers, body, trace, started, (tenant, rate_out))
+            .admit(index, headers, body, trace, started, (tenant, rate_out))
             .await?;
         let model = asked.as_ref().and_then(|a| a.model.clone());
         let hide_usage = ask_for_usage(route, asked.as_ref(), &mut body);
@@ -367,6 +371,9 @@ impl Relay {
         trace.gen_ai(system, model.as_deref());
         let name = self.route_names[index].clone();
         let mut record = Record::open(principal.tenant, name, trace.id.clone(), started);
+        if let Some((policy, rewrites)) = policy {
+            record.policy(policy, rewrites);
+        }
         let vendor = trace.vendor_span(system, model.as_deref(), &route.targets[0].upstream);
         let mut extra = HeaderMap::new();
         if route.propagate_trace {
@@ -417,10 +424,11 @@ impl Relay {
         Ok(self.stream_back(route, upstream, started, shown_id, on_end, hide_usage))
     }
 
-    /// Stages 3 to 5: the caller (auth), a relay-wide slot before the body is read, the body, then the tenant's
-    /// limits (its size and `max_tokens` make the token reservation).
+    /// Stages 3 to 5: the caller (auth), a relay-wide slot before the body is read, the body and the caller's
+    /// request policy, then the tenant's limits (its size and `max_tokens` make the token reservation).
     async fn admit<B>(
         &self,
+        index: usize,
         headers: &HeaderMap,
         body: &mut B,
         trace: &RequestTrace,
@@ -436,6 +444,7 @@ impl Relay {
         *tenant = Some(principal.tenant.clone());
         let total = self.limiter.admit_total()?;
         let body = read_body(headers, body, self.config.max_request_body_bytes).await?;
+        let (body, policy) = self.policy(index, &principal.tenant, body)?;
         let asked = crate::usage::asked(&body);
         let want = Want {
             prompt: crate::usage::estimate::request_tokens(&body),
@@ -452,7 +461,45 @@ impl Relay {
             body,
             asked,
             want,
+            policy,
         })
+    }
+
+    /// Stage 4½: the tenant's request policy, else the route's ([`crate::policy`]): the body to send (as read, or
+    /// rewritten), or the refusal naming its rule. No policy: nothing looked at.
+    fn policy(
+        &self,
+        index: usize,
+        tenant: &Arc<str>,
+        body: Bytes,
+    ) -> Result<(Bytes, Option<crate::policy::Applied>), RelayError> {
+        let own = &self.config.tenant_policies;
+        let own = if own.is_empty() {
+            None
+        } else {
+            own.get(tenant)
+        };
+        let Some(policy) = own.or(self.config.routes[index].policy.as_ref()) else {
+            return Ok((body, None));
+        };
+        match crate::policy::apply(policy, &body) {
+            Ok(allowed) => {
+                for rule in allowed.rewrites.names() {
+                    crate::metrics::policy(tenant, &policy.name, rule, "rewritten");
+                }
+                let body = allowed.body.unwrap_or(body);
+                Ok((body, Some((policy.name.clone(), allowed.rewrites))))
+            }
+            Err(error) => {
+                crate::metrics::policy(tenant, &policy.name, error.rule(), "refused");
+                Err(RelayError::Policy(crate::policy::Refused {
+                    tenant: tenant.clone(),
+                    route: self.route_names[index].clone(),
+                    policy: policy.name.clone(),
+                    error,
+                }))
+            }
+        }
     }
 
     /// Stage 7: the vendor's status and allowed headers, and its body behind the tap.

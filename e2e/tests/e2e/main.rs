@@ -14,6 +14,7 @@ mod faults;
 mod logs;
 mod openai_sdk;
 mod paths;
+mod policy;
 mod prometheus;
 mod proxy;
 mod reload;

@@ -77,6 +77,8 @@ pub struct RawRoute {
     pub usage: UsageMode,
     /// Resumable answers (`resume = { window_ms, max_bytes }`): off when absent.
     pub resume: Option<RawResume>,
+    /// The request policy (`[policies.<name>]`) for tenants that name none; absent: none.
+    pub policy: Option<String>,
 }
 
 /// `resume = { window_ms = 60000, max_bytes = 1048576 }` as written.
@@ -227,17 +229,25 @@ pub struct Route {
     pub egress: super::Egress,
     pub usage: UsageMode,
     pub resume: Option<Resume>,
+    /// The request policy of tenants that name none ([`crate::policy`]).
+    pub policy: Option<std::sync::Arc<super::Policy>>,
 }
 
 /// Every `[[routes]]` entry, each path used once; at least one.
-pub(super) fn validate_routes(raw: &[RawRoute], env: &dyn Env) -> Result<Vec<Route>, ConfigError> {
+pub(super) fn validate_routes(
+    raw: &[RawRoute],
+    env: &dyn Env,
+    policies: &std::collections::HashMap<String, std::sync::Arc<super::Policy>>,
+) -> Result<Vec<Route>, ConfigError> {
     if raw.is_empty() {
         return Err(field("routes", "at least one [[routes]] entry is required"));
     }
     let mut paths = std::collections::HashSet::new();
     let mut routes = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
-        let route = validate_route(i, r, env)?;
+        let mut route = validate_route(i, r, env)?;
+        let at = format!("routes[{i}].policy");
+        route.policy = super::policy::named(&at, r.policy.as_deref(), policies)?;
         if !paths.insert(route.path.clone()) {
             return Err(field(
                 format!("routes[{i}].path"),
@@ -284,6 +294,7 @@ fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, Config
         egress: super::proxy::egress(&at, r.proxy.as_deref(), r.proxy_auth_file.as_deref(), env)?,
         usage: r.usage,
         resume: r.resume.as_ref().map(|x| resume(&at, x)).transpose()?,
+        policy: None,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct RawTenant {
     pub reserve_output_tokens: Option<u64>,
     /// This tenant's concurrent streams; absent: `max_streams_per_tenant`.
     pub max_streams: Option<u32>,
+    /// The request policy (`[policies.<name>]`) on every route; absent: each route's own.
+    pub policy: Option<String>,
 }
 
 /// A tenant's limits (`[tenant_defaults]`, or in its `[[tenants]]` entry); absent: no limit.
@@ -202,6 +204,21 @@ pub(super) fn tenant_limits(
     }
     for name in &tenants[raw.len()..] {
         out.insert(name.clone(), defaults);
+    }
+    Ok(out)
+}
+
+/// The policy of each `[[tenants]]` entry that names one.
+pub(super) fn tenant_policies(
+    raw: &[RawTenant],
+    policies: &HashMap<String, Arc<super::Policy>>,
+) -> Result<HashMap<Arc<str>, Arc<super::Policy>>, ConfigError> {
+    let mut out = HashMap::new();
+    for (i, t) in raw.iter().enumerate() {
+        let at = format!("tenants[{i}].policy");
+        if let Some(p) = super::policy::named(&at, t.policy.as_deref(), policies)? {
+            out.insert(Arc::from(t.name.as_str()), p);
+        }
     }
     Ok(out)
 }
