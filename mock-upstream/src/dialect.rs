@@ -1,5 +1,6 @@
-//! The vendor wire formats the mock speaks: OpenAI chat completions, OpenAI's Responses API, and the blog post's
-//! `send-message` API.
+//! The vendor wire formats the mock speaks: OpenAI chat completions (Azure OpenAI's too), OpenAI's Responses API,
+//! Anthropic's messages, Google Gemini's `streamGenerateContent` (`alt=sse`), and the blog post's `send-message`
+//! API.
 //!
 //! A dialect only formats bytes; timing, splitting and faults live in [`crate::stream`].
 
@@ -21,6 +22,12 @@ pub enum Dialect {
     /// `POST /v1/responses`: typed events (`response.created`, `response.output_text.delta`, …), ending with
     /// `event: response.completed` (which carries the usage).
     Responses,
+    /// `POST /v1/messages`: `message_start` (input tokens), `content_block_delta`s, `message_delta` (the cumulative
+    /// output tokens), then `event: message_stop`.
+    Anthropic,
+    /// `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`: `data:` chunks each carrying the running
+    /// `usageMetadata`; the last has a `finishReason`; no terminal event, the body just ends.
+    Gemini,
 }
 
 /// Wall-clock nanoseconds since the Unix epoch, the clock both ends of a one-way delay measurement share.
@@ -85,6 +92,24 @@ impl Dialect {
                 )
             }
             Dialect::SendMessage => format!("data: {}\n\n", json!({"type": "delta", "text": text})),
+            Dialect::Anthropic => {
+                let mut out = String::new();
+                if index == 0 {
+                    let start = json!({"type": "message_start", "message": {"id": format!("msg_{id}"),
+                        "type": "message", "role": "assistant", "model": "mock-1", "content": [],
+                        "stop_reason": null, "stop_sequence": null,
+                        "usage": {"input_tokens": 9, "output_tokens": 1}}});
+                    out.push_str(&typed_event(&start));
+                    let block = json!({"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}});
+                    out.push_str(&typed_event(&block));
+                }
+                let delta = json!({"type": "content_block_delta", "index": 0,
+                                   "delta": {"type": "text_delta", "text": text}});
+                out.push_str(&typed_event(&delta));
+                out
+            }
+            Dialect::Gemini => gemini_chunk(id, text, None, index + 1),
             Dialect::Responses => {
                 let mut out = String::new();
                 if index == 0 {
@@ -106,7 +131,35 @@ impl Dialect {
         match self {
             Dialect::OpenAi { include_usage } => include_usage,
             Dialect::SendMessage => false,
-            Dialect::Responses => true,
+            Dialect::Responses | Dialect::Anthropic | Dialect::Gemini => true,
+        }
+    }
+
+    /// Events that end an answer the vendor's safety system stopped after `chunks` chunks (`x-mock-block-after`):
+    /// a complete answer in each dialect's terms (Gemini: `finishReason: SAFETY`, or `promptFeedback.blockReason`
+    /// when nothing was generated, both as a 200; OpenAI: `finish_reason: content_filter`; Anthropic:
+    /// `stop_reason: refusal`).
+    pub fn blocked_events(self, id: &str, chunks: u32) -> String {
+        match self {
+            Dialect::Gemini if chunks == 0 => {
+                let chunk = json!({"promptFeedback": {"blockReason": "SAFETY",
+                    "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
+                    "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+                    "modelVersion": "mock-1", "responseId": id});
+                format!("data: {chunk}\n\n")
+            }
+            Dialect::Gemini => gemini_chunk(id, "", Some("SAFETY"), chunks),
+            Dialect::OpenAi { .. } => {
+                let mut out = openai_chunk(
+                    id,
+                    json!([{"index": 0, "delta": {}, "finish_reason": "content_filter"}]),
+                    None,
+                );
+                out.push_str("data: [DONE]\n\n");
+                out
+            }
+            Dialect::Anthropic => anthropic_closing(chunks, "refusal"),
+            Dialect::SendMessage | Dialect::Responses => self.closing_events(id, chunks),
         }
     }
 
@@ -126,6 +179,8 @@ impl Dialect {
                 out
             }
             Dialect::SendMessage => "event: done\ndata: {\"type\":\"done\"}\n\n".to_owned(),
+            Dialect::Anthropic => anthropic_closing(chunks, "end_turn"),
+            Dialect::Gemini => gemini_chunk(id, "", Some("STOP"), chunks),
             Dialect::Responses => {
                 let done = json!({"type": "response.completed", "sequence_number": chunks + 1,
                                   "response": response(id, "completed", None, Some(chunks))});
@@ -133,6 +188,47 @@ impl Dialect {
             }
         }
     }
+}
+
+/// Anthropic's closing events: the block's end, the final (cumulative) output tokens, `message_stop`.
+fn anthropic_closing(chunks: u32, stop_reason: &str) -> String {
+    let mut out = typed_event(&json!({"type": "content_block_stop", "index": 0}));
+    out.push_str(&typed_event(&json!({"type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+        "usage": {"output_tokens": chunks}})));
+    out.push_str(&typed_event(&json!({"type": "message_stop"})));
+    out
+}
+
+/// One Gemini chunk: `text`, the running usage (`candidates` tokens so far), and a `finishReason` on the last.
+fn gemini_chunk(id: &str, text: &str, finish: Option<&str>, candidates: u32) -> String {
+    let mut candidate =
+        json!({"content": {"parts": [{"text": text}], "role": "model"}, "index": 0});
+    if let Some(reason) = finish {
+        candidate["finishReason"] = json!(reason);
+    }
+    let chunk = json!({"candidates": [candidate],
+        "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": candidates,
+                          "totalTokenCount": 9 + candidates},
+        "modelVersion": "mock-1", "responseId": id});
+    format!("data: {chunk}\n\n")
+}
+
+/// A non-streaming Anthropic message.
+pub fn anthropic_message(id: &str, chunks: u32, bytes: usize) -> serde_json::Value {
+    json!({"id": format!("msg_{id}"), "type": "message", "role": "assistant", "model": "mock-1",
+           "content": [{"type": "text", "text": full_text(chunks, bytes)}],
+           "stop_reason": "end_turn", "stop_sequence": null,
+           "usage": {"input_tokens": 9, "output_tokens": chunks}})
+}
+
+/// A non-streaming Gemini answer (`:generateContent`).
+pub fn gemini_answer(id: &str, chunks: u32, bytes: usize) -> serde_json::Value {
+    json!({"candidates": [{"content": {"parts": [{"text": full_text(chunks, bytes)}], "role": "model"},
+                           "finishReason": "STOP", "index": 0}],
+           "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": chunks,
+                             "totalTokenCount": 9 + chunks},
+           "modelVersion": "mock-1", "responseId": id})
 }
 
 /// A Responses API event: `event: <type>` and the JSON as `data`.

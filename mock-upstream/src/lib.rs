@@ -44,6 +44,14 @@ Scenario request headers (all optional):
   x-mock-reset-after: K     abort the connection after K chunks
   x-mock-stall-after: K     send nothing after K chunks, keep the connection open
   x-mock-no-done: 1         end the body cleanly without the terminal event
+  x-mock-block-after: K     the vendor's safety system ends the answer after K chunks (Gemini: finishReason
+                            SAFETY, or promptFeedback.blockReason for K=0; OpenAI: content_filter), as a 200
+Vendor APIs (the key in each vendor's own header):
+  POST /v1/chat/completions, /v1/responses     OpenAI (authorization: Bearer)
+  POST /openai/deployments/{d}/chat/completions?api-version=V   Azure OpenAI (api-key)
+  POST /v1/messages                            Anthropic (x-api-key)
+  POST /v1beta/models/{model}:streamGenerateContent?alt=sse, :generateContent   Gemini (x-goog-api-key)
+  POST /api/send-message                       the blog post's vendor (x-api-key)
 Inspection:
   GET /stats                                  counters (requests, requests_abandoned, streams_started/completed/cancelled/faulted)
   GET /stats/wait?counter=C&at_least=N&timeout_ms=MS   answers once counter C >= N (200) or on timeout (408)
@@ -56,6 +64,12 @@ pub fn app(api_key: String) -> (Router, Arc<routes::App>) {
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/api/send-message", post(routes::send_message))
         .route("/v1/responses", post(routes::responses))
+        .route("/v1/messages", post(routes::messages))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(routes::azure_chat_completions),
+        )
+        .route("/v1beta/models/{model_action}", post(routes::gemini))
         .route("/stats", get(routes::stats))
         .route("/stats/wait", get(routes::wait_stats))
         .route("/streams/{trace_id}", get(routes::stream_record))

@@ -53,12 +53,18 @@ impl App {
 enum KeyHeader {
     Bearer,
     XApiKey,
+    /// Azure OpenAI's `api-key`.
+    ApiKey,
+    /// Gemini's `x-goog-api-key`.
+    XGoogApiKey,
 }
 
 fn key_ok(headers: &HeaderMap, kind: KeyHeader, expected: &str) -> bool {
     let name = match kind {
         KeyHeader::Bearer => header::AUTHORIZATION.as_str(),
         KeyHeader::XApiKey => "x-api-key",
+        KeyHeader::ApiKey => "api-key",
+        KeyHeader::XGoogApiKey => "x-goog-api-key",
     };
     // Exactly one credential header: a second one means someone appended instead of replacing.
     let mut values = headers.get_all(name).iter();
@@ -68,7 +74,7 @@ fn key_ok(headers: &HeaderMap, kind: KeyHeader, expected: &str) -> bool {
     let presented = value.to_str().ok();
     let presented = match kind {
         KeyHeader::Bearer => presented.and_then(|v| v.strip_prefix("Bearer ")),
-        KeyHeader::XApiKey => presented,
+        KeyHeader::XApiKey | KeyHeader::ApiKey | KeyHeader::XGoogApiKey => presented,
     };
     presented == Some(expected)
 }
@@ -76,14 +82,48 @@ fn key_ok(headers: &HeaderMap, kind: KeyHeader, expected: &str) -> bool {
 /// Whether the request came over TLS ([`crate::tls::OverTls`]).
 type Tls = Option<Extension<OverTls>>;
 
+/// Which vendor API a request came to: how its body is read, where its key is, how its errors look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Responses,
+    SendMessage,
+    Anthropic,
+    /// Gemini; `stream`: `:streamGenerateContent` (rather than `:generateContent`).
+    Gemini {
+        stream: bool,
+    },
+}
+
+impl Api {
+    fn key(self) -> KeyHeader {
+        match self {
+            Api::Chat | Api::Responses => KeyHeader::Bearer,
+            Api::SendMessage | Api::Anthropic => KeyHeader::XApiKey,
+            Api::Gemini { .. } => KeyHeader::XGoogApiKey,
+        }
+    }
+}
+
+/// A request as the vendor route saw it: the API, the path it came on (recorded), and its key header.
+struct Called {
+    api: Api,
+    path: String,
+    key: KeyHeader,
+}
+
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
     tls: Tls,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = "/v1/chat/completions";
-    vendor(app, tls, headers, body, path, KeyHeader::Bearer).await
+    let called = Called {
+        api: Api::Chat,
+        path: "/v1/chat/completions".into(),
+        key: KeyHeader::Bearer,
+    };
+    vendor(app, tls, headers, body, called).await
 }
 
 pub async fn responses(
@@ -92,7 +132,12 @@ pub async fn responses(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    vendor(app, tls, headers, body, "/v1/responses", KeyHeader::Bearer).await
+    let called = Called {
+        api: Api::Responses,
+        path: "/v1/responses".into(),
+        key: KeyHeader::Bearer,
+    };
+    vendor(app, tls, headers, body, called).await
 }
 
 pub async fn send_message(
@@ -101,8 +146,92 @@ pub async fn send_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = "/api/send-message";
-    vendor(app, tls, headers, body, path, KeyHeader::XApiKey).await
+    let called = Called {
+        api: Api::SendMessage,
+        path: "/api/send-message".into(),
+        key: KeyHeader::XApiKey,
+    };
+    vendor(app, tls, headers, body, called).await
+}
+
+/// Anthropic's messages API.
+pub async fn messages(
+    State(app): State<Arc<App>>,
+    tls: Tls,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let called = Called {
+        api: Api::Anthropic,
+        path: "/v1/messages".into(),
+        key: KeyHeader::XApiKey,
+    };
+    vendor(app, tls, headers, body, called).await
+}
+
+/// The query parameters the Azure and Gemini routes check.
+#[derive(Deserialize)]
+pub struct VendorQuery {
+    #[serde(rename = "api-version")]
+    api_version: Option<String>,
+    alt: Option<String>,
+}
+
+/// Azure OpenAI: chat completions of a deployment, `api-version` required, the key in `api-key`.
+pub async fn azure_chat_completions(
+    State(app): State<Arc<App>>,
+    Path(deployment): Path<String>,
+    Query(q): Query<VendorQuery>,
+    tls: Tls,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if q.api_version.as_deref().is_none_or(str::is_empty) {
+        return error_for(
+            Api::Chat,
+            StatusCode::NOT_FOUND,
+            "404",
+            "Resource not found (api-version is required)",
+        );
+    }
+    let called = Called {
+        api: Api::Chat,
+        path: format!("/openai/deployments/{deployment}/chat/completions"),
+        key: KeyHeader::ApiKey,
+    };
+    vendor(app, tls, headers, body, called).await
+}
+
+/// Gemini: `{model}:streamGenerateContent` (with `alt=sse`: without it Gemini streams a JSON array, which no SSE
+/// relay can pass on, so the mock refuses it) or `{model}:generateContent`.
+pub async fn gemini(
+    State(app): State<Arc<App>>,
+    Path(model_action): Path<String>,
+    Query(q): Query<VendorQuery>,
+    tls: Tls,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let stream = match model_action.rsplit_once(':') {
+        Some((model, "streamGenerateContent")) if !model.is_empty() => true,
+        Some((model, "generateContent")) if !model.is_empty() => false,
+        _ => {
+            let api = Api::Gemini { stream: false };
+            return error_for(api, StatusCode::NOT_FOUND, "NOT_FOUND", "unknown method");
+        }
+    };
+    if stream && q.alt.as_deref() != Some("sse") {
+        let api = Api::Gemini { stream };
+        let msg = "the mock streams Gemini answers as SSE only (alt=sse)";
+        return error_for(api, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg);
+    }
+    let api = Api::Gemini { stream };
+    let called = Called {
+        api,
+        path: format!("/v1beta/models/{model_action}"),
+        key: api.key(),
+    };
+    vendor(app, tls, headers, body, called).await
 }
 
 /// What a request body asks for: stream or not, and in which dialect.
@@ -111,10 +240,36 @@ struct Ask {
     dialect: Dialect,
 }
 
-fn parse_body(path: &str, body: &[u8]) -> Result<Ask, &'static str> {
+fn parse_body(api: Api, body: &[u8]) -> Result<Ask, &'static str> {
     let v: Value =
         serde_json::from_slice(body).map_err(|_| "request body must be a JSON object")?;
-    if path == "/api/send-message" {
+    if let Api::Gemini { stream } = api {
+        // Gemini names the model in the path; a `model` member is an unknown field to it.
+        if v.get("model").is_some() {
+            return Err("Invalid JSON payload received. Unknown name \"model\"");
+        }
+        if !v.get("contents").is_some_and(Value::is_array) {
+            return Err("field `contents` (array) is required");
+        }
+        return Ok(Ask {
+            stream,
+            dialect: Dialect::Gemini,
+        });
+    }
+    if api == Api::Anthropic {
+        if !v.get("messages").is_some_and(Value::is_array) {
+            return Err("field `messages` (array) is required");
+        }
+        if !v.get("max_tokens").is_some_and(Value::is_u64) {
+            return Err("field `max_tokens` (integer) is required");
+        }
+        let stream = v.get("stream").and_then(Value::as_bool) == Some(true);
+        return Ok(Ask {
+            stream,
+            dialect: Dialect::Anthropic,
+        });
+    }
+    if api == Api::SendMessage {
         if !v.get("message").is_some_and(Value::is_string) {
             return Err("field `message` (string) is required");
         }
@@ -124,7 +279,7 @@ fn parse_body(path: &str, body: &[u8]) -> Result<Ask, &'static str> {
         });
     }
     let stream = v.get("stream").and_then(Value::as_bool) == Some(true);
-    if path == "/v1/responses" {
+    if api == Api::Responses {
         if !v
             .get("input")
             .is_some_and(|i| i.is_string() || i.is_array())
@@ -165,8 +320,7 @@ async fn vendor(
     tls: Tls,
     headers: HeaderMap,
     body: Bytes,
-    path: &str,
-    key: KeyHeader,
+    called: Called,
 ) -> Response {
     app.stats.bump(|c| c.requests += 1);
     let mut unanswered = Unanswered(Some(&app.stats));
@@ -182,7 +336,7 @@ async fn vendor(
         .collect::<BTreeMap<_, _>>();
     let mut record = Record {
         trace_id: trace_id.clone(),
-        path: path.to_owned(),
+        path: called.path.clone(),
         status: 200,
         request_headers: seen,
         request_body: String::from_utf8_lossy(&body[..body.len().min(crate::stats::RECORDED_BODY)])
@@ -193,7 +347,7 @@ async fn vendor(
         frames: 0,
         sha256: String::new(),
     };
-    let (response, stream) = answer(&app, &headers, &body, path, key, &trace_id).await;
+    let (response, stream) = answer(&app, &headers, &body, &called, &trace_id).await;
     unanswered.0 = None;
     record.status = response.status().as_u16();
     if stream.is_some() {
@@ -226,37 +380,40 @@ async fn answer(
     app: &App,
     headers: &HeaderMap,
     body: &[u8],
-    path: &str,
-    key: KeyHeader,
+    called: &Called,
     id: &str,
 ) -> (Response, Option<(Dialect, Script)>) {
-    if !key_ok(headers, key, &app.api_key) {
-        return (
-            error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "incorrect API key provided",
-            ),
-            None,
+    let api = called.api;
+    if !key_ok(headers, called.key, &app.api_key) {
+        let unauthorized = StatusCode::UNAUTHORIZED;
+        let r = error_for(
+            api,
+            unauthorized,
+            "invalid_api_key",
+            "incorrect API key provided",
         );
+        return (r, None);
     }
     let script = match Script::from_headers(headers) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("header {}: {}", e.header, e.reason);
             return (
-                error(StatusCode::BAD_REQUEST, "invalid_scenario", &msg),
+                error_for(api, StatusCode::BAD_REQUEST, "invalid_scenario", &msg),
                 None,
             );
         }
     };
-    let ask = match parse_body(path, body) {
+    let ask = match parse_body(api, body) {
         Ok(a) => a,
-        Err(msg) => return (error(StatusCode::BAD_REQUEST, "invalid_request", msg), None),
+        Err(msg) => {
+            let r = error_for(api, StatusCode::BAD_REQUEST, "invalid_request", msg);
+            return (r, None);
+        }
     };
     tokio::time::sleep(script.first_byte_delay).await;
     if let Some(status) = script.fail_status {
-        let mut r = error(status, "mock_fault", "injected by x-mock-status");
+        let mut r = error_for(api, status, "mock_fault", "injected by x-mock-status");
         if status == StatusCode::TOO_MANY_REQUESTS {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -275,11 +432,44 @@ async fn answer(
                 let text = crate::dialect::full_text(chunks, bytes);
                 crate::dialect::response(id, "completed", Some(text), Some(chunks))
             }
+            Dialect::Anthropic => crate::dialect::anthropic_message(id, chunks, bytes),
+            Dialect::Gemini => crate::dialect::gemini_answer(id, chunks, bytes),
             _ => completion(id, chunks, bytes),
         };
         return (Json(answer).into_response(), None);
     }
     (StatusCode::OK.into_response(), Some((ask.dialect, script)))
+}
+
+/// The error body of `api`'s vendor: Anthropic's `{"type":"error","error":{type,message}}`, Google's
+/// `{"error":{code,message,status}}`, else OpenAI's.
+fn error_for(api: Api, status: StatusCode, code: &str, message: &str) -> Response {
+    let body = match api {
+        Api::Anthropic => {
+            let kind = match status.as_u16() {
+                401 => "authentication_error",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                400..=499 => "invalid_request_error",
+                _ => "api_error",
+            };
+            json!({"type": "error", "error": {"type": kind, "message": format!("{message} ({code})")}})
+        }
+        Api::Gemini { .. } => {
+            let google = match status.as_u16() {
+                400 => "INVALID_ARGUMENT",
+                401 | 403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
+                429 => "RESOURCE_EXHAUSTED",
+                503 => "UNAVAILABLE",
+                504 => "DEADLINE_EXCEEDED",
+                _ => "INTERNAL",
+            };
+            json!({"error": {"code": status.as_u16(), "message": format!("{message} ({code})"), "status": google}})
+        }
+        _ => return error(status, code, message),
+    };
+    (status, Json(body)).into_response()
 }
 
 /// OpenAI-style JSON error.

@@ -23,6 +23,8 @@ pub enum Ending {
     Reset,
     /// Send nothing more and keep the connection open.
     Stall,
+    /// The vendor's safety system ends the answer (a complete answer, as a 200): the dialect's block ending.
+    Blocked,
 }
 
 /// Everything a request asked for, as data.
@@ -114,6 +116,7 @@ impl Script {
         let endings = [
             ("x-mock-reset-after", Ending::Reset),
             ("x-mock-stall-after", Ending::Stall),
+            ("x-mock-block-after", Ending::Blocked),
         ];
         for (name, ending) in endings {
             if let Some(k) = number(headers, name, u64::from(MAX_CHUNKS))? {

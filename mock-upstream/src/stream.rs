@@ -118,6 +118,11 @@ impl Emission {
                 Some(Err(io::Error::other("injected reset (x-mock-reset-after)")))
             }
             Ending::Stall => std::future::pending().await,
+            Ending::Blocked => {
+                let chunks = self.script.stop_after;
+                let closing = self.dialect.blocked_events(&self.trace_id, chunks);
+                Some(Ok(self.sent(Bytes::from(closing))))
+            }
         }
     }
 

@@ -147,6 +147,7 @@ fn tap_forwarding(c: &mut Criterion) {
                     chunk_gap: Some(std::sync::Arc::default()),
                     added_delay: None,
                     hide_usage: false,
+                    usage: relay::usage::UsageScanner::default(),
                     on_end: move |end, seen| record.stream_ended(&end, false, &seen, None),
                     timers: Timers {
                         first_byte_deadline: now + std::time::Duration::from_secs(60),

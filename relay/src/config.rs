@@ -60,8 +60,8 @@ pub use otel::{OtelConfig, RawOtel};
 pub use policy::{Deny, Models, Policy, RawPolicy};
 pub use proxy::{Egress, ProxyConfig};
 pub use route::{
-    RawResume, RawRoute, RawTarget, Resume, Route, RouteTls, Secret, Target, TlsRoots,
-    UpstreamAuth, UsageMode,
+    Dialect, DialectSpec, MODEL_PLACEHOLDER, RawResume, RawRoute, RawTarget, Resume, Route,
+    RouteTls, Secret, Target, TlsRoots, UpstreamAuth, UsageKeys, UsageMode,
 };
 pub use server::{AuditConfig, LogFormat, RawAudit, RawMetrics, ServerLimits, check_admin};
 pub use store::{OnStoreError, RawStore, StoreServers, StoreSettings};

@@ -41,6 +41,9 @@ pub enum RelayError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Resume(#[from] ResumeError),
+    /// The route puts the model in the vendor's path and the request names none, or one that cannot go in a path.
+    #[error("{0}")]
+    BadModel(&'static str),
     /// The caller's request policy refused the request ([`crate::policy`]).
     #[error(transparent)]
     Policy(#[from] Refused),
@@ -80,6 +83,7 @@ impl RelayError {
             RelayError::Resume(ResumeError::BadRequest(_)) => "bad_resume",
             RelayError::Resume(ResumeError::StoreUnavailable) => "store_unavailable",
             RelayError::Policy(_) => "policy_refused",
+            RelayError::BadModel(_) => "bad_model",
         }
     }
 
@@ -112,6 +116,7 @@ impl RelayError {
             RelayError::Resume(ResumeError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             RelayError::Resume(ResumeError::StoreUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::Policy(p) => p.error.status(),
+            RelayError::BadModel(_) => StatusCode::BAD_REQUEST,
         }
     }
 

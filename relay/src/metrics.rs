@@ -16,7 +16,7 @@
 //! | `ssegate_max_streams` | gauge | | the configured `max_streams` (alerts compare in-flight streams with it) |
 //! | `ssegate_requests_total` | counter | route, tenant, status_class | every answered request (`route="none"` when no route matched, `tenant="none"` before authentication) |
 //! | `ssegate_stream_outcomes_total` | counter | route, outcome | how streams ended: `complete`, `upstream_*`, `stream_total_timeout`, `shutdown`, `client_cancelled_*`, `client_write_timeout` |
-//! | `ssegate_rejections_total` | counter | reason | requests refused before the vendor call: `headers_too_large`, `unauthorized`, `payload_too_large`, `overloaded`, `rate_limited`, `not_found`, `method_not_allowed`, `bad_request_body`, `policy_refused`, resume's `stream_not_found`, `stream_gone`, `bad_resume` |
+//! | `ssegate_rejections_total` | counter | reason | requests refused before the vendor call: `headers_too_large`, `unauthorized`, `payload_too_large`, `overloaded`, `rate_limited`, `not_found`, `method_not_allowed`, `bad_request_body`, `policy_refused`, `bad_model`, resume's `stream_not_found`, `stream_gone`, `bad_resume` |
 //! | `ssegate_upstream_errors_total` | counter | route, kind | vendor trouble: `connect`, `tls`, `proxy`, `timeout`, `protocol`, `redirect`, `credential`, `status_4xx`, `status_5xx` (every attempt) |
 //! | `ssegate_failover_attempts_total` | counter | route | calls to a route's next endpoint |
 //! | `ssegate_store_errors_total` | counter | | limit store (Redis) calls that failed or timed out; `on_store_error` applied ([`crate::limit::store`]) |
@@ -298,6 +298,7 @@ const REJECTION_REASONS: &[&str] = &[
     "stream_gone",
     "bad_resume",
     "policy_refused",
+    "bad_model",
 ];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const DURATION_CLASSES: [&str; 3] = ["complete", "failed", "cancelled"];

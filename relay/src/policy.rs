@@ -224,6 +224,21 @@ pub fn apply(policy: &Policy, body: &[u8]) -> Result<Allowed, PolicyError> {
     })
 }
 
+/// `body` without its top-level member `key`, every other member as written (`None`: no such member, or not a
+/// JSON object). How a Gemini route moves the model from the body, where Gemini refuses it, to the path.
+pub fn without_member(body: &[u8], key: &str) -> Option<Bytes> {
+    let text = std::str::from_utf8(body).ok()?;
+    let Members(members) = serde_json::from_str(text).ok()?;
+    let at = members.iter().position(|(k, _)| k == key)?;
+    let values: Vec<(Cow<'_, str>, Value<'_>)> = members
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != at)
+        .map(|(_, (k, v))| (k, Value::Raw(v)))
+        .collect();
+    Some(write(&values, body.len()))
+}
+
 /// The model: an alias replaced by its model, then checked against the allowed ones.
 fn model(
     policy: &Policy,

@@ -366,6 +366,12 @@ impl Relay {
             .admit(index, headers, body, trace, started, (tenant, rate_out))
             .await?;
         let model = asked.as_ref().and_then(|a| a.model.clone());
+        let path_model = path_model(route, model.as_deref())?;
+        if route.dialect.spec().model_in_path
+            && let Some(without) = crate::policy::without_member(&body, "model")
+        {
+            body = without;
+        }
         let hide_usage = ask_for_usage(route, asked.as_ref(), &mut body);
         let system = &route.gen_ai_system;
         trace.gen_ai(system, model.as_deref());
@@ -386,7 +392,13 @@ impl Relay {
             .overhead
             .record(called.duration_since(started).as_secs_f64());
         let answer = self.upstreams[index]
-            .call(route, meters, headers, &extra, body, deadline)
+            .call(
+                route,
+                meters,
+                (headers, &extra),
+                (body, path_model),
+                deadline,
+            )
             .instrument(vendor.clone())
             .await;
         let (upstream, attempts) = match answer {
@@ -535,7 +547,11 @@ impl Relay {
             text_max: audit.enabled.then_some(audit.max_text_bytes),
             drain: self.drain.clone(),
             trace_id: trace_id.clone(),
-            error_shape: crate::tap::ErrorShape::for_system(&route.gen_ai_system),
+            error_shape: crate::tap::ErrorShape::for_dialect(route.dialect),
+            usage: crate::usage::UsageScanner::new(match route.dialect.spec().usage {
+                crate::config::UsageKeys::Tokens => crate::usage::Keys::Tokens,
+                crate::config::UsageKeys::TokenCount => crate::usage::Keys::TokenCount,
+            }),
             chunk_gap: on_end
                 .meters
                 .enabled
@@ -603,9 +619,8 @@ impl Relay {
         let routes = &self.config.routes;
         // An answer from another replica names its route: its vendor's error shape, for an incomplete end.
         let shape_of = |route: &str| {
-            let system = routes.iter().find(|r| r.path == route);
-            let system = system.map_or("openai", |r| r.gen_ai_system.as_str());
-            crate::tap::ErrorShape::for_system(system)
+            let dialect = routes.iter().find(|r| r.path == route).map(|r| r.dialect);
+            crate::tap::ErrorShape::for_dialect(dialect.unwrap_or_default())
         };
         let follower = self
             .streams
@@ -660,6 +675,24 @@ impl Relay {
         *res.status_mut() = StatusCode::NO_CONTENT;
         Ok(res)
     }
+}
+
+/// The model for a route whose vendor URL has `{model}` in its path (Azure deployments, Gemini): the request's,
+/// checked to be a plain name (letters, digits, `.`, `_`, `-`; at most 128) so it cannot change the path.
+fn path_model<'m>(route: &Route, model: Option<&'m str>) -> Result<Option<&'m str>, RelayError> {
+    if !route.targets.iter().any(|t| t.model_in_path) {
+        return Ok(None);
+    }
+    let model = model.ok_or(RelayError::BadModel(
+        "this route needs the request to name its `model`",
+    ))?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if model.is_empty() || model.len() > 128 || !model.chars().all(plain) {
+        return Err(RelayError::BadModel(
+            "`model` must be letters, digits, `.`, `_` or `-` (at most 128)",
+        ));
+    }
+    Ok(Some(model))
 }
 
 fn complete(res: Response<Full<Bytes>>) -> Response<RelayBody> {

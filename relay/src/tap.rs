@@ -155,6 +155,8 @@ pub struct TapParts<E> {
     pub added_delay: Option<AddedDelay>,
     /// Drop the usage-only chunk ([`hide`]): the relay asked for usage on the client's behalf. Event streams only.
     pub hide_usage: bool,
+    /// Reads the vendor's usage as its dialect reports it (and, for Gemini, the end of the answer in the data).
+    pub usage: UsageScanner,
     pub on_end: E,
 }
 
@@ -234,7 +236,7 @@ impl<B, E: OnEnd> TapBody<B, E> {
         let observer = Observer {
             seen: Seen::default(),
             text: parts.text_max.map(AuditText::new),
-            usage: UsageScanner::default(),
+            usage: parts.usage,
             answer: AnswerTokens::default(),
             scanner: parts.scanner,
         };
@@ -315,8 +317,11 @@ impl<B, E: OnEnd> TapBody<B, E> {
     /// The vendor's body ended: a truncation fails, else the end is reported. `None`: something held back still
     /// goes out (poll again).
     fn upstream_ended(&mut self) -> Option<Polled> {
-        let scanner = self.live.as_ref().and_then(|(o, _)| o.scanner.as_ref());
-        if scanner.is_some_and(EventScanner::truncated_at_eof) {
+        let observer = self.live.as_ref().map(|(o, _)| o);
+        let scanner = observer.and_then(|o| o.scanner.as_ref());
+        // Gemini has no terminal line: its last event carries a `finishReason` (or `blockReason`).
+        let no_end = scanner.is_some() && observer.is_some_and(|o| !o.usage.end_seen());
+        if scanner.is_some_and(EventScanner::truncated_at_eof) || no_end {
             let detail = "end of body without the terminal event".to_owned();
             return Some(self.fail(Failure::UpstreamTruncated, detail));
         }

@@ -283,9 +283,8 @@ impl Upstream {
         &self,
         route: &Route,
         meters: &RouteMeters,
-        inbound: &HeaderMap,
-        trace: &HeaderMap,
-        body: Bytes,
+        (inbound, trace): (&HeaderMap, &HeaderMap),
+        (body, model): (Bytes, Option<&str>),
         deadline: Instant,
     ) -> Result<(Response<VendorBody>, usize), UpstreamError> {
         let mut attempt = 0;
@@ -294,7 +293,7 @@ impl Upstream {
             let target = &route.targets[index];
             attempt += 1;
             let last = attempt >= route.max_attempts;
-            let head = request_head(route, target, inbound, trace, body.len());
+            let head = request_head(route, (target, model), inbound, trace, body.len());
             match self.send(target, index, &head, &body, deadline).await {
                 Ok(res) => {
                     let status = res.status();
@@ -376,12 +375,12 @@ fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The upstream request head, as it goes on the wire: `POST` to the endpoint's fixed URL, allow-listed headers
-/// ([`crate::headers::forwarded`]), the trace headers the route sends, the vendor secret, `Accept-Encoding:
-/// identity` and the body's length.
+/// The upstream request head, as it goes on the wire: `POST` to the endpoint's URL (with `model`, checked by the
+/// stack, in place of its `{model}`), allow-listed headers ([`crate::headers::forwarded`]), the trace headers the
+/// route sends, the vendor secret, `Accept-Encoding: identity` and the body's length.
 fn request_head(
     route: &Route,
-    target: &Target,
+    (target, model): (&Target, Option<&str>),
     inbound: &HeaderMap,
     trace: &HeaderMap,
     body_len: usize,
@@ -391,7 +390,13 @@ fn request_head(
     let host = url.authority().map_or("", |a| a.as_str());
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"POST ");
-    head.extend_from_slice(path.as_bytes());
+    match (target.model_in_path, model) {
+        (true, Some(model)) => {
+            let path = path.replacen(crate::config::MODEL_PLACEHOLDER, model, 1);
+            head.extend_from_slice(path.as_bytes());
+        }
+        _ => head.extend_from_slice(path.as_bytes()),
+    }
     head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     head.extend_from_slice(host.as_bytes());
     head.extend_from_slice(b"\r\n");

@@ -14,6 +14,10 @@ use bytes::Bytes;
 use memchr::memmem;
 
 const NEEDLE: &[u8] = b"_tokens\"";
+/// Gemini's `usageMetadata` keys (`promptTokenCount`, `candidatesTokenCount`, `thoughtsTokenCount`).
+const GEMINI_NEEDLE: &[u8] = b"TokenCount\"";
+/// Gemini's end of an answer: a `finishReason` (the last chunk) or `blockReason` (a prompt refused).
+const REASON_NEEDLE: &[u8] = b"Reason\"";
 /// Bytes kept from the end of the previous frame: enough for `"completion_tokens": ` and a number.
 const TAIL: usize = 64;
 
@@ -22,6 +26,20 @@ const TAIL: usize = 64;
 enum Kind {
     Prompt = 0,
     Completion = 1,
+    /// Gemini's thinking tokens: billed as output, reported apart.
+    Thoughts = 2,
+}
+
+/// How a vendor reports usage in its stream (a route's dialect decides).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Keys {
+    /// `prompt_tokens`/`completion_tokens` (OpenAI, Azure OpenAI), `input_tokens`/`output_tokens` (Anthropic, the
+    /// Responses API); the last value of each wins.
+    #[default]
+    Tokens,
+    /// Gemini's running `usageMetadata` (`promptTokenCount`, `candidatesTokenCount` plus `thoughtsTokenCount`);
+    /// the last value of each wins. The answer is complete only once a `finishReason` or `blockReason` passed.
+    TokenCount,
 }
 
 /// The token counts a stream reported, if it reported any.
@@ -196,8 +214,8 @@ pub struct Asked {
     pub stream: bool,
     /// `stream_options.include_usage` is `true`: the client wants the usage chunk.
     pub usage: bool,
-    /// The answer's cap: `max_tokens`, `max_completion_tokens` (chat completions) or `max_output_tokens` (the
-    /// Responses API), the largest if several are given.
+    /// The answer's cap: `max_tokens`, `max_completion_tokens` (chat completions), `max_output_tokens` (the
+    /// Responses API) or `generationConfig.maxOutputTokens` (Gemini), the largest if several are given.
     pub max_output: Option<u64>,
 }
 
@@ -207,6 +225,12 @@ pub fn asked(body: &[u8]) -> Option<Asked> {
     struct Options {
         include_usage: Option<bool>,
     }
+    /// Gemini's answer cap.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Generation {
+        max_output_tokens: Option<u64>,
+    }
     #[derive(serde::Deserialize)]
     struct Probe {
         model: Option<String>,
@@ -215,6 +239,8 @@ pub fn asked(body: &[u8]) -> Option<Asked> {
         max_tokens: Option<u64>,
         max_completion_tokens: Option<u64>,
         max_output_tokens: Option<u64>,
+        #[serde(rename = "generationConfig")]
+        generation_config: Option<Generation>,
     }
     if body.trim_ascii_start().first() != Some(&b'{') {
         return None;
@@ -238,10 +264,15 @@ pub fn asked(body: &[u8]) -> Option<Asked> {
         model,
         stream: p.stream == Some(true),
         usage: p.stream_options.and_then(|o| o.include_usage) == Some(true),
-        max_output: [p.max_tokens, p.max_completion_tokens, p.max_output_tokens]
-            .into_iter()
-            .flatten()
-            .max(),
+        max_output: [
+            p.max_tokens,
+            p.max_completion_tokens,
+            p.max_output_tokens,
+            p.generation_config.and_then(|g| g.max_output_tokens),
+        ]
+        .into_iter()
+        .flatten()
+        .max(),
     })
 }
 
@@ -283,22 +314,19 @@ pub fn ask_for_usage(body: &[u8], asked: &Asked) -> Option<Bytes> {
 /// Incremental scanner over one stream's bytes.
 #[derive(Debug)]
 pub struct UsageScanner {
+    keys: Keys,
     finder: memmem::Finder<'static>,
+    /// Gemini: the end-of-answer key.
+    reason: Option<memmem::Finder<'static>>,
     tail: [u8; TAIL],
     tail_len: usize,
-    prompt: Option<u64>,
-    completion: Option<u64>,
+    counts: [Option<u64>; 3],
+    reason_seen: bool,
 }
 
 impl Default for UsageScanner {
     fn default() -> Self {
-        Self {
-            finder: memmem::Finder::new(NEEDLE),
-            tail: [0; TAIL],
-            tail_len: 0,
-            prompt: None,
-            completion: None,
-        }
+        Self::new(Keys::Tokens)
     }
 }
 
@@ -319,19 +347,44 @@ fn number_at(bytes: &[u8], mut at: usize) -> Option<u64> {
     std::str::from_utf8(&bytes[at..end]).ok()?.parse().ok()
 }
 
-/// Which key ends just before `NEEDLE` at `at`, if any.
-fn kind_before(bytes: &[u8], at: usize) -> Option<Kind> {
+/// Which key ends just before the needle at `at`, if any.
+fn kind_before(keys: Keys, bytes: &[u8], at: usize) -> Option<Kind> {
     let before = &bytes[..at];
-    if before.ends_with(b"\"prompt") || before.ends_with(b"\"input") {
-        Some(Kind::Prompt)
-    } else if before.ends_with(b"\"completion") || before.ends_with(b"\"output") {
-        Some(Kind::Completion)
-    } else {
-        None
+    let is = |name: &[u8]| before.ends_with(name);
+    match keys {
+        Keys::Tokens if is(b"\"prompt") || is(b"\"input") => Some(Kind::Prompt),
+        Keys::Tokens if is(b"\"completion") || is(b"\"output") => Some(Kind::Completion),
+        Keys::TokenCount if is(b"\"prompt") => Some(Kind::Prompt),
+        Keys::TokenCount if is(b"\"candidates") => Some(Kind::Completion),
+        Keys::TokenCount if is(b"\"thoughts") => Some(Kind::Thoughts),
+        _ => None,
     }
 }
 
 impl UsageScanner {
+    /// A scanner for a vendor that reports usage as `keys` says.
+    pub fn new(keys: Keys) -> Self {
+        let (needle, reason) = match keys {
+            Keys::Tokens => (NEEDLE, None),
+            Keys::TokenCount => (GEMINI_NEEDLE, Some(memmem::Finder::new(REASON_NEEDLE))),
+        };
+        Self {
+            keys,
+            finder: memmem::Finder::new(needle),
+            reason,
+            tail: [0; TAIL],
+            tail_len: 0,
+            counts: [None; 3],
+            reason_seen: false,
+        }
+    }
+
+    /// Whether the stream showed its end where the vendor marks it in the data (Gemini's `finishReason` or
+    /// `blockReason`); true for vendors that end with a terminal line instead.
+    pub fn end_seen(&self) -> bool {
+        self.reason.is_none() || self.reason_seen
+    }
+
     /// Looks at the next frame.
     pub fn feed(&mut self, data: &[u8]) {
         if data.is_empty() {
@@ -343,10 +396,11 @@ impl UsageScanner {
         joint[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
         joint[self.tail_len..self.tail_len + head].copy_from_slice(&data[..head]);
         let window = &joint[..self.tail_len + head];
-        let mut counts = [self.prompt, self.completion];
+        let (keys, skip) = (self.keys, self.finder.needle().len());
+        let counts = &mut self.counts;
         let mut read = |bytes: &[u8], at: usize| {
             if let (Some(kind), Some(n)) =
-                (kind_before(bytes, at), number_at(bytes, at + NEEDLE.len()))
+                (kind_before(keys, bytes, at), number_at(bytes, at + skip))
             {
                 counts[kind as usize] = Some(n);
             }
@@ -357,7 +411,14 @@ impl UsageScanner {
             .find_iter(window)
             .for_each(|at| read(window, at));
         self.finder.find_iter(data).for_each(|at| read(data, at));
-        [self.prompt, self.completion] = counts;
+        if let Some(reason) = self.reason.as_ref().filter(|_| !self.reason_seen) {
+            let ends = |bytes: &[u8], at: usize| {
+                let before = &bytes[..at];
+                before.ends_with(b"\"finish") || before.ends_with(b"\"block")
+            };
+            self.reason_seen = reason.find_iter(window).any(|at| ends(window, at))
+                || reason.find_iter(data).any(|at| ends(data, at));
+        }
         let keep = data.len().min(TAIL);
         if keep == TAIL {
             self.tail.copy_from_slice(&data[data.len() - TAIL..]);
@@ -371,11 +432,19 @@ impl UsageScanner {
         }
     }
 
-    /// The counts, when the stream reported both.
+    /// The counts, when the stream reported both (Gemini: its prompt count; it leaves out a candidates count of
+    /// 0, and its thinking tokens count as completion).
     pub fn tokens(&self) -> Option<Tokens> {
+        let [prompt, completion, thoughts] = self.counts;
+        let completion = match self.keys {
+            Keys::Tokens => completion?,
+            Keys::TokenCount => completion
+                .unwrap_or(0)
+                .saturating_add(thoughts.unwrap_or(0)),
+        };
         Some(Tokens {
-            prompt: self.prompt?,
-            completion: self.completion?,
+            prompt: prompt?,
+            completion,
         })
     }
 }
@@ -463,6 +532,65 @@ mod tests {
             }),
             "spaces after the colon"
         );
+    }
+
+    #[test]
+    fn gemini_running_usage_and_its_end_are_read_at_every_split() {
+        let chunk = |text: &str, n: u32, finish: &str| {
+            format!(
+                "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"{text}\"}}],\"role\":\"model\"}}{finish}}}],\
+                 \"usageMetadata\":{{\"promptTokenCount\":9,\"candidatesTokenCount\":{n},\"totalTokenCount\":{},\
+                 \"promptTokensDetails\":[{{\"modality\":\"TEXT\",\"tokenCount\":9}}],\"thoughtsTokenCount\":3}}}}\n\n",
+                9 + n
+            )
+        };
+        let stream = format!(
+            "{}{}",
+            chunk("a \\\"finishReason\\\": x", 1, ""),
+            chunk("b", 2, ",\"finishReason\":\"STOP\"")
+        );
+        let bytes = stream.as_bytes();
+        let gemini = |frames: &[&[u8]]| {
+            let mut s = UsageScanner::new(Keys::TokenCount);
+            frames.iter().for_each(|f| s.feed(f));
+            (s.tokens(), s.end_seen())
+        };
+        let want = Tokens {
+            prompt: 9,
+            completion: 2 + 3,
+        };
+        for i in 0..=bytes.len() {
+            assert_eq!(
+                gemini(&[&bytes[..i], &bytes[i..]]),
+                (Some(want), true),
+                "split at {i}"
+            );
+        }
+        // Cut before the last chunk: the running count so far, and no end (a truncation).
+        let first = chunk("a \\\"finishReason\\\": x", 1, "");
+        let (tokens, ended) = gemini(&[first.as_bytes()]);
+        assert_eq!(
+            (tokens.map(|t| t.completion), ended),
+            (Some(4), false),
+            "forged text is not an end"
+        );
+        let blocked = b"data: {\"promptFeedback\":{\"blockReason\":\"SAFETY\"},\"usageMetadata\":{\"promptTokenCount\":9}}\n\n";
+        assert_eq!(
+            gemini(&[blocked]),
+            (
+                Some(Tokens {
+                    prompt: 9,
+                    completion: 0
+                }),
+                true
+            )
+        );
+        // The OpenAI keys mean nothing to a Gemini scanner, and the other way round; vendors with a terminal line
+        // need no end in the data.
+        assert_eq!(gemini(&[LAST]).0, None);
+        let mut openai = UsageScanner::default();
+        openai.feed(bytes);
+        assert_eq!((openai.tokens(), openai.end_seen()), (None, true));
     }
 
     #[test]

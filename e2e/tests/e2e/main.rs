@@ -10,6 +10,7 @@
 mod admin;
 mod browser;
 mod demo;
+mod dialects;
 mod faults;
 mod logs;
 mod openai_sdk;

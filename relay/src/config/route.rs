@@ -17,8 +17,13 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub path: String,
+    /// The vendor's URL; `{model}` in its path is replaced by the request's model (Azure deployments, Gemini).
     pub upstream: String,
-    pub auth: UpstreamAuth,
+    /// The vendor's API: its credential header, path form, usage, end of answer and error event. Absent: OpenAI's
+    /// (Anthropic's error event when `gen_ai_system = "anthropic"`), with no terminal line unless configured.
+    pub dialect: Option<Dialect>,
+    /// How the vendor wants its key; absent: the dialect's.
+    pub auth: Option<UpstreamAuth>,
     pub secret_env: Option<String>,
     pub secret_file: Option<PathBuf>,
     /// More endpoints (or keys) tried in order before the first byte reaches the client.
@@ -54,9 +59,9 @@ pub struct RawRoute {
     /// third-party vendor has no use for your trace ids.
     #[serde(default)]
     pub propagate_trace: bool,
-    /// The vendor's name in traces (`gen_ai.system`): `openai`, `anthropic`, `az.ai.openai`, ...
-    #[serde(default = "default_gen_ai_system")]
-    pub gen_ai_system: String,
+    /// The vendor's name in traces (`gen_ai.system`): `openai`, `anthropic`, `az.ai.openai`, ...; absent: the
+    /// dialect's.
+    pub gen_ai_system: Option<String>,
     /// CA certificates (PEM bundle) to trust for this route's `https` endpoints: a private CA, an internal gateway's.
     pub ca_file: Option<PathBuf>,
     /// Which CAs the route trusts: `native` (the system's), `ca_file`, or `both`. Default: `native`, or `both` when
@@ -159,9 +164,6 @@ fn default_max_idle() -> usize {
 fn default_pool_idle_ms() -> u64 {
     60_000
 }
-fn default_gen_ai_system() -> String {
-    "openai".into()
-}
 fn default_max_event() -> usize {
     8 << 20
 }
@@ -174,6 +176,107 @@ pub enum UpstreamAuth {
     Bearer,
     /// `x-api-key: <secret>` (the blog post's vendor, Anthropic).
     XApiKey,
+    /// `api-key: <secret>` (Azure OpenAI).
+    ApiKey,
+    /// `x-goog-api-key: <secret>` (Google Gemini).
+    XGoogApiKey,
+}
+
+impl UpstreamAuth {
+    fn header(self) -> HeaderName {
+        match self {
+            UpstreamAuth::Bearer => http::header::AUTHORIZATION,
+            UpstreamAuth::XApiKey => HeaderName::from_static("x-api-key"),
+            UpstreamAuth::ApiKey => HeaderName::from_static("api-key"),
+            UpstreamAuth::XGoogApiKey => HeaderName::from_static("x-goog-api-key"),
+        }
+    }
+}
+
+/// A vendor's API family, as data ([`DialectSpec`]): a route names one and gets its credential header, path form,
+/// usage keys, end of answer and error event.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dialect {
+    #[default]
+    Openai,
+    Anthropic,
+    AzureOpenai,
+    Gemini,
+}
+
+/// Where a vendor's usage is in its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageKeys {
+    /// `prompt_tokens`/`completion_tokens`, `input_tokens`/`output_tokens` (the last of each wins: Anthropic's
+    /// cumulative `message_delta` ends at the answer's count).
+    Tokens,
+    /// Gemini's running `usageMetadata` totals (`promptTokenCount`, `candidatesTokenCount`, `thoughtsTokenCount`).
+    TokenCount,
+}
+
+/// What a dialect is, as data.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DialectSpec {
+    pub name: &'static str,
+    pub auth: UpstreamAuth,
+    /// The line that ends a complete answer; `None`: the end is in the data (Gemini: `finishReason`).
+    pub terminal_event: Option<&'static str>,
+    pub usage: UsageKeys,
+    /// The vendor's name in traces (OpenTelemetry's `gen_ai.system` values).
+    pub gen_ai_system: &'static str,
+    /// The request body must not name the model (it is in the path): the relay moves it there.
+    pub model_in_path: bool,
+    /// A query parameter the upstream URL must have (`api-version`, `alt=sse`), and why.
+    pub required_query: Option<(&'static str, &'static str)>,
+}
+
+const DIALECTS: [DialectSpec; 4] = [
+    DialectSpec {
+        name: "openai",
+        auth: UpstreamAuth::Bearer,
+        terminal_event: Some("data: [DONE]"),
+        usage: UsageKeys::Tokens,
+        gen_ai_system: "openai",
+        model_in_path: false,
+        required_query: None,
+    },
+    DialectSpec {
+        name: "anthropic",
+        auth: UpstreamAuth::XApiKey,
+        terminal_event: Some("event: message_stop"),
+        usage: UsageKeys::Tokens,
+        gen_ai_system: "anthropic",
+        model_in_path: false,
+        required_query: None,
+    },
+    DialectSpec {
+        name: "azure-openai",
+        auth: UpstreamAuth::ApiKey,
+        terminal_event: Some("data: [DONE]"),
+        usage: UsageKeys::Tokens,
+        gen_ai_system: "az.ai.openai",
+        model_in_path: false,
+        required_query: Some(("api-version=", "Azure OpenAI needs `?api-version=…`")),
+    },
+    DialectSpec {
+        name: "gemini",
+        auth: UpstreamAuth::XGoogApiKey,
+        terminal_event: None,
+        usage: UsageKeys::TokenCount,
+        gen_ai_system: "gcp.gemini",
+        model_in_path: true,
+        required_query: Some((
+            "alt=sse",
+            "Gemini streams SSE only with `?alt=sse` (without it, one JSON array)",
+        )),
+    },
+];
+
+impl Dialect {
+    pub fn spec(self) -> &'static DialectSpec {
+        &DIALECTS[self as usize]
+    }
 }
 
 /// A vendor credential, ready to send. Prints as `[REDACTED]`.
@@ -201,7 +304,12 @@ impl fmt::Debug for Secret {
 pub struct Target {
     pub upstream: Uri,
     pub secret: Secret,
+    /// Its path has `{model}`, replaced by the request's model on each call.
+    pub model_in_path: bool,
 }
+
+/// The placeholder in an upstream URL's path that the request's model replaces.
+pub const MODEL_PLACEHOLDER: &str = "{model}";
 
 /// One inbound path and everything about calling its vendor.
 #[derive(Clone, Debug)]
@@ -225,6 +333,8 @@ pub struct Route {
     /// Whether the vendor request carries `traceparent`/`tracestate`.
     pub propagate_trace: bool,
     pub gen_ai_system: String,
+    /// The vendor's API ([`DialectSpec`]).
+    pub dialect: Dialect,
     pub tls: RouteTls,
     pub egress: super::Egress,
     pub usage: UsageMode,
@@ -268,7 +378,11 @@ fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, Config
             "must start with `/`, have no query, and not be `/` or `/healthz`",
         ));
     }
-    let (targets, max_attempts) = targets(&at, r, env)?;
+    let dialect = r.dialect.unwrap_or(match r.gen_ai_system.as_deref() {
+        Some(s) if s.eq_ignore_ascii_case("anthropic") => Dialect::Anthropic,
+        _ => Dialect::Openai,
+    });
+    let (targets, max_attempts) = targets(&at, r, dialect, env)?;
     let (idle_timeout, keepalive_interval) = idle(&at, r)?;
     check_names(&at, r)?;
     if r.max_event_bytes < 1024 {
@@ -283,13 +397,21 @@ fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, Config
         idle_timeout,
         total_timeout: timeout(&at("total_timeout_ms"), r.total_timeout_ms)?,
         keepalive_interval,
-        terminal_event: r.terminal_event.clone(),
+        // The dialect's terminal line only when the dialect is named: a route without one keeps its old meaning.
+        terminal_event: r.terminal_event.clone().or_else(|| {
+            r.dialect
+                .and_then(|d| d.spec().terminal_event.map(str::to_owned))
+        }),
         max_event_bytes: r.max_event_bytes,
         forward_headers: validate_forward(&at("forward_headers"), &r.forward_headers)?,
         max_idle_connections: r.max_idle_connections,
         pool_idle_timeout: timeout(&at("pool_idle_timeout_ms"), r.pool_idle_timeout_ms)?,
         propagate_trace: r.propagate_trace,
-        gen_ai_system: r.gen_ai_system.clone(),
+        gen_ai_system: r
+            .gen_ai_system
+            .clone()
+            .unwrap_or_else(|| dialect.spec().gen_ai_system.to_owned()),
+        dialect,
         tls: route_tls(&at, r)?,
         egress: super::proxy::egress(&at, r.proxy.as_deref(), r.proxy_auth_file.as_deref(), env)?,
         usage: r.usage,
@@ -317,16 +439,19 @@ fn resume(at: &dyn Fn(&str) -> String, r: &RawResume) -> Result<Resume, ConfigEr
 fn targets(
     at: &dyn Fn(&str) -> String,
     r: &RawRoute,
+    dialect: Dialect,
     env: &dyn Env,
 ) -> Result<(Vec<Target>, usize), ConfigError> {
+    let auth = r.auth.unwrap_or(dialect.spec().auth);
     let first = RawTarget {
         upstream: r.upstream.clone(),
         secret_env: r.secret_env.clone(),
         secret_file: r.secret_file.clone(),
     };
-    let mut targets = vec![target(&at(""), &first, r.auth, env)?];
+    let mut targets = vec![target(&at(""), &first, (auth, dialect), env)?];
     for (j, t) in r.failover.iter().enumerate() {
-        targets.push(target(&at(&format!("failover[{j}].")), t, r.auth, env)?);
+        let prefix = at(&format!("failover[{j}]."));
+        targets.push(target(&prefix, t, (auth, dialect), env)?);
     }
     let max_attempts = r.max_attempts.unwrap_or(targets.len());
     if max_attempts == 0 || max_attempts > targets.len() {
@@ -370,7 +495,9 @@ fn check_names(at: &dyn Fn(&str) -> String, r: &RawRoute) -> Result<(), ConfigEr
             ));
         }
     }
-    let system = &r.gen_ai_system;
+    let Some(system) = &r.gen_ai_system else {
+        return Ok(());
+    };
     let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if system.is_empty() || system.len() > 64 || !system.chars().all(name_char) {
         return Err(field(
@@ -412,7 +539,7 @@ fn route_tls(at: &dyn Fn(&str) -> String, r: &RawRoute) -> Result<RouteTls, Conf
 fn target(
     prefix: &str,
     t: &RawTarget,
-    auth: UpstreamAuth,
+    (auth, dialect): (UpstreamAuth, Dialect),
     env: &dyn Env,
 ) -> Result<Target, ConfigError> {
     let upstream: Uri = t
@@ -427,10 +554,27 @@ fn target(
             "must be an absolute http:// or https:// URL without user info",
         ));
     }
+    let query = upstream.query().unwrap_or("");
+    let path = upstream.path();
+    if let Some((param, why)) = dialect.spec().required_query {
+        // Gemini's non-streaming `:generateContent` answers JSON and needs no `alt=sse`.
+        let applies = dialect != Dialect::Gemini || path.ends_with(":streamGenerateContent");
+        let has = query.split('&').any(|p| p.starts_with(param));
+        if applies && !has {
+            return Err(field(format!("{prefix}upstream"), why));
+        }
+    }
+    let model_in_path = path.contains(MODEL_PLACEHOLDER);
+    if path.replacen(MODEL_PLACEHOLDER, "", 1).contains(['{', '}']) {
+        return Err(field(
+            format!("{prefix}upstream"),
+            "the only placeholder is one `{model}` in the path",
+        ));
+    }
     let secret = read_secret(t, env).map_err(|reason| field(format!("{prefix}secret"), reason))?;
     let value = match auth {
         UpstreamAuth::Bearer => format!("Bearer {secret}"),
-        UpstreamAuth::XApiKey => secret,
+        UpstreamAuth::XApiKey | UpstreamAuth::ApiKey | UpstreamAuth::XGoogApiKey => secret,
     };
     let mut value = HeaderValue::from_str(&value).map_err(|_| {
         field(
@@ -439,13 +583,13 @@ fn target(
         )
     })?;
     value.set_sensitive(true);
-    let header = match auth {
-        UpstreamAuth::Bearer => http::header::AUTHORIZATION,
-        UpstreamAuth::XApiKey => HeaderName::from_static("x-api-key"),
-    };
     Ok(Target {
         upstream,
-        secret: Secret { header, value },
+        secret: Secret {
+            header: auth.header(),
+            value,
+        },
+        model_in_path,
     })
 }
 

@@ -653,3 +653,113 @@ fn token_limits_come_from_the_tenant_or_the_defaults_one_by_one() {
         assert!(e.contains(field) && !e.is_empty(), "{lines}: {e}");
     }
 }
+
+/// A route of `dialect` to `upstream`, with no `auth` or `terminal_event`: the dialect's.
+fn dialect_route(dialect: &str, upstream: &str) -> Result<Route, ConfigError> {
+    let text = format!(
+        r#"[[clients]]
+tenant = "acme"
+key_sha256 = "{}"
+
+[[routes]]
+path = "/x"
+dialect = "{dialect}"
+upstream = "{upstream}"
+secret_env = "VENDOR_KEY"
+"#,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"client-key"))
+    );
+    Config::from_toml(&text, &env(&[])).map(|c| c.routes[0].clone())
+}
+
+#[test]
+fn a_dialect_sets_the_credential_header_end_and_trace_name() {
+    let cases = [
+        (
+            "openai",
+            "https://api.openai.com/v1/chat/completions",
+            "authorization",
+            Some("data: [DONE]"),
+            "openai",
+        ),
+        (
+            "anthropic",
+            "https://api.anthropic.com/v1/messages",
+            "x-api-key",
+            Some("event: message_stop"),
+            "anthropic",
+        ),
+        (
+            "azure-openai",
+            "https://r.openai.azure.com/openai/deployments/{model}/chat/completions?api-version=2024-10-21",
+            "api-key",
+            Some("data: [DONE]"),
+            "az.ai.openai",
+        ),
+        (
+            "gemini",
+            "https://generativelanguage.googleapis.com/v1beta/models/{model}:streamGenerateContent?alt=sse",
+            "x-goog-api-key",
+            None,
+            "gcp.gemini",
+        ),
+    ];
+    for (dialect, upstream, header, terminal, system) in cases {
+        let r = dialect_route(dialect, upstream).unwrap_or_else(|e| panic!("{dialect}: {e}"));
+        let (name, value) = r.targets[0].secret.header();
+        assert_eq!(name.as_str(), header, "{dialect}");
+        let bearer = value.to_str().unwrap().starts_with("Bearer ");
+        assert_eq!(bearer, dialect == "openai", "{dialect}");
+        assert_eq!(r.terminal_event.as_deref(), terminal, "{dialect}");
+        assert_eq!(r.gen_ai_system, system, "{dialect}");
+        assert_eq!(
+            r.targets[0].model_in_path,
+            upstream.contains("{model}"),
+            "{dialect}"
+        );
+        assert_eq!(r.dialect.spec().name, dialect);
+    }
+    // Without a dialect a route keeps its old meaning: OpenAI's, no terminal line unless configured.
+    let c = load("", "", &[]).unwrap();
+    assert_eq!(
+        (c.routes[0].dialect, c.routes[0].terminal_event.as_deref()),
+        (Dialect::Openai, None)
+    );
+    let c = load("gen_ai_system = \"anthropic\"", "", &[]).unwrap();
+    assert_eq!(c.routes[0].dialect, Dialect::Anthropic);
+}
+
+#[test]
+fn a_dialect_s_path_form_is_checked_at_load() {
+    let e = dialect_route(
+        "azure-openai",
+        "https://r.openai.azure.com/openai/deployments/d/chat/completions",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("routes[0].upstream") && e.contains("api-version"),
+        "{e}"
+    );
+    let e = dialect_route(
+        "gemini",
+        "https://g.example/v1beta/models/{model}:streamGenerateContent",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("alt=sse"), "{e}");
+    // Gemini's non-streaming method needs no alt=sse.
+    dialect_route(
+        "gemini",
+        "https://g.example/v1beta/models/gemini-2.0-flash:generateContent",
+    )
+    .unwrap();
+    let e = dialect_route("openai", "https://a.example/{model}/{x}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("placeholder"), "{e}");
+    let e = dialect_route("cohere", "https://a.example/v1")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dialect"), "{e}");
+}

@@ -6,7 +6,8 @@
 //!   chunk: the `openai` SDK raises `APIError` for any event whose data has an `error` member (chat completions
 //!   and the Responses API alike), the `anthropic` SDK raises for `event: error`. OpenAI's object is
 //!   `{"message","type","code"}`; Anthropic's is `{"type","message"}` inside `{"type":"error"}`, which is also the
-//!   `type` a Responses API client dispatches on;
+//!   `type` a Responses API client dispatches on; Gemini's is Google's `{"code","message","status"}` (the
+//!   `google-genai` SDK raises `APIError` for a streamed chunk with an `error` member);
 //! - `kind`, `message` and `trace_id` at the top level, as before (the demo page, scripts, the error table);
 //! - `code` = `kind` at the top level, which completes the Responses API's own `error` event shape.
 
@@ -14,7 +15,7 @@ use bytes::Bytes;
 
 use crate::outcome::Failure;
 
-/// Whose error shape a route's error events take (from the route's `gen_ai_system`).
+/// Whose error shape a route's error events take (its dialect's, [`ErrorShape::for_dialect`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ErrorShape {
     /// OpenAI's: `error.type` is `server_error` (a timeout: `timeout`), `error.code` the kind.
@@ -23,15 +24,19 @@ pub enum ErrorShape {
     /// Anthropic's: `error.type` is `api_error`, `timeout_error` or, for a relay shutting down, `overloaded_error`
     /// (the types its SDK retries).
     Anthropic,
+    /// Google's: `error.code` an HTTP status (504 for a timeout, 503 for a vendor failure or a relay shutting
+    /// down, 500 otherwise) and `error.status` its name.
+    Gemini,
 }
 
 impl ErrorShape {
-    /// The shape for a route whose vendor is `gen_ai_system` (`anthropic`, or anything else: OpenAI's).
-    pub fn for_system(gen_ai_system: &str) -> Self {
-        if gen_ai_system.eq_ignore_ascii_case("anthropic") {
-            ErrorShape::Anthropic
-        } else {
-            ErrorShape::Openai
+    /// The shape of a route's vendor: its dialect's.
+    pub fn for_dialect(dialect: crate::config::Dialect) -> Self {
+        use crate::config::Dialect;
+        match dialect {
+            Dialect::Openai | Dialect::AzureOpenai => ErrorShape::Openai,
+            Dialect::Anthropic => ErrorShape::Anthropic,
+            Dialect::Gemini => ErrorShape::Gemini,
         }
     }
 
@@ -48,6 +53,9 @@ impl ErrorShape {
             (ErrorShape::Anthropic, Failure::Shutdown) => "overloaded_error",
             (ErrorShape::Anthropic, _) if timeout => "timeout_error",
             (ErrorShape::Anthropic, _) => "api_error",
+            (ErrorShape::Gemini, _) if timeout => "DEADLINE_EXCEEDED",
+            (ErrorShape::Gemini, Failure::UpstreamProtocol) => "INTERNAL",
+            (ErrorShape::Gemini, _) => "UNAVAILABLE",
         }
     }
 }
@@ -72,6 +80,15 @@ pub fn error_event(
             "type": shape.error_type(failure),
             "message": named,
         }),
+        ErrorShape::Gemini => {
+            let status = shape.error_type(failure);
+            let code = match status {
+                "DEADLINE_EXCEEDED" => 504,
+                "INTERNAL" => 500,
+                _ => 503,
+            };
+            serde_json::json!({"code": code, "message": named, "status": status})
+        }
     };
     let data = serde_json::json!({
         "type": "error",
@@ -128,8 +145,16 @@ mod tests {
 
     #[test]
     fn anthropic_routes_get_anthropic_error_types() {
-        assert_eq!(ErrorShape::for_system("Anthropic"), ErrorShape::Anthropic);
-        assert_eq!(ErrorShape::for_system("az.ai.openai"), ErrorShape::Openai);
+        use crate::config::Dialect;
+        assert_eq!(
+            ErrorShape::for_dialect(Dialect::Anthropic),
+            ErrorShape::Anthropic
+        );
+        assert_eq!(
+            ErrorShape::for_dialect(Dialect::AzureOpenai),
+            ErrorShape::Openai
+        );
+        assert_eq!(ErrorShape::for_dialect(Dialect::Gemini), ErrorShape::Gemini);
         let d = data(&error_event(
             Failure::Shutdown,
             ErrorShape::Anthropic,

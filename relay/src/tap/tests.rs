@@ -96,6 +96,7 @@ fn tap_with(l: Limits, added_delay: Option<AddedDelay>) -> Tapped {
         chunk_gap: None,
         added_delay,
         hide_usage: l.hide_usage,
+        usage: crate::usage::UsageScanner::default(),
         on_end: Recorder(ends.clone()),
     };
     Tapped {
