@@ -324,4 +324,34 @@ mod tests {
         .closing_events("x", 4);
         assert!(!without.contains("usage"));
     }
+
+    #[test]
+    fn each_dialect_ends_its_own_way() {
+        let anthropic = Dialect::Anthropic.closing_events("x", 4);
+        assert!(
+            anthropic.contains("\"output_tokens\":4")
+                && anthropic
+                    .ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+        );
+        let first = Dialect::Anthropic.content_event("x", 0, "t");
+        assert!(
+            first.starts_with("event: message_start\n") && first.contains("\"input_tokens\":9")
+        );
+        // Gemini: a running usage on every chunk, a finishReason on the last, no terminal line.
+        let chunk = Dialect::Gemini.content_event("x", 2, "t");
+        assert!(chunk.contains("\"candidatesTokenCount\":3") && !chunk.contains("finishReason"));
+        let last = Dialect::Gemini.closing_events("x", 4);
+        assert!(
+            last.contains("\"finishReason\":\"STOP\"")
+                && !last.contains("[DONE]")
+                && last.ends_with("\n\n")
+        );
+        let blocked = Dialect::Gemini.blocked_events("x", 0);
+        assert!(blocked.contains("\"blockReason\":\"SAFETY\""));
+        assert!(
+            Dialect::Gemini
+                .blocked_events("x", 2)
+                .contains("\"finishReason\":\"SAFETY\"")
+        );
+    }
 }

@@ -284,7 +284,8 @@ fn printable(model: &str) -> String {
         .collect()
 }
 
-/// Each cap above the policy's lowered to it; none at all → the default written into `max_tokens_field`.
+/// Each cap above the policy's lowered to it (Gemini's `generationConfig.maxOutputTokens` too); none at all → the
+/// default written into `max_tokens_field`.
 fn max_tokens(
     policy: &Policy,
     values: &mut Vec<(Cow<'_, str>, Value<'_>)>,
@@ -295,6 +296,10 @@ fn max_tokens(
     }
     let mut named = false;
     for (key, value) in values.iter_mut() {
+        if key == GEMINI_CONFIG {
+            named |= gemini_cap(policy, value, rewrites)?;
+            continue;
+        }
         let Some(field) = CAPS.iter().find(|c| **c == *key) else {
             continue;
         };
@@ -310,19 +315,48 @@ fn max_tokens(
             rewrites.add(Rewrites::MAX_TOKENS);
         }
     }
-    if let (false, Some(default)) = (named, policy.default_max_tokens) {
-        let field = policy.max_tokens_field.as_str();
-        // A `null` cap is replaced; otherwise the member is added.
-        match values.iter_mut().find(|(k, _)| k == field) {
-            Some((_, v)) => *v = Value::New(default.to_string()),
-            None => values.push((
-                Cow::Owned(field.to_owned()),
-                Value::New(default.to_string()),
-            )),
+    let Some(default) = policy.default_max_tokens.filter(|_| !named) else {
+        return Ok(());
+    };
+    let field = policy.max_tokens_field.as_str();
+    let (key, forced) = match field.split_once('.') {
+        Some((outer, inner)) => (outer, serde_json::json!({ inner: default })),
+        None => (field, serde_json::json!(default)),
+    };
+    match values.iter_mut().find(|(k, _)| k == key) {
+        // A `null` cap is replaced; an object (Gemini's generationConfig) gets the member merged in.
+        Some((_, v)) => {
+            let mut current = parse(v);
+            merge(&mut current, &forced);
+            *v = Value::New(current.to_string());
         }
-        rewrites.add(Rewrites::DEFAULT_MAX_TOKENS);
+        None => values.push((Cow::Owned(key.to_owned()), Value::New(forced.to_string()))),
     }
+    rewrites.add(Rewrites::DEFAULT_MAX_TOKENS);
     Ok(())
+}
+
+/// Gemini's request options, where its answer cap lives.
+const GEMINI_CONFIG: &str = "generationConfig";
+
+/// Gemini's `generationConfig.maxOutputTokens` lowered to the cap: whether the request named one.
+fn gemini_cap(
+    policy: &Policy,
+    value: &mut Value<'_>,
+    rewrites: &mut Rewrites,
+) -> Result<bool, PolicyError> {
+    let field = "generationConfig.maxOutputTokens";
+    let mut config = parse(value);
+    let Some(n) = config.get("maxOutputTokens").filter(|n| !n.is_null()) else {
+        return Ok(false);
+    };
+    let n = n.as_u64().ok_or(PolicyError::BadMaxTokens(field))?;
+    if let Some(cap) = policy.max_tokens.filter(|cap| n > *cap) {
+        config["maxOutputTokens"] = serde_json::json!(cap);
+        *value = Value::New(config.to_string());
+        rewrites.add(Rewrites::MAX_TOKENS);
+    }
+    Ok(true)
 }
 
 /// The members (or nested members) the policy removes.

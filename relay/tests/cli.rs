@@ -324,7 +324,10 @@ fn shipped_config_files_validate() {
         .arg(&path)
         .arg("--check-config")
         .env("OPENAI_API_KEY", SECRET)
-        .env("OPENAI_BACKUP_KEY", SECRET);
+        .env("OPENAI_BACKUP_KEY", SECRET)
+        .env("ANTHROPIC_API_KEY", SECRET)
+        .env("AZURE_OPENAI_API_KEY", SECRET)
+        .env("GEMINI_API_KEY", SECRET);
     let (out, stderr) = run(&mut cmd);
     assert!(out.status.success(), "relay.example.toml: {stderr}");
 }

@@ -41,7 +41,8 @@ pub struct RawPolicy {
     /// Written into a request that names no cap (into `max_tokens_field`); absent: `max_tokens`, when set.
     pub default_max_tokens: Option<u64>,
     /// The member a default cap is written to: `max_tokens` (chat completions, Anthropic), `max_completion_tokens`
-    /// (OpenAI's reasoning models), `max_output_tokens` (OpenAI's Responses API).
+    /// (OpenAI's reasoning models), `max_output_tokens` (OpenAI's Responses API), `generationConfig.maxOutputTokens`
+    /// (Gemini).
     #[serde(default = "default_tokens_field")]
     pub max_tokens_field: String,
     /// Members set whatever the request says (tables merge: `stream_options.include_usage = true`).
@@ -210,7 +211,12 @@ fn validate(name: &str, p: &RawPolicy) -> Result<Policy, ConfigError> {
             format!("is above max_tokens ({cap})"),
         ));
     }
-    const FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+    const FIELDS: [&str; 4] = [
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "generationConfig.maxOutputTokens",
+    ];
     if !FIELDS.contains(&p.max_tokens_field.as_str()) {
         return Err(field(
             at("max_tokens_field"),

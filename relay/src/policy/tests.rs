@@ -110,6 +110,22 @@ fn caps_lower_larger_values_and_a_default_fills_an_absent_one() {
         body(&apply(&p, CHAT.as_bytes()).unwrap())["max_output_tokens"],
         1000
     );
+    // Gemini's cap is inside generationConfig: lowered there, or written there as the default.
+    let p = policy("max_tokens = 1000\nmax_tokens_field = \"generationConfig.maxOutputTokens\"");
+    let gemini = r#"{"contents":[],"generationConfig":{"temperature":0.5,"maxOutputTokens":8192}}"#;
+    let v = body(&apply(&p, gemini.as_bytes()).unwrap());
+    assert_eq!(
+        v["generationConfig"],
+        serde_json::json!({"temperature": 0.5, "maxOutputTokens": 1000})
+    );
+    let v = body(&apply(&p, br#"{"contents":[]}"#).unwrap());
+    assert_eq!(v["generationConfig"]["maxOutputTokens"], 1000);
+    let v = body(&apply(&p, br#"{"generationConfig":{"topK":3}}"#).unwrap());
+    assert_eq!(
+        v["generationConfig"],
+        serde_json::json!({"topK": 3, "maxOutputTokens": 1000})
+    );
+    let p = policy("max_tokens = 1000\nmax_tokens_field = \"max_output_tokens\"");
     for bad in ["\"5000\"", "-1", "1.5", "1e9"] {
         let b = CHAT.replace("\"stream\"", &format!("\"max_tokens\":{bad},\"stream\""));
         let e = apply(&p, b.as_bytes()).unwrap_err();

@@ -174,6 +174,29 @@ mod tests {
     }
 
     #[test]
+    fn gemini_routes_get_google_s_error_object() {
+        let cases = [
+            (Failure::UpstreamReset, 503, "UNAVAILABLE"),
+            (Failure::Shutdown, 503, "UNAVAILABLE"),
+            (Failure::UpstreamIdleTimeout, 504, "DEADLINE_EXCEEDED"),
+            (Failure::UpstreamProtocol, 500, "INTERNAL"),
+        ];
+        for (failure, code, status) in cases {
+            let d = data(&error_event(failure, ErrorShape::Gemini, "t-9", true));
+            assert_eq!(
+                (&d["error"]["code"], &d["error"]["status"]),
+                (&serde_json::json!(code), &serde_json::json!(status))
+            );
+            let message = d["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(failure.kind()) && message.contains("t-9"),
+                "{message}"
+            );
+            assert_eq!(d["kind"], failure.kind());
+        }
+    }
+
+    #[test]
     fn a_half_sent_event_is_closed_first() {
         let e = error_event(Failure::UpstreamTruncated, ErrorShape::Openai, "t", false);
         assert!(e.starts_with(b"\n\nevent: error\n"));
