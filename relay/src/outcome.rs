@@ -107,8 +107,9 @@ pub struct Seen {
     pub frames: u64,
     /// SSE events (event streams only).
     pub events: Option<u64>,
-    /// Keep-alive comments sent.
+    /// Keep-alive comments sent, and their bytes.
     pub pings: u64,
+    pub ping_bytes: u64,
     /// The audit text and whether it was cut at its cap (when the audit text is on).
     pub text: Option<(String, bool)>,
     /// Token counts the answer reported in an OpenAI-style `usage` object (a stream's or a JSON body's).

@@ -52,8 +52,6 @@ use hide::HideUsage;
 use relay_wire::sse::EventScanner;
 use timers::Due;
 
-const KEEPALIVE: &[u8] = b": keep-alive\n\n";
-
 /// What a body that is not an event stream may end with (the same type as [`crate::error::BoxError`]; named here
 /// so the tap needs nothing from the error stage, which gathers the stages' errors, the resume stage's among them).
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,7 +62,7 @@ impl Seen {
     /// was relayed.
     pub fn cut(&mut self, got: Option<u64>) {
         if let Some(got) = got {
-            let own = self.pings * KEEPALIVE.len() as u64;
+            let own = self.ping_bytes;
             self.bytes = self
                 .bytes
                 .min(got.saturating_sub(own).saturating_add(self.hidden));
@@ -350,10 +348,12 @@ impl<B, E: OnEnd> TapBody<B, E> {
         {
             Due::Fail(f) => Some(self.fail(f, f.message().to_owned())),
             Due::Ping => {
-                self.outbox = Some(Bytes::from_static(KEEPALIVE));
+                let ping = self.error_shape.keepalive();
+                self.outbox = Some(Bytes::from_static(ping));
                 self.last_activity = now;
                 if let Some((observer, _)) = self.live.as_mut() {
                     observer.seen.pings += 1;
+                    observer.seen.ping_bytes += ping.len() as u64;
                 }
                 None
             }

@@ -25,3 +25,4 @@ mod support;
 mod tls;
 mod traces;
 mod upgrade;
+mod vendor_sdks;

@@ -40,6 +40,16 @@ impl ErrorShape {
         }
     }
 
+    /// What the relay sends while the vendor is silent: an SSE comment, or for Gemini a bare blank line (the
+    /// `google-genai` SDK reads every line that is not `data: …` as raw JSON and fails on a comment; a blank line
+    /// with no data before it dispatches nothing in any SSE reader).
+    pub fn keepalive(self) -> &'static [u8] {
+        match self {
+            ErrorShape::Gemini => b"\n",
+            ErrorShape::Openai | ErrorShape::Anthropic => b": keep-alive\n\n",
+        }
+    }
+
     fn error_type(self, failure: Failure) -> &'static str {
         let timeout = matches!(
             failure,
@@ -99,6 +109,19 @@ pub fn error_event(
         "trace_id": trace_id,
     });
     let lead = if at_boundary { "" } else { "\n\n" };
+    if shape == ErrorShape::Gemini {
+        // `google-genai` raises `APIError` only for a `data:` chunk whose JSON starts with `{"error":`, and fails
+        // on an `event:` line (it reads every line that is not `data: …` as raw JSON): the error object first,
+        // the relay's fields after it, no event name.
+        // No top-level `message`: the SDK would show it instead of `error.message`, which names the kind and trace.
+        let fields = serde_json::json!({"kind": kind, "trace_id": trace_id});
+        let rest = fields.to_string();
+        let error = data["error"].to_string();
+        return Bytes::from(format!(
+            "{lead}data: {{\"error\":{error},{}\n\n",
+            &rest[1..]
+        ));
+    }
     Bytes::from(format!("{lead}event: error\ndata: {data}\n\n"))
 }
 
@@ -171,6 +194,16 @@ mod tests {
             true,
         ));
         assert_eq!(d["error"]["type"], "timeout_error");
+    }
+
+    #[test]
+    fn gemini_error_chunks_start_with_the_error_object_and_have_no_event_line() {
+        let e = error_event(Failure::UpstreamReset, ErrorShape::Gemini, "t", true);
+        assert!(e.starts_with(b"data: {\"error\":{"), "{e:?}");
+        assert!(!e.windows(6).any(|w| w == b"event:"));
+        assert_eq!(ErrorShape::Gemini.keepalive(), b"\n");
+        let half = error_event(Failure::UpstreamReset, ErrorShape::Gemini, "t", false);
+        assert!(half.starts_with(b"\n\ndata: {\"error\":"));
     }
 
     #[test]
