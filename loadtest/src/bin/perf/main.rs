@@ -481,6 +481,28 @@ async fn main() -> Result<()> {
         false => Some(testkit::proc::start_relay(&resumable, &env, "info").await?),
         true => None,
     };
+    // The same relay with a request policy on its route that uses every rule (issue 28): the model checked against
+    // a list, the cap and the prompt text read, deny substrings and patterns run, a member forced (the body
+    // rewritten). What the policy stage costs per request in a real run; the relay → mock row is "policy off".
+    let policy = r#"[policies.perf]
+models = ["mock-1", "gpt-4o*"]
+aliases = { fast = "mock-1" }
+max_tokens = 4096
+max_messages = 32
+max_prompt_bytes = 65536
+remove = ["logit_bias"]
+deny_substrings = ["BEGIN PRIVATE KEY", "internal-only"]
+deny_patterns = ['(?i)(?-u:\b)ssn\s*\d{3}-\d{2}-\d{4}']
+force = { temperature = 0.2 }
+
+[audit]"#;
+    let with_policy = config
+        .replacen("[audit]", policy, 1)
+        .replace("[[routes]]\n", "[[routes]]\npolicy = \"perf\"\n");
+    let relay_policy = match a.gate {
+        false => Some(testkit::proc::start_relay(&with_policy, &env, "info").await?),
+        true => None,
+    };
     // And with its answers copied to Redis for the other replicas (batched appends, `resume/shared.rs`).
     let relay_resume_redis = match &redis {
         Some(r) => {
@@ -572,6 +594,9 @@ async fn main() -> Result<()> {
     if let Some(r) = &relay_resume {
         targets.push(("relay, resume on → mock", url(r.addr), CLIENT_KEY, vec![r]));
     }
+    if let Some(r) = &relay_policy {
+        targets.push(("relay, policy on → mock", url(r.addr), CLIENT_KEY, vec![r]));
+    }
     if let (Some(r), Some(store)) = (&relay_resume_redis, &redis) {
         targets.push((
             "relay + redis-server, resume on, Redis store → mock",
@@ -606,6 +631,7 @@ async fn main() -> Result<()> {
             .chain(&relay_reload)
             .chain(&relay_resume)
             .chain(&relay_resume_redis)
+            .chain(&relay_policy)
             .filter_map(|r| r.pid());
         let nginxes = [&nginx_mock, &nginx_relay, &nginx_tls]
             .into_iter()
