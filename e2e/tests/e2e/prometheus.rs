@@ -113,8 +113,18 @@ async fn traffic(s: &crate::stack::Stack) -> Result<()> {
     drop(leaving);
     anyhow::ensure!(await_counter(&s.mock, "streams_cancelled", cancelled_before + 1, 5000).await?);
     anyhow::ensure!(chat(&base, "wrong", &[]).send().await?.status() == 401);
+    // A model the tenant's policy does not allow: refused before the vendor (the policy panel's series).
+    let other = r#"{"model":"other-model","stream":true,"messages":[]}"#;
+    let refused = testkit::client::chat_with(&base, CLIENT_KEY, other, &[])
+        .send()
+        .await?;
+    anyhow::ensure!(refused.status() == 403, "{}", refused.status());
     Ok(())
 }
+
+/// The tenant's request policy: its model only.
+const POLICY: &str =
+    "[policies.e2e]\nmodels = [\"mock-1\"]\n\n[[tenants]]\nname = \"e2e\"\npolicy = \"e2e\"\n";
 
 #[tokio::test]
 async fn every_dashboard_and_alert_expression_returns_series_from_a_real_prometheus() -> Result<()>
@@ -125,9 +135,11 @@ async fn every_dashboard_and_alert_expression_returns_series_from_a_real_prometh
     promtool(&["check", "rules", "ssegate-rules.yml"])?;
     promtool(&["test", "rules", "ssegate-rules.test.yml"])?;
 
-    let s = stack(Front::Relay, Options::default())
-        .await?
-        .context("no stack")?;
+    let options = Options {
+        relay_top: POLICY,
+        ..Options::default()
+    };
+    let s = stack(Front::Relay, options).await?.context("no stack")?;
     let admin = s.relay.admin().context("no admin line")?;
     let rules = root().join("deploy/prometheus/ssegate-rules.yml");
     let prom: Prometheus = prometheus::start(&binary, &[admin], &[rules]).await?;
@@ -168,6 +180,9 @@ async fn every_dashboard_and_alert_expression_returns_series_from_a_real_prometh
     );
     let rejected = r#"sum(ssegate_rejections_total{reason="unauthorized"})"#;
     assert_eq!(prom.value(rejected).await?, 2.0);
+    let refused =
+        r#"sum(ssegate_policy_total{tenant="e2e",policy="e2e",rule="models",action="refused"})"#;
+    assert_eq!(prom.value(refused).await?, 2.0);
     let added_p99 = r#"histogram_quantile(0.99, sum by (le) (rate(ssegate_relay_added_delay_seconds_bucket[1m])))"#;
     let p99 = prom.value(added_p99).await?;
     assert!(
