@@ -170,8 +170,22 @@ impl<'de> Deserialize<'de> for Members<'de> {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(16);
+                // A few members are compared directly; a body with many (a hostile one: a megabyte of `"a":1`
+                // members) gets a set, so the check stays linear.
+                let mut seen: Option<std::collections::HashSet<Cow<'de, str>>> = None;
                 while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    if out.iter().any(|(seen, _)| *seen == k) {
+                    let repeated = match &mut seen {
+                        Some(set) => !set.insert(k.clone()),
+                        None if out.len() < 32 => out.iter().any(|(s, _)| *s == k),
+                        None => {
+                            let mut set: std::collections::HashSet<_> =
+                                out.iter().map(|(s, _)| s.clone()).collect();
+                            let repeated = !set.insert(k.clone());
+                            seen = Some(set);
+                            repeated
+                        }
+                    };
+                    if repeated {
                         return Err(serde::de::Error::custom("duplicate member"));
                     }
                     out.push((k, v));

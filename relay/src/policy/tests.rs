@@ -252,6 +252,18 @@ fn bodies_the_relay_and_the_vendor_could_read_differently_are_refused() {
             "{bad}"
         );
     }
+    // Many members: still each once, and a repeat far in is still found (in linear time).
+    let many: Vec<String> = (0..200_000).map(|i| format!("\"k{i}\":1")).collect();
+    let wide = format!("{{\"model\":\"gpt-4o-mini\",{}}}", many.join(","));
+    let started = tokio::time::Instant::now();
+    assert!(apply(&p, wide.as_bytes()).unwrap().body.is_none());
+    let repeated = wide.replacen("\"k199999\"", "\"k7\"", 1);
+    assert_eq!(apply(&p, repeated.as_bytes()).unwrap_err().rule(), "body");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     // A repeated key inside a message is read twice (both texts looked at).
     let p = policy(r#"deny_substrings = ["evil"]"#);
     let twice = r#"{"messages":[{"role":"user","content":"fine","content":"evil"}]}"#;
