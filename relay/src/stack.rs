@@ -458,6 +458,11 @@ impl Relay {
         let body = read_body(headers, body, self.config.max_request_body_bytes).await?;
         let (body, policy) = self.policy(index, &principal.tenant, body)?;
         let asked = crate::usage::asked(&body);
+        // A model that cannot go in the vendor's path is refused before the tenant's limits count the request.
+        path_model(
+            &self.config.routes[index],
+            asked.as_ref().and_then(|a| a.model.as_deref()),
+        )?;
         let want = Want {
             prompt: crate::usage::estimate::request_tokens(&body),
             max_output: asked.as_ref().and_then(|a| a.max_output),

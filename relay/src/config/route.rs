@@ -383,6 +383,12 @@ fn validate_route(i: usize, r: &RawRoute, env: &dyn Env) -> Result<Route, Config
         _ => Dialect::Openai,
     });
     let (targets, max_attempts) = targets(&at, r, dialect, env)?;
+    if r.usage == UsageMode::Openai && !matches!(dialect, Dialect::Openai | Dialect::AzureOpenai) {
+        return Err(field(
+            at("usage"),
+            "\"openai\" asks an OpenAI-style vendor for usage; this route's dialect reports usage by itself",
+        ));
+    }
     let (idle_timeout, keepalive_interval) = idle(&at, r)?;
     check_names(&at, r)?;
     if r.max_event_bytes < 1024 {
