@@ -139,10 +139,12 @@ async fn a_killed_replicas_stream_slots_come_back_within_the_lease() -> Result<(
             other => panic!("status {other}"),
         }
     }
-    // The lease ran from the dead replica's last renewal, at most 1.5 s before the kill.
+    // The lease ran from the dead replica's last renewal, at most 1.5 s before the kill; the bound leaves 2 s for a
+    // loaded CI machine (it measured 2.87 s once while other tests installed Python packages); a slot that is not
+    // freed by its lease never comes back (the loop above gives up at 10 s).
     let freed = killed.elapsed();
     assert!(
-        freed <= std::time::Duration::from_millis(2500),
+        freed <= std::time::Duration::from_millis(3500),
         "slots came back after {freed:?}"
     );
     // Five again, all on the survivor, which renews its leases: for twice the lease time not one slot frees.
