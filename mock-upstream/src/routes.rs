@@ -112,18 +112,30 @@ struct Called {
     key: KeyHeader,
 }
 
+/// A vendor route at a fixed path: its API, recorded under that path, with the API's key header.
+async fn fixed(
+    app: Arc<App>,
+    tls: Tls,
+    headers: HeaderMap,
+    body: Bytes,
+    api: Api,
+    path: &str,
+) -> Response {
+    let called = Called {
+        api,
+        path: path.into(),
+        key: api.key(),
+    };
+    vendor(app, tls, headers, body, called).await
+}
+
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
     tls: Tls,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let called = Called {
-        api: Api::Chat,
-        path: "/v1/chat/completions".into(),
-        key: KeyHeader::Bearer,
-    };
-    vendor(app, tls, headers, body, called).await
+    fixed(app, tls, headers, body, Api::Chat, "/v1/chat/completions").await
 }
 
 pub async fn responses(
@@ -132,12 +144,7 @@ pub async fn responses(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let called = Called {
-        api: Api::Responses,
-        path: "/v1/responses".into(),
-        key: KeyHeader::Bearer,
-    };
-    vendor(app, tls, headers, body, called).await
+    fixed(app, tls, headers, body, Api::Responses, "/v1/responses").await
 }
 
 pub async fn send_message(
@@ -146,12 +153,15 @@ pub async fn send_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let called = Called {
-        api: Api::SendMessage,
-        path: "/api/send-message".into(),
-        key: KeyHeader::XApiKey,
-    };
-    vendor(app, tls, headers, body, called).await
+    fixed(
+        app,
+        tls,
+        headers,
+        body,
+        Api::SendMessage,
+        "/api/send-message",
+    )
+    .await
 }
 
 /// Anthropic's messages API.
@@ -161,12 +171,7 @@ pub async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let called = Called {
-        api: Api::Anthropic,
-        path: "/v1/messages".into(),
-        key: KeyHeader::XApiKey,
-    };
-    vendor(app, tls, headers, body, called).await
+    fixed(app, tls, headers, body, Api::Anthropic, "/v1/messages").await
 }
 
 /// The query parameters the Azure and Gemini routes check.

@@ -93,6 +93,17 @@ fn paced(name: &str, v: &Value, chunks: usize) -> Result<()> {
     Ok(())
 }
 
+/// An SDK's error for a mid-stream reset: it names the failure, after some of the answer.
+fn names_the_reset(raised: &Value) -> Result<()> {
+    let message = raised["message"].as_str().unwrap_or_default();
+    ensure!(message.contains("upstream_reset"), "{raised}");
+    ensure!(
+        raised["seen"].as_u64() >= Some(1),
+        "nothing before the error: {raised}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_anthropic_and_gemini_sdks_stream_and_raise_through_nginx() -> Result<()> {
     let Some(python) = sdk_python().await? else {
@@ -152,16 +163,7 @@ async fn the_anthropic_and_gemini_sdks_stream_and_raise_through_nginx() -> Resul
         reset["raised"] == "APIStatusError" && reset["type"] == "api_error",
         "{reset}"
     );
-    ensure!(
-        reset["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("upstream_reset")),
-        "{reset}"
-    );
-    ensure!(
-        reset["seen"].as_u64() >= Some(1),
-        "nothing before the error: {reset}"
-    );
+    names_the_reset(reset)?;
     let limited = &v["claude_429"];
     ensure!(
         limited["raised"] == "RateLimitError" && limited["status"] == 429,
@@ -194,16 +196,7 @@ async fn the_anthropic_and_gemini_sdks_stream_and_raise_through_nginx() -> Resul
             && reset["status"] == "UNAVAILABLE",
         "{reset}"
     );
-    ensure!(
-        reset["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("upstream_reset")),
-        "{reset}"
-    );
-    ensure!(
-        reset["seen"].as_u64() >= Some(1),
-        "nothing before the error: {reset}"
-    );
+    names_the_reset(reset)?;
     let limited = &v["gemini_429"];
     ensure!(
         limited["raised"] == "ClientError" && limited["code"] == 429,
